@@ -1,0 +1,26 @@
+# Custos. `make test` runs every test; `make bench` prints the benchmark tables.
+GO      ?= go
+FUZZTIME ?= 10s
+
+export PATH := $(PATH):/usr/local/go/bin
+
+.PHONY: test unit fuzz bench vet build
+
+build:
+	$(GO) build ./...
+
+vet:
+	$(GO) vet ./...
+
+# Every test, with the race detector, then each fuzz target briefly.
+test: vet unit fuzz
+
+unit:
+	$(GO) test -race -count=1 ./...
+
+fuzz:
+	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME)
+	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzClientFinish$$' -fuzztime $(FUZZTIME)
+
+bench:
+	$(GO) run ./cmd/custos-bench

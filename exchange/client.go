@@ -1,0 +1,181 @@
+package exchange
+
+import (
+	"crypto/hmac"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/exchange/wire"
+)
+
+// ClientKey is a client's long-term credential.
+type ClientKey struct {
+	priv *group.Scalar
+	pub  *group.Element
+}
+
+// GenerateClientKey makes a new credential.
+func GenerateClientKey(rand io.Reader) (*ClientKey, error) {
+	s, err := group.GenerateScalar(rand)
+	if err != nil {
+		return nil, err
+	}
+	return NewClientKey(s), nil
+}
+
+// NewClientKey wraps a private exponent. The key takes ownership of it.
+func NewClientKey(priv *group.Scalar) *ClientKey {
+	return &ClientKey{priv: priv, pub: priv.Public()}
+}
+
+// Public returns the credential's public value, which the service registers.
+func (k *ClientKey) Public() *group.Element { return k.pub }
+
+// PrivateBytes returns the private exponent, for storing the key.
+func (k *ClientKey) PrivateBytes() []byte { return k.priv.Bytes() }
+
+// Zero overwrites the private exponent.
+func (k *ClientKey) Zero() { k.priv.Zero() }
+
+// PendingExchange is an exchange request sent and not yet answered.
+type PendingExchange struct {
+	key   *ClientKey
+	n     *group.Scalar
+	nPub  *group.Element
+	offer []wire.Suite
+}
+
+// NewExchange makes a fresh nonce key and the request to send. A nil offer
+// leaves Offer out, which asks for the default suite.
+func (k *ClientKey) NewExchange(rand io.Reader, offer []wire.Suite) (*PendingExchange, *wire.ExchangeRequest, error) {
+	n, err := group.GenerateScalar(rand)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := &PendingExchange{key: k, n: n, nPub: n.Public(), offer: offer}
+	return p, &wire.ExchangeRequest{ClientCredential: EncodeKey(k.pub), ClientNonce: EncodeKey(p.nPub), Offer: offer}, nil
+}
+
+// ErrWitness means the response's witness did not verify: the responder
+// does not hold the service credential's private key, or the response was
+// altered. Everything from that response has been discarded.
+var ErrWitness = errors.New("exchange: the witness does not verify; the response is not from the service it names or was altered")
+
+// Finish checks the response and returns the session. The nonce key is
+// zeroed whatever the outcome; a pending exchange finishes once.
+func (p *PendingExchange) Finish(resp *wire.ExchangeResponse) (*Session, error) {
+	defer p.n.Zero()
+	x, r, err := parseServerKeys(resp, true)
+	if err != nil {
+		return nil, err
+	}
+	suite, err := checkResponse(resp, p.offer)
+	if err != nil {
+		return nil, err
+	}
+	sigma, th, err := clientAgree(p.key.priv, p.n, p.key.pub, p.nPub, x, r)
+	if err != nil {
+		return nil, err
+	}
+	k := schedule(zeroSalt, sigma, th)
+	clear(sigma)
+	return finishSession(k, resp, suite, p.offer, x)
+}
+
+func checkResponse(resp *wire.ExchangeResponse, offer []wire.Suite) (Suite, error) {
+	if len(resp.Ticket) == 0 || len(resp.Ticket) > ticket.MaxSize {
+		return Suite{}, errors.New("exchange: the response has no usable Ticket")
+	}
+	if len(resp.Witness) != WitnessSize {
+		return Suite{}, fmt.Errorf("exchange: the response's Witness is %d bytes, not %d", len(resp.Witness), WitnessSize)
+	}
+	if len(resp.Encryption) != 1 || len(resp.Authentication) != 1 {
+		return Suite{}, errors.New("exchange: the response must name exactly one Encryption and one Authentication algorithm")
+	}
+	suite := Suite{Encryption: resp.Encryption[0], Authentication: resp.Authentication[0]}
+	if suite != DefaultSuite {
+		return Suite{}, fmt.Errorf("exchange: the service chose %s/%s, which this client does not support", suite.Encryption, suite.Authentication)
+	}
+	offered := offer == nil || slices.ContainsFunc(offer, func(s wire.Suite) bool {
+		return slices.Contains(s.Encryption, suite.Encryption) && slices.Contains(s.Authentication, suite.Authentication)
+	})
+	if !offered {
+		return Suite{}, errors.New("exchange: the service chose a suite that was not offered")
+	}
+	return suite, nil
+}
+
+// finishSession verifies the witness and builds the session; k is zeroed.
+func finishSession(k *keys, resp *wire.ExchangeResponse, suite Suite, offer []wire.Suite, x *group.Element) (*Session, error) {
+	defer k.zero()
+	if !hmac.Equal(witness(k.wk[:], resp.Ticket, suite, offer), resp.Witness) {
+		return nil, ErrWitness
+	}
+	return &Session{
+		Ticket:           slices.Clone([]byte(resp.Ticket)),
+		Suite:            suite,
+		ServerCredential: x,
+		AK:               k.ak, EK: k.ek, RK: k.rk,
+	}, nil
+}
+
+// Session is a client's view of an established session.
+type Session struct {
+	Ticket []byte
+	Suite  Suite
+	// ServerCredential is the credential the session was agreed with. A
+	// rekeyed session keeps the one of the session it came from.
+	ServerCredential *group.Element
+	AK, EK, RK       [ticket.KeySize]byte
+}
+
+// Zero overwrites the session keys.
+func (s *Session) Zero() {
+	clear(s.AK[:])
+	clear(s.EK[:])
+	clear(s.RK[:])
+}
+
+// PendingRekey is a rekey request sent and not yet answered.
+type PendingRekey struct {
+	old   *Session
+	n     *group.Scalar
+	nPub  *group.Element
+	offer []wire.Suite
+}
+
+// NewRekey makes a fresh nonce key and the rekey request. The caller sends
+// it signed under s.RK (SPEC §7).
+func (s *Session) NewRekey(rand io.Reader, offer []wire.Suite) (*PendingRekey, *wire.ExchangeRequest, error) {
+	n, err := group.GenerateScalar(rand)
+	if err != nil {
+		return nil, nil, err
+	}
+	p := &PendingRekey{old: s, n: n, nPub: n.Public(), offer: offer}
+	return p, &wire.ExchangeRequest{ClientNonce: EncodeKey(p.nPub), Offer: offer}, nil
+}
+
+// Finish checks the rekey response and returns the new session.
+func (p *PendingRekey) Finish(resp *wire.ExchangeResponse) (*Session, error) {
+	defer p.n.Zero()
+	_, r, err := parseServerKeys(resp, false)
+	if err != nil {
+		return nil, err
+	}
+	suite, err := checkResponse(resp, p.offer)
+	if err != nil {
+		return nil, err
+	}
+	th := rekeyTranscript(p.nPub, r, p.old.Ticket)
+	sigma, err := rekeyAgree(r, p.n)
+	if err != nil {
+		return nil, err
+	}
+	k := schedule(p.old.RK[:], sigma, th)
+	clear(sigma)
+	return finishSession(k, resp, suite, p.offer, p.old.ServerCredential)
+}

@@ -1,0 +1,61 @@
+package exchange
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"testing"
+
+	"github.com/custos-kx/custos/exchange/wire"
+)
+
+// FuzzDecodeRequest feeds arbitrary bodies through what the service does
+// before any token operation. It must never panic, and every refusal must
+// carry a SPEC code with a 4xx status.
+func FuzzDecodeRequest(f *testing.F) {
+	for _, body := range seedMessages(f) {
+		f.Add([]byte(body))
+	}
+	good, _ := json.Marshal(validRequest(f))
+	f.Add(good)
+	f.Add([]byte(`{"ExchangeRequest":{"ClientNonce":{"PublicKeyDH":{"kid":"","Domain":"","Public":"AA"}}}}`))
+	f.Add([]byte(`{"ExchangeRequest":{"Offer":[]}}`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var m wire.ExchangeRequest
+		err := wire.Unmarshal(body, &m)
+		if err == nil {
+			if _, err = ParseRequest(&m); err != nil {
+				_, err = ParseRekeyRequest(&m)
+			}
+		}
+		if err != nil {
+			e := AsError(err)
+			if s := e.Code.Status(); s < 400 || s >= 500 {
+				t.Fatalf("input refused with %d %s: %v", s, e.Code, err)
+			}
+			_ = e.Response()
+		}
+	})
+}
+
+// FuzzClientFinish feeds arbitrary responses to a pending client exchange.
+func FuzzClientFinish(f *testing.F) {
+	srv, _ := newServer(f)
+	key, _ := GenerateClientKey(rand.Reader)
+	_, reqMsg, _ := key.NewExchange(rand.Reader, nil)
+	req, _ := ParseRequest(reqMsg)
+	resp, _ := srv.Exchange(context.Background(), req, "a")
+	good, _ := json.Marshal(resp)
+	f.Add(good)
+	f.Add([]byte(seedMessages(f)[1]))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		var m wire.ExchangeResponse
+		if wire.Unmarshal(body, &m) != nil {
+			return
+		}
+		pending, _, _ := key.NewExchange(rand.Reader, nil)
+		if _, err := pending.Finish(&m); err == nil {
+			t.Fatal("a response not made for this exchange was accepted")
+		}
+	})
+}

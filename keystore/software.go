@@ -1,0 +1,144 @@
+package keystore
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/hex"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+)
+
+// Software is a Keystore whose keys live in process memory. It exists so
+// that the engine can be tested, fuzzed and benchmarked without a token; a
+// service must not use it, since its whole point is that keys never leave one.
+type Software struct {
+	mu      sync.RWMutex
+	rand    io.Reader
+	creds   map[string]*group.Scalar
+	active  string
+	sealers map[ticket.KeyID]cipher.AEAD
+	sealID  ticket.KeyID
+	info    []KeyInfo
+}
+
+// NewSoftware returns a Software keystore with a fresh credential and
+// sealing key. rand is used for key generation and ticket IVs; nil means
+// crypto/rand.
+func NewSoftware(rand io.Reader) (*Software, error) {
+	s := &Software{rand: rand, creds: map[string]*group.Scalar{}, sealers: map[ticket.KeyID]cipher.AEAD{}}
+	if s.rand == nil {
+		s.rand = cryptoRand
+	}
+	x, err := group.GenerateScalar(s.rand)
+	if err != nil {
+		return nil, err
+	}
+	s.AddCredential(x)
+	if _, err := s.RotateTicketKey(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+var cryptoRand = rand.Reader
+
+// AddCredential makes x the active credential, keeping earlier ones for Derive.
+func (s *Software) AddCredential(x *group.Scalar) string {
+	kid := x.Public().KeyID()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.creds[kid] = x
+	s.active = kid
+	s.info = append(s.info, KeyInfo{Kind: KindCredential, ID: kid, Created: time.Now()})
+	return kid
+}
+
+// RotateTicketKey makes a new sealing key active; old ones still open tickets.
+func (s *Software) RotateTicketKey() (ticket.KeyID, error) {
+	key := make([]byte, 32)
+	var id ticket.KeyID
+	if _, err := io.ReadFull(s.rand, key); err != nil {
+		return id, err
+	}
+	if _, err := io.ReadFull(s.rand, id[:]); err != nil {
+		return id, err
+	}
+	block, _ := aes.NewCipher(key)
+	aead, _ := cipher.NewGCM(block)
+	clear(key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sealers[id] = aead
+	s.sealID = id
+	s.info = append(s.info, KeyInfo{Kind: KindTicket, ID: hex.EncodeToString(id[:]), Created: time.Now()})
+	return id, nil
+}
+
+func (s *Software) Credential(ctx context.Context) (*group.Element, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.creds[s.active].Public(), nil
+}
+
+func (s *Software) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
+	s.mu.RLock()
+	x, ok := s.creds[kid]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, ErrUnknownKey
+	}
+	sec := group.ExpSecret(peer, x.Bytes())
+	defer sec.Zero()
+	return sec.Bytes(), nil
+}
+
+func (s *Software) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	s.mu.RLock()
+	id, aead := s.sealID, s.sealers[s.sealID]
+	s.mu.RUnlock()
+	f := &ticket.Frame{KeyID: id, IV: make([]byte, ticket.IVSize)}
+	if _, err := io.ReadFull(s.rand, f.IV); err != nil {
+		return nil, err
+	}
+	f.Sealed = aead.Seal(nil, f.IV, plaintext, ticket.AAD(id))
+	return f.Bytes(), nil
+}
+
+func (s *Software) Open(ctx context.Context, t []byte) ([]byte, error) {
+	f, err := ticket.Parse(t)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	aead, ok := s.sealers[f.KeyID]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, ticket.ErrInvalid
+	}
+	pt, err := aead.Open(nil, f.IV, f.Sealed, ticket.AAD(f.KeyID))
+	if err != nil {
+		return nil, ticket.ErrInvalid
+	}
+	return pt, nil
+}
+
+func (s *Software) Keys(ctx context.Context) ([]KeyInfo, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := append([]KeyInfo(nil), s.info...)
+	for i := range out {
+		switch out[i].Kind {
+		case KindCredential:
+			out[i].Active = out[i].ID == s.active
+		case KindTicket:
+			out[i].Active = out[i].ID == hex.EncodeToString(s.sealID[:])
+		}
+	}
+	return out, nil
+}
