@@ -23,4 +23,4 @@ fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzClientFinish$$' -fuzztime $(FUZZTIME)
 
 bench:
-	$(GO) run ./cmd/custos-bench
+	$(GO) test -run '^$$' -bench . -benchmem ./exchange/...

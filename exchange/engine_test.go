@@ -351,6 +351,7 @@ func TestDecodeRejections(t *testing.T) {
 		"Public not a string":      strings.Replace(s, `"Public":"`, `"Public":5,"x":"`, 1),
 		"padded base64":            strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA=="`, 1),
 		"standard base64 alphabet": strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP/PEwA"`, 1),
+		"non-canonical base64":     strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwB"`, 1),
 		"Offer not an array":       `{"ExchangeRequest":{"Offer":"A256CBC-HS512"}}`,
 		"null body":                `null`,
 	}

@@ -92,13 +92,7 @@ func refWitness(wk, tkt []byte, enc, auth string, offer []refSuite) []byte {
 func refExchange(c, n, x, r *big.Int) (th []byte, d, e, sigmaClient, sigmaServer *big.Int) {
 	g := big.NewInt(2)
 	C, N, X, R := refExp(g, c), refExp(g, n), refExp(g, x), refExp(g, r)
-	h := sha512.New()
-	h.Write([]byte("custos/jwc-kx/v1\x00"))
-	h.Write(refDomain)
-	for _, v := range []*big.Int{C, N, X, R} {
-		h.Write(refBE(v))
-	}
-	th = h.Sum(nil)
+	th = refTranscript(C, N, X, R)
 	d = new(big.Int).SetBytes(th[:16])
 	e = new(big.Int).SetBytes(th[16:32])
 	// client: (R·X^e)^(n + d·c)
@@ -108,6 +102,16 @@ func refExchange(c, n, x, r *big.Int) (th []byte, d, e, sigmaClient, sigmaServer
 	B := refMul(N, refExp(C, d))
 	sigmaServer = refMul(refExp(B, r), refExp(refExp(B, e), x))
 	return
+}
+
+func refTranscript(C, N, X, R *big.Int) []byte {
+	h := sha512.New()
+	h.Write([]byte("custos/jwc-kx/v1\x00"))
+	h.Write(refDomain)
+	for _, v := range []*big.Int{C, N, X, R} {
+		h.Write(refBE(v))
+	}
+	return h.Sum(nil)
 }
 
 // refRekey computes both sides of a rekey.
@@ -122,4 +126,22 @@ func refRekey(n, r *big.Int, oldTicket []byte) (th []byte, sigmaClient, sigmaSer
 	h.Write(refBE(R))
 	h.Write(ht[:])
 	return h.Sum(nil), refExp(R, n), refExp(N, r)
+}
+
+// refExchangeServer is the server half of refExchange alone, for benchmarks.
+func refExchangeServer(c, n, x, r *big.Int) *big.Int {
+	g := big.NewInt(2)
+	C, N, X, R := refExp(g, c), refExp(g, n), refExp(g, x), refExp(g, r)
+	th := refTranscript(C, N, X, R)
+	d, e := new(big.Int).SetBytes(th[:16]), new(big.Int).SetBytes(th[16:32])
+	B := refMul(N, refExp(C, d))
+	return refMul(refExp(B, r), refExp(refExp(B, e), x))
+}
+
+// refExchangeClient is the client half of refExchange alone, for benchmarks.
+func refExchangeClient(c, n, C, N, X, R *big.Int) *big.Int {
+	th := refTranscript(C, N, X, R)
+	d, e := new(big.Int).SetBytes(th[:16]), new(big.Int).SetBytes(th[16:32])
+	w := new(big.Int).Add(n, new(big.Int).Mul(d, c))
+	return refExp(refMul(R, refExp(X, e)), w)
 }

@@ -131,12 +131,24 @@ func exp(base *big.Int, e []byte) *big.Int {
 // ExpPublic returns base^e mod p for a public exponent, in variable time.
 // It fails only if the result degenerates to 1 (e ≡ 0 mod q).
 func ExpPublic(base *Element, e []byte) (*Element, error) {
-	return newElement(exp(base.v, e))
+	return inSubgroup(exp(base.v, e))
 }
 
 // MulPublic returns a·b mod p for public values. It fails if the product is
 // 1, that is if b is a's inverse.
 func MulPublic(a, b *Element) (*Element, error) {
 	v := new(big.Int).Mul(a.v, b.v)
-	return newElement(v.Mod(v, p))
+	return inSubgroup(v.Mod(v, p))
 }
+
+// inSubgroup wraps a value computed from valid elements by operations under
+// which the order-q subgroup is closed, so the full check would be wasted
+// work: the only value such a result can take that an Element may not is 1.
+func inSubgroup(v *big.Int) (*Element, error) {
+	if v.Cmp(one) == 0 {
+		return nil, invalid("the value is 1")
+	}
+	return &Element{v: v, wire: toWire(v)}, nil
+}
+
+var one = big.NewInt(1)

@@ -3,6 +3,7 @@ package group
 import (
 	"errors"
 	"io"
+	"math/big"
 
 	"filippo.io/bigmod"
 )
@@ -60,10 +61,10 @@ func (s *Scalar) Zero() { clear(s.b[:]) }
 // Public returns g^s, computed in constant time.
 func (s *Scalar) Public() *Element {
 	out := bigmod.NewNat().Exp(generator, s.b[:], pMod)
-	e, err := NewElement(out.Bytes(pMod))
+	e, err := inSubgroup(new(big.Int).SetBytes(out.Bytes(pMod)))
 	if err != nil {
-		// g^s for 0 < s < q is always a valid element.
-		panic("group: g^s is not a valid element: " + err.Error())
+		// g generates the order-q subgroup and 0 < s < q.
+		panic("group: g^s is 1")
 	}
 	return e
 }

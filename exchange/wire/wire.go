@@ -239,6 +239,10 @@ func (b *Bytes) UnmarshalJSON(data []byte) error {
 	return nil
 }
 
+// strictBase64 refuses non-zero trailing bits, so each value has exactly one
+// encoding: otherwise "…PEwA" and "…PEwB" would be the same Domain.
+var strictBase64 = base64.RawURLEncoding.Strict()
+
 // DecodeBase64 decodes unpadded base64url, ignoring white space.
 func DecodeBase64(s string) ([]byte, error) {
 	if strings.ContainsAny(s, " \t\r\n") {
@@ -250,9 +254,9 @@ func DecodeBase64(s string) ([]byte, error) {
 			return r
 		}, s)
 	}
-	v, err := base64.RawURLEncoding.DecodeString(s)
+	v, err := strictBase64.DecodeString(s)
 	if err != nil {
-		return nil, &DecodeError{Reason: "a binary value is not unpadded base64url"}
+		return nil, &DecodeError{Reason: "a binary value is not canonical unpadded base64url"}
 	}
 	return v, nil
 }
