@@ -1,0 +1,91 @@
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// ErrUnavailable is returned, wrapped, whenever the token cannot be used:
+// it is unreachable, its sessions keep failing, or the pool is closed. Callers
+// answer 503 and retry later; the wrapped cause is for logs only.
+var ErrUnavailable = errors.New("hsm: token unavailable")
+
+// recovery is what the pool does after an operation failed.
+type recovery int
+
+const (
+	keep       recovery = iota // the error belongs to the operation; the session is fine
+	newSession                 // the session is gone: discard it and retry on another
+	relogin                    // the application was logged out: log in and retry
+	reinit                     // the module was finalized: initialize it and retry
+	refind                     // an object handle went stale: find objects again and retry
+	down                       // the token is unreachable: fail fast until it answers again
+)
+
+// ErrObjectNotFound is returned by FindOne. Do treats it like a stale
+// handle: it checks the login (a logged-out application cannot see its
+// private objects) and tries once more before returning it.
+var ErrObjectNotFound = errors.New("hsm: object not found")
+
+func classify(err error) recovery {
+	if errors.Is(err, ErrObjectNotFound) {
+		return refind
+	}
+	var e pkcs11.Error
+	if !errors.As(err, &e) {
+		return keep
+	}
+	switch e {
+	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED:
+		return newSession
+	case pkcs11.CKR_USER_NOT_LOGGED_IN:
+		return relogin
+	case pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED:
+		return reinit
+	case pkcs11.CKR_OBJECT_HANDLE_INVALID, pkcs11.CKR_KEY_HANDLE_INVALID:
+		return refind
+	case pkcs11.CKR_DEVICE_ERROR, pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT,
+		pkcs11.CKR_TOKEN_NOT_RECOGNIZED, pkcs11.CKR_SLOT_ID_INVALID, pkcs11.CKR_DEVICE_MEMORY:
+		return down
+	}
+	return keep
+}
+
+// reason names an error for the errors metric without revealing anything
+// but its class.
+func reason(err error) string {
+	var e pkcs11.Error
+	switch {
+	case errors.As(err, &e):
+		s := e.Error() // "pkcs11: 0x5: CKR_GENERAL_ERROR"
+		for i := len(s) - 1; i >= 0; i-- {
+			if s[i] == ' ' {
+				return s[i+1:]
+			}
+		}
+		return s
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, ErrUnavailable):
+		return "unavailable"
+	}
+	return "other"
+}
+
+func unavailable(cause error) error {
+	if errors.Is(cause, ErrUnavailable) {
+		return cause
+	}
+	return fmt.Errorf("%w: %v", ErrUnavailable, cause)
+}
+
+// Is reports whether err is the PKCS#11 return value code.
+func Is(err error, code uint) bool {
+	var e pkcs11.Error
+	return errors.As(err, &e) && uint(e) == code
+}

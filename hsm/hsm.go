@@ -1,0 +1,521 @@
+// Package hsm is Custos's access to a PKCS#11 token: it loads the module
+// once per process, finds the token by label, logs in, and lends each
+// operation a session of its own from a bounded pool — SoftHSM crashes the
+// process when two goroutines share a session.
+//
+// The pool heals itself without a restart. A session that dies is replaced;
+// a logout triggers a login; a finalized module is initialised again and
+// object handles are found again. While the token does not answer, calls fail
+// at once with ErrUnavailable, and one call at a time probes it again.
+//
+// This is the only package that talks to PKCS#11 (through cgo).
+package hsm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Config says which token to use and how.
+type Config struct {
+	// Module is the path of the PKCS#11 library.
+	Module string
+	// TokenLabel finds the token. Slot ids change between runs; labels do not.
+	TokenLabel string
+	// PIN is the user PIN. Read it from the environment or a file, never argv.
+	PIN string
+	// MaxSessions bounds the pool: at most this many operations run on the
+	// token at once; more wait for a session (or their context).
+	MaxSessions int
+	// RetryInterval is how often an unreachable token is probed again.
+	RetryInterval time.Duration
+	// Wrap, if set, wraps the module's calls for this token. Fault tests use
+	// it to make a real token fail on cue.
+	Wrap func(Cryptoki) Cryptoki
+	// Logger receives recoveries and outages; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// DefaultMaxSessions suits SoftHSM on a small machine and a network HSM's
+// default partition limits alike.
+const DefaultMaxSessions = 16
+
+// Token is a logged-in PKCS#11 token and its session pool.
+type Token struct {
+	cfg Config
+	mod *module
+	ck  Cryptoki
+	log *slog.Logger
+
+	slots chan struct{} // one per session that may exist
+	idle  chan *session // sessions ready for use
+	epoch atomic.Uint64 // bumped whenever object handles may have gone stale
+
+	mu       sync.Mutex
+	slot     uint
+	modGen   uint64 // module initialisation the slot and sessions belong to
+	poolGen  uint64 // bumped to retire every idle session at once
+	up       bool
+	probing  bool
+	nextTry  time.Time
+	lastDown error
+	closed   bool
+}
+
+type session struct {
+	h       pkcs11.SessionHandle
+	modGen  uint64
+	poolGen uint64
+}
+
+// Open loads the module, finds the token and logs in. Errors name the token
+// and say what to fix.
+func Open(ctx context.Context, cfg Config) (*Token, error) {
+	if cfg.Module == "" {
+		return nil, errors.New("hsm: no PKCS#11 module configured (set CUSTOS_PKCS11_MODULE or --pkcs11-module)")
+	}
+	if cfg.TokenLabel == "" {
+		return nil, errors.New("hsm: no token label configured (set CUSTOS_TOKEN_LABEL or --token-label)")
+	}
+	if cfg.MaxSessions <= 0 {
+		cfg.MaxSessions = DefaultMaxSessions
+	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 250 * time.Millisecond
+	}
+	mod, err := loadModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	t := &Token{
+		cfg:   cfg,
+		mod:   mod,
+		ck:    mod.ck,
+		log:   cfg.Logger,
+		slots: make(chan struct{}, cfg.MaxSessions),
+		idle:  make(chan *session, cfg.MaxSessions),
+	}
+	if cfg.Wrap != nil {
+		t.ck = cfg.Wrap(mod.ck)
+	}
+	if t.log == nil {
+		t.log = slog.Default()
+	}
+	if err := t.connect(); err != nil {
+		mod.release()
+		return nil, err
+	}
+	t.up = true
+	upGauge.Set(1)
+	return t, nil
+}
+
+// Label returns the token's label.
+func (t *Token) Label() string { return t.cfg.TokenLabel }
+
+// connect finds the slot by label and logs in on a fresh session, which it
+// leaves in the pool. It re-initialises the module once if the token is not
+// visible, since tokens created after C_Initialize are not.
+func (t *Token) connect() error {
+	if err := t.reconnect(); err != nil {
+		if !errors.Is(err, errNoToken) && classify(err) != reinit {
+			return err
+		}
+		if rerr := t.mod.reinitialise(t.mod.generation()); rerr != nil {
+			return rerr
+		}
+		if err := t.reconnect(); err != nil {
+			return err
+		}
+	}
+	t.slots <- struct{}{}
+	s, err := t.newSession()
+	if err != nil {
+		<-t.slots
+		return err
+	}
+	t.idle <- s
+	sessionsGauge.WithLabelValues("idle").Inc()
+	return nil
+}
+
+// reconnect finds the slot again under the module's current initialisation
+// and retires every pooled session.
+func (t *Token) reconnect() error {
+	gen := t.mod.generation()
+	slot, err := t.findSlot()
+	if err != nil {
+		return err
+	}
+	t.mu.Lock()
+	t.slot, t.modGen = slot, gen
+	t.poolGen++
+	t.mu.Unlock()
+	t.epoch.Add(1)
+	return nil
+}
+
+var errNoToken = errors.New("no such token")
+
+func (t *Token) findSlot() (uint, error) {
+	slots, err := t.ck.GetSlotList(true)
+	if err != nil {
+		return 0, err
+	}
+	var labels []string
+	for _, s := range slots {
+		info, err := t.ck.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		label := strings.TrimRight(info.Label, " \x00")
+		if label == t.cfg.TokenLabel {
+			return s, nil
+		}
+		if label != "" {
+			labels = append(labels, fmt.Sprintf("%q", label))
+		}
+	}
+	return 0, fmt.Errorf("hsm: %w: no token labelled %q in %s (tokens present: %s)",
+		errNoToken, t.cfg.TokenLabel, t.cfg.Module, strings.Join(append(labels, "none")[:max(len(labels), 1)], ", "))
+}
+
+// newSession opens a session on the current slot and makes sure the
+// application is logged in. Closing all sessions logs an application out
+// without telling anyone, so this checks instead of assuming.
+func (t *Token) newSession() (*session, error) {
+	t.mu.Lock()
+	s := &session{modGen: t.modGen, poolGen: t.poolGen}
+	slot := t.slot
+	t.mu.Unlock()
+	h, err := t.ck.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.ensureLogin(h); err != nil {
+		t.ck.CloseSession(h)
+		return nil, err
+	}
+	s.h = h
+	return s, nil
+}
+
+// ensureLogin logs the application in unless the session shows it already
+// is. It reports whether it logged in.
+func (t *Token) ensureLogin(h pkcs11.SessionHandle) (bool, error) {
+	info, err := t.ck.GetSessionInfo(h)
+	if err != nil {
+		return false, err
+	}
+	if info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS {
+		return false, nil
+	}
+	err = t.ck.Login(h, pkcs11.CKU_USER, t.cfg.PIN)
+	switch {
+	case err == nil:
+		return true, nil
+	case Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
+		return false, nil
+	case Is(err, pkcs11.CKR_PIN_INCORRECT), Is(err, pkcs11.CKR_PIN_LEN_RANGE), Is(err, pkcs11.CKR_PIN_INVALID):
+		return false, fmt.Errorf("hsm: logging in to token %q: the PIN was refused (%s); check CUSTOS_PIN or CUSTOS_PIN_FILE", t.cfg.TokenLabel, reason(err))
+	case Is(err, pkcs11.CKR_PIN_LOCKED):
+		return false, fmt.Errorf("hsm: logging in to token %q: the PIN is locked after too many wrong attempts; the token's security officer must unlock it", t.cfg.TokenLabel)
+	}
+	return false, fmt.Errorf("hsm: logging in to token %q: %w", t.cfg.TokenLabel, err)
+}
+
+// Session is a PKCS#11 session lent to one operation. It must not be kept
+// or shared after the operation returns.
+type Session struct {
+	t *Token
+	s *session
+}
+
+// Handle returns the raw PKCS#11 session handle.
+func (s *Session) Handle() pkcs11.SessionHandle { return s.s.h }
+
+// Epoch identifies the period in which object handles stay valid: it
+// changes when the module is initialised again or a handle was found stale.
+// Callers that cache handles key them by it.
+func (s *Session) Epoch() uint64 { return s.t.epoch.Load() }
+
+// Cryptoki returns the module's calls, to use with Handle.
+func (s *Session) Cryptoki() Cryptoki { return s.t.ck }
+
+// Do runs fn on a session of its own and records its duration and errors
+// under op. Failures of the session, the login or the module are recovered
+// from and fn is tried once more; errors that belong to the operation itself
+// are returned as they are. If the token cannot be reached, Do returns an
+// error wrapping ErrUnavailable without waiting.
+//
+// fn must not call Do: it would hold two sessions, and a full pool deadlocks.
+func (t *Token) Do(ctx context.Context, op string, fn func(*Session) error) error {
+	start := time.Now()
+	err := t.do(ctx, fn)
+	opDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	if err != nil {
+		opErrors.WithLabelValues(op, reason(err)).Inc()
+	}
+	return err
+}
+
+func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		var s *session
+		if s, err = t.acquire(ctx); err != nil {
+			return err
+		}
+		if err = fn(&Session{t: t, s: s}); err == nil {
+			t.release(s)
+			return nil
+		}
+		switch classify(err) {
+		case keep:
+			t.release(s)
+			return err
+		case newSession:
+			// Sessions die together (C_CloseAllSessions, a token reset):
+			// retire the idle ones too rather than meet them one by one.
+			t.discard(s)
+			t.retirePool()
+		case relogin, refind:
+			// A logged-out application sees its private objects vanish
+			// rather than being refused, so a missing object is also a
+			// reason to check the login before finding handles again.
+			t.epoch.Add(1)
+			loggedIn, lerr := t.ensureLogin(s.h)
+			t.release(s)
+			if lerr != nil {
+				return t.markDown(lerr)
+			}
+			if loggedIn {
+				reconnects.Inc()
+				t.log.Warn("hsm: the application was logged out; logged in again", "token", t.cfg.TokenLabel)
+			}
+		case reinit:
+			t.discard(s)
+			if rerr := t.mod.reinitialise(s.modGen); rerr != nil {
+				return t.markDown(rerr)
+			}
+			if rerr := t.reconnect(); rerr != nil {
+				return t.markDown(rerr)
+			}
+			reconnects.Inc()
+			t.log.Warn("hsm: the module was finalized; initialised it again", "token", t.cfg.TokenLabel)
+		case down:
+			t.discard(s)
+			return t.markDown(err)
+		}
+	}
+	if classify(err) == refind {
+		return err // the object is really not there
+	}
+	return t.markDown(err)
+}
+
+func (t *Token) retirePool() {
+	t.mu.Lock()
+	t.poolGen++
+	t.mu.Unlock()
+}
+
+// acquire lends a session: an idle one, a new one if the bound allows, or
+// the next one released. It fails at once while the token is down, except
+// for the one caller allowed to probe it.
+func (t *Token) acquire(ctx context.Context) (*session, error) {
+	if err := t.admit(); err != nil {
+		return nil, err
+	}
+	for {
+		var s *session
+		select {
+		case s = <-t.idle: // an idle session first, before opening another
+		default:
+			select {
+			case s = <-t.idle:
+			case t.slots <- struct{}{}:
+				s, err := t.openSession()
+				if err != nil {
+					<-t.slots
+					return nil, err
+				}
+				sessionsGauge.WithLabelValues("busy").Inc()
+				return s, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		sessionsGauge.WithLabelValues("idle").Dec()
+		if t.stale(s) {
+			t.ck.CloseSession(s.h)
+			<-t.slots
+			continue
+		}
+		sessionsGauge.WithLabelValues("busy").Inc()
+		return s, nil
+	}
+}
+
+func (t *Token) stale(s *session) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return s.modGen != t.modGen || s.poolGen != t.poolGen
+}
+
+// openSession opens a pool session, initialising the module again first if
+// it was finalized behind the pool's back.
+func (t *Token) openSession() (*session, error) {
+	s, err := t.newSession()
+	if classify(err) == reinit {
+		t.mu.Lock()
+		gen := t.modGen
+		t.mu.Unlock()
+		if rerr := t.mod.reinitialise(gen); rerr != nil {
+			return nil, t.markDown(rerr)
+		}
+		if rerr := t.reconnect(); rerr != nil {
+			return nil, t.markDown(rerr)
+		}
+		reconnects.Inc()
+		s, err = t.newSession()
+	}
+	if err != nil {
+		return nil, t.markDown(err)
+	}
+	return s, nil
+}
+
+// admit decides whether a call may use the token now.
+func (t *Token) admit() error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	switch {
+	case t.closed:
+		return fmt.Errorf("%w: closed", ErrUnavailable)
+	case t.up:
+		return nil
+	case t.probing || time.Now().Before(t.nextTry):
+		return fmt.Errorf("%w: %v", ErrUnavailable, t.lastDown)
+	}
+	t.probing = true
+	go t.probe()
+	return fmt.Errorf("%w: %v", ErrUnavailable, t.lastDown)
+}
+
+// markDown records an outage: calls fail fast until a probe succeeds.
+func (t *Token) markDown(cause error) error {
+	t.mu.Lock()
+	wasUp := t.up && !t.closed
+	t.up = false
+	t.lastDown = cause
+	t.nextTry = time.Now().Add(t.cfg.RetryInterval)
+	t.mu.Unlock()
+	if wasUp {
+		upGauge.Set(0)
+		t.log.Error("hsm: token unavailable", "token", t.cfg.TokenLabel, "reason", reason(cause))
+	}
+	return unavailable(cause)
+}
+
+// probe tries to reach the token again: find the slot and log in on a new
+// session, initialising the module again only if that is what it takes.
+func (t *Token) probe() {
+	err := t.reconnect()
+	if err != nil {
+		if err = t.mod.reinitialise(t.mod.generation()); err == nil {
+			err = t.reconnect()
+		}
+	}
+	var s *session
+	if err == nil {
+		s, err = t.newSession()
+	}
+	t.mu.Lock()
+	t.probing = false
+	if err == nil && t.closed {
+		t.ck.CloseSession(s.h)
+		err = ErrUnavailable
+	}
+	if err != nil {
+		t.lastDown = err
+		t.nextTry = time.Now().Add(t.cfg.RetryInterval)
+		t.mu.Unlock()
+		return
+	}
+	t.up = true
+	t.mu.Unlock()
+	// The probe's session takes a pool slot if one is free.
+	select {
+	case t.slots <- struct{}{}:
+		t.idle <- s
+		sessionsGauge.WithLabelValues("idle").Inc()
+	default:
+		t.ck.CloseSession(s.h)
+	}
+	upGauge.Set(1)
+	reconnects.Inc()
+	t.log.Info("hsm: token reachable again", "token", t.cfg.TokenLabel)
+}
+
+func (t *Token) release(s *session) {
+	sessionsGauge.WithLabelValues("busy").Dec()
+	t.idle <- s
+	sessionsGauge.WithLabelValues("idle").Inc()
+}
+
+// discard drops a session that failed; its slot frees up for a new one.
+func (t *Token) discard(s *session) {
+	sessionsGauge.WithLabelValues("busy").Dec()
+	t.ck.CloseSession(s.h) // usually already invalid
+	<-t.slots
+}
+
+// Healthy reports whether the token answers now, for a readiness probe. It
+// costs one cheap call on an idle session.
+func (t *Token) Healthy(ctx context.Context) error {
+	return t.Do(ctx, "health", func(s *Session) error {
+		_, err := s.Cryptoki().GetSessionInfo(s.Handle())
+		return err
+	})
+}
+
+// Close closes the pool's sessions and releases the module; the last Token
+// of a module finalizes it. Operations in flight must have returned.
+func (t *Token) Close() error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	t.mu.Unlock()
+	for {
+		select {
+		case s := <-t.idle:
+			sessionsGauge.WithLabelValues("idle").Dec()
+			t.ck.CloseSession(s.h)
+			<-t.slots
+			continue
+		default:
+		}
+		break
+	}
+	return t.mod.release()
+}
+
+// Slot returns the token's current slot id, for diagnostics and for fault
+// tests; never configure by it.
+func (t *Token) Slot() uint {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.slot
+}

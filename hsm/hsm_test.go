@@ -1,0 +1,560 @@
+package hsm
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"math/big"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/softhsm"
+)
+
+func openToken(t *testing.T, cfg Config) (*Token, *softhsm.Token) {
+	t.Helper()
+	st := softhsm.New(t)
+	cfg.Module, cfg.TokenLabel, cfg.PIN = st.Module, st.Label, st.PIN
+	tok, err := Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	return tok, st
+}
+
+var dhParams = DHParams{Prime: group.P().Bytes(), Base: []byte{group.Generator}, PrivateBits: 256}
+
+type dhKey struct {
+	public []byte
+	pub    pkcs11.ObjectHandle
+	priv   pkcs11.ObjectHandle
+}
+
+func genDH(t *testing.T, tok *Token) dhKey {
+	t.Helper()
+	var k dhKey
+	err := tok.Do(context.Background(), "generate", func(s *Session) (err error) {
+		k.public, k.pub, k.priv, err = s.GenerateDHKeyPair(dhParams, "test dh", []byte{1})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func genAES(t *testing.T, tok *Token) pkcs11.ObjectHandle {
+	t.Helper()
+	var h pkcs11.ObjectHandle
+	err := tok.Do(context.Background(), "generate", func(s *Session) (err error) {
+		h, err = s.GenerateAESKey("test aes", []byte{2})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func TestOpenErrors(t *testing.T) {
+	st := softhsm.New(t)
+	_, err := Open(context.Background(), Config{Module: st.Module, TokenLabel: st.Label, PIN: "wrong-pin"})
+	if err == nil || !strings.Contains(err.Error(), st.Label) || !strings.Contains(err.Error(), "PIN was refused") {
+		t.Fatalf("wrong PIN: %v", err)
+	}
+	_, err = Open(context.Background(), Config{Module: st.Module, TokenLabel: "no-such-token", PIN: st.PIN})
+	if err == nil || !strings.Contains(err.Error(), `no token labelled "no-such-token"`) || !strings.Contains(err.Error(), st.Label) {
+		t.Fatalf("unknown label: %v", err)
+	}
+	_, err = Open(context.Background(), Config{Module: "/nonexistent/libpkcs11.so", TokenLabel: "x", PIN: "x"})
+	if err == nil || !strings.Contains(err.Error(), "cannot load the PKCS#11 module /nonexistent/libpkcs11.so") {
+		t.Fatalf("bad module: %v", err)
+	}
+	// After the failures the right configuration still works.
+	tok, err := Open(context.Background(), Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok.Close()
+}
+
+func TestPrivateKeysStayInside(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	dh := genDH(t, tok)
+	aes := genAES(t, tok)
+	ctx := context.Background()
+	err := tok.Do(ctx, "test", func(s *Session) error {
+		ck := s.Cryptoki()
+		// A key that may wrap, to try to take the others out with.
+		wrapper, err := ck.GenerateKey(s.Handle(), []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+			pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+			pkcs11.NewAttribute(pkcs11.CKA_WRAP, true),
+		})
+		if err != nil {
+			return err
+		}
+		for name, h := range map[string]pkcs11.ObjectHandle{"DH private key": dh.priv, "AES key": aes} {
+			if _, err := s.Attribute(h, pkcs11.CKA_VALUE); !Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+				t.Errorf("%s: reading CKA_VALUE: %v", name, err)
+			}
+			for _, a := range []*pkcs11.Attribute{
+				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+			} {
+				if err := ck.SetAttributeValue(s.Handle(), h, []*pkcs11.Attribute{a}); err == nil {
+					t.Errorf("%s: attribute 0x%x could be changed", name, a.Type)
+				}
+			}
+			for _, mech := range []uint{pkcs11.CKM_AES_KEY_WRAP, pkcs11.CKM_AES_KEY_WRAP_PAD, pkcs11.CKM_AES_CBC_PAD} {
+				m := pkcs11.NewMechanism(mech, nil)
+				if mech == pkcs11.CKM_AES_CBC_PAD {
+					m = pkcs11.NewMechanism(mech, make([]byte, 16))
+				}
+				if out, err := ck.WrapKey(s.Handle(), []*pkcs11.Mechanism{m}, wrapper, h); err == nil {
+					t.Errorf("%s: wrapped out with mechanism 0x%x (%d bytes)", name, mech, len(out))
+				}
+			}
+			// The AES key may not wrap either.
+			if _, err := ck.WrapKey(s.Handle(), []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, aes, wrapper); err == nil {
+				t.Error("the sealing key can wrap")
+			}
+		}
+		for _, attr := range []uint{pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE} {
+			if v, err := s.Attribute(dh.priv, attr); err != nil || !bytes.Equal(v, []byte{0}) {
+				t.Errorf("DH private key attribute 0x%x = %v, %v; want false", attr, v, err)
+			}
+		}
+		for _, attr := range []uint{pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_SIGN, pkcs11.CKA_DERIVE, pkcs11.CKA_EXTRACTABLE} {
+			if v, err := s.Attribute(aes, attr); err != nil || !bytes.Equal(v, []byte{0}) {
+				t.Errorf("AES key attribute 0x%x = %v, %v; want false", attr, v, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestDeriveMatchesMathBig checks derive against an independent
+// computation. x never leaves the token, so the peers are g^k for random k:
+// then peer^x = X^k, which math/big computes from the public X.
+func TestDeriveMatchesMathBig(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	dh := genDH(t, tok)
+	X := new(big.Int).SetBytes(dh.public)
+	if _, err := group.NewElementInt(X); err != nil {
+		t.Fatalf("the token's public value is not a valid element: %v", err)
+	}
+	p := group.P()
+	for i := 0; i < 200; i++ {
+		kb := make([]byte, 32)
+		rand.Read(kb)
+		k := new(big.Int).SetBytes(kb)
+		peer := new(big.Int).Exp(big.NewInt(2), k, p)
+		want := new(big.Int).Exp(X, k, p).FillBytes(make([]byte, 256))
+		var got []byte
+		err := tok.Do(context.Background(), "derive", func(s *Session) (err error) {
+			got, err = s.DeriveDH(dh.priv, peer.Bytes(), 256)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("peer %d: derive differs from math/big", i)
+		}
+	}
+	// The derived secrets were session objects and are gone.
+	tok.Do(context.Background(), "find", func(s *Session) error {
+		hs, err := s.FindObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET)})
+		if err != nil || len(hs) != 0 {
+			t.Errorf("%d derived objects left behind (%v)", len(hs), err)
+		}
+		return nil
+	})
+}
+
+func TestGCM(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	key := genAES(t, tok)
+	ctx := context.Background()
+	iv := make([]byte, GCMIVSize)
+	rand.Read(iv)
+	aad := []byte("aad")
+	pt := []byte("the session keys and account of a ticket")
+	var sealed []byte
+	err := tok.Do(ctx, "seal", func(s *Session) (err error) {
+		sealed, err = s.SealGCM(key, iv, aad, pt)
+		return err
+	})
+	if err != nil || len(sealed) != len(pt)+GCMTagSize {
+		t.Fatalf("seal: %v (%d bytes)", err, len(sealed))
+	}
+	open := func(iv, aad, sealed []byte) ([]byte, error) {
+		var out []byte
+		err := tok.Do(ctx, "open", func(s *Session) (err error) {
+			out, err = s.OpenGCM(key, iv, aad, sealed)
+			return err
+		})
+		return out, err
+	}
+	if got, err := open(iv, aad, sealed); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("open: %v", err)
+	}
+	for i := range sealed {
+		bad := bytes.Clone(sealed)
+		bad[i] ^= 0x01
+		if _, err := open(iv, aad, bad); !errors.Is(err, ErrAuthentication) {
+			t.Fatalf("byte %d flipped: %v", i, err)
+		}
+	}
+	for name, c := range map[string]struct{ iv, aad, sealed []byte }{
+		"wrong IV":      {append([]byte{iv[0] ^ 1}, iv[1:]...), aad, sealed},
+		"empty IV":      {nil, aad, sealed},
+		"wrong AAD":     {iv, []byte("aae"), sealed},
+		"truncated tag": {iv, aad, sealed[:len(sealed)-1]},
+		"tag only":      {iv, aad, sealed[len(sealed)-GCMTagSize:]},
+		"nothing":       {iv, aad, nil},
+	} {
+		if _, err := open(c.iv, c.aad, c.sealed); !errors.Is(err, ErrAuthentication) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	err = tok.Do(ctx, "seal", func(s *Session) error {
+		_, err := s.SealGCM(key, nil, aad, pt)
+		return err
+	})
+	if err == nil {
+		t.Fatal("sealing with an empty IV was allowed")
+	}
+	// Failed opens did not take the token down.
+	if err := tok.Healthy(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConcurrentOperations(t *testing.T) {
+	tok, _ := openToken(t, Config{MaxSessions: 4})
+	dh := genDH(t, tok)
+	key := genAES(t, tok)
+	peer := new(big.Int).Exp(big.NewInt(2), big.NewInt(123456789), group.P()).Bytes()
+	ops := 500
+	if testing.Short() {
+		ops = 50
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			iv := make([]byte, GCMIVSize)
+			for i := 0; i < ops; i++ {
+				rand.Read(iv)
+				err := tok.Do(context.Background(), "mixed", func(s *Session) error {
+					if i%2 == 0 {
+						_, err := s.DeriveDH(dh.priv, peer, 256)
+						return err
+					}
+					sealed, err := s.SealGCM(key, iv, nil, []byte("ticket"))
+					if err != nil {
+						return err
+					}
+					_, err = s.OpenGCM(key, iv, nil, sealed)
+					return err
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	if n := len(tok.idle); n > 4 {
+		t.Fatalf("pool holds %d sessions, bound is 4", n)
+	}
+}
+
+func TestContextDeadlineWhilePoolBusy(t *testing.T) {
+	tok, _ := openToken(t, Config{MaxSessions: 1})
+	hold := make(chan struct{})
+	held := make(chan struct{})
+	go tok.Do(context.Background(), "hold", func(s *Session) error {
+		close(held)
+		<-hold
+		return nil
+	})
+	<-held
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	err := tok.Do(ctx, "wait", func(s *Session) error { return nil })
+	close(hold)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want deadline exceeded", err)
+	}
+}
+
+// faultOps runs a derive and a seal/open, finding the keys by CKA_ID inside
+// the operation's own session, as the keystore does.
+func faultOps(tok *Token) error {
+	peer := new(big.Int).Exp(big.NewInt(2), big.NewInt(987654321), group.P()).Bytes()
+	return tok.Do(context.Background(), "fault", func(s *Session) error {
+		priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+		if err != nil {
+			return err
+		}
+		key, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{2})})
+		if err != nil {
+			return err
+		}
+		if _, err := s.DeriveDH(priv, peer, 256); err != nil {
+			return err
+		}
+		iv := make([]byte, GCMIVSize)
+		sealed, err := s.SealGCM(key, iv, nil, []byte("x"))
+		if err != nil {
+			return err
+		}
+		_, err = s.OpenGCM(key, iv, nil, sealed)
+		return err
+	})
+}
+
+func TestRecovery(t *testing.T) {
+	for _, fault := range []struct {
+		name string
+		do   func(t *testing.T, tok *Token)
+	}{
+		{"close all sessions", func(t *testing.T, tok *Token) {
+			if err := tok.mod.ck.CloseAllSessions(tok.Slot()); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"logout", func(t *testing.T, tok *Token) {
+			tok.Do(context.Background(), "logout", func(s *Session) error {
+				if err := s.Cryptoki().Logout(s.Handle()); err != nil {
+					t.Fatal(err)
+				}
+				return nil
+			})
+		}},
+		{"finalize", func(t *testing.T, tok *Token) {
+			if err := tok.mod.ck.Finalize(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(fault.name, func(t *testing.T) {
+			tok, _ := openToken(t, Config{MaxSessions: 4})
+			genDH(t, tok)
+			genAES(t, tok)
+			// Fill the pool with several sessions first.
+			var wg sync.WaitGroup
+			for i := 0; i < 4; i++ {
+				wg.Add(1)
+				go func() { defer wg.Done(); faultOps(tok) }()
+			}
+			wg.Wait()
+			before := testutil.ToFloat64(reconnects)
+
+			fault.do(t, tok)
+
+			for i := 0; i < 20; i++ {
+				if err := faultOps(tok); err != nil {
+					t.Fatalf("operation %d after the fault: %v", i, err)
+				}
+			}
+			if err := tok.Healthy(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if fault.name != "close all sessions" && testutil.ToFloat64(reconnects) <= before {
+				t.Error("recovery not counted in custos_hsm_reconnects_total")
+			}
+		})
+	}
+}
+
+// downCryptoki makes every call fail as if the token were unplugged while
+// down is set.
+type downCryptoki struct {
+	Cryptoki
+	mu   sync.Mutex
+	down bool
+}
+
+func (d *downCryptoki) isDown() bool { d.mu.Lock(); defer d.mu.Unlock(); return d.down }
+
+func (d *downCryptoki) GetSlotList(present bool) ([]uint, error) {
+	if d.isDown() {
+		return nil, pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED)
+	}
+	return d.Cryptoki.GetSlotList(present)
+}
+
+func (d *downCryptoki) OpenSession(slot, flags uint) (pkcs11.SessionHandle, error) {
+	if d.isDown() {
+		return 0, pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED)
+	}
+	return d.Cryptoki.OpenSession(slot, flags)
+}
+
+func (d *downCryptoki) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if d.isDown() {
+		return pkcs11.SessionInfo{}, pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED)
+	}
+	return d.Cryptoki.GetSessionInfo(sh)
+}
+
+func (d *downCryptoki) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	if d.isDown() {
+		return 0, pkcs11.Error(pkcs11.CKR_DEVICE_REMOVED)
+	}
+	return d.Cryptoki.DeriveKey(sh, m, base, a)
+}
+
+func TestUnreachableFailsFastAndRecovers(t *testing.T) {
+	var wrapper *downCryptoki
+	tok, _ := openToken(t, Config{RetryInterval: 20 * time.Millisecond, Wrap: func(c Cryptoki) Cryptoki {
+		wrapper = &downCryptoki{Cryptoki: c}
+		return wrapper
+	}})
+	genDH(t, tok)
+	peer := big.NewInt(4).Bytes()
+	derive := func() error {
+		return tok.Do(context.Background(), "derive", func(s *Session) error {
+			priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+			if err != nil {
+				return err
+			}
+			_, err = s.DeriveDH(priv, peer, 256)
+			return err
+		})
+	}
+	if err := derive(); err != nil {
+		t.Fatal(err)
+	}
+	wrapper.mu.Lock()
+	wrapper.down = true
+	wrapper.mu.Unlock()
+	if err := derive(); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("while down: %v", err)
+	}
+	if testutil.ToFloat64(upGauge) != 0 {
+		t.Error("custos_hsm_up is not 0 while the token is down")
+	}
+	start := time.Now()
+	for i := 0; i < 100; i++ {
+		if err := derive(); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("while down: %v", err)
+		}
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("100 calls while down took %v; they should fail fast", d)
+	}
+	if tok.Healthy(context.Background()) == nil {
+		t.Error("Healthy while down")
+	}
+	wrapper.mu.Lock()
+	wrapper.down = false
+	wrapper.mu.Unlock()
+	deadline := time.Now().Add(5 * time.Second)
+	for err := derive(); err != nil; err = derive() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not recovered within 5 s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if testutil.ToFloat64(upGauge) != 1 {
+		t.Error("custos_hsm_up is not 1 after recovery")
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	dh := genDH(t, tok)
+	derives := testutil.ToFloat64(opErrors.WithLabelValues("metrics-derive", "CKR_GENERAL_ERROR"))
+	countBefore := histCount(t, "metrics-derive")
+	for i := 0; i < 5; i++ {
+		tok.Do(context.Background(), "metrics-derive", func(s *Session) error {
+			_, err := s.DeriveDH(dh.priv, big.NewInt(4).Bytes(), 256)
+			return err
+		})
+	}
+	// p itself is refused by SoftHSM with CKR_GENERAL_ERROR.
+	tok.Do(context.Background(), "metrics-derive", func(s *Session) error {
+		_, err := s.DeriveDH(dh.priv, group.P().Bytes(), 256)
+		return err
+	})
+	if got := histCount(t, "metrics-derive") - countBefore; got != 6 {
+		t.Errorf("duration histogram counted %d operations, want 6", got)
+	}
+	if got := testutil.ToFloat64(opErrors.WithLabelValues("metrics-derive", "CKR_GENERAL_ERROR")) - derives; got != 1 {
+		t.Errorf("errors counter = %v, want 1", got)
+	}
+	if idle := testutil.ToFloat64(sessionsGauge.WithLabelValues("idle")); idle < 1 {
+		t.Errorf("idle sessions gauge = %v", idle)
+	}
+	if busy := testutil.ToFloat64(sessionsGauge.WithLabelValues("busy")); busy != 0 {
+		t.Errorf("busy sessions gauge = %v with nothing running", busy)
+	}
+	if testutil.ToFloat64(upGauge) != 1 {
+		t.Error("custos_hsm_up is not 1")
+	}
+	families := gather(t)
+	for _, want := range []string{"custos_hsm_operation_duration_seconds", "custos_hsm_operation_errors_total", "custos_hsm_sessions", "custos_hsm_reconnects_total", "custos_hsm_up"} {
+		if families[want] == nil {
+			t.Errorf("metric %s not exported", want)
+		}
+	}
+}
+
+// gather scrapes the HSM metrics through a registry, as the service will.
+func gather(t *testing.T) map[string]*dto.MetricFamily {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(Collectors()...)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]*dto.MetricFamily{}
+	for _, mf := range mfs {
+		out[mf.GetName()] = mf
+	}
+	return out
+}
+
+// histCount returns how many operations the duration histogram counted for op.
+func histCount(t *testing.T, op string) uint64 {
+	mf := gather(t)["custos_hsm_operation_duration_seconds"]
+	if mf == nil {
+		return 0
+	}
+	for _, m := range mf.GetMetric() {
+		for _, l := range m.GetLabel() {
+			if l.GetName() == "op" && l.GetValue() == op {
+				return m.GetHistogram().GetSampleCount()
+			}
+		}
+	}
+	return 0
+}

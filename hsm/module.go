@@ -1,0 +1,103 @@
+package hsm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+// module is a PKCS#11 library loaded once per process. Every Token on it
+// shares its initialisation: PKCS#11 allows one C_Initialize per process, and
+// SoftHSM keeps process-wide state.
+type module struct {
+	path string
+	ck   Cryptoki
+
+	mu    sync.Mutex
+	refs  int
+	ready bool
+	gen   uint64 // counts initialisations; sessions and handles belong to one
+}
+
+var modules = struct {
+	sync.Mutex
+	byPath map[string]*module
+}{byPath: map[string]*module{}}
+
+// loadModule returns the process's module for path, loading and initialising
+// it on first use.
+func loadModule(path string) (*module, error) {
+	modules.Lock()
+	defer modules.Unlock()
+	m, ok := modules.byPath[path]
+	if !ok {
+		ctx := pkcs11.New(path)
+		if ctx == nil {
+			return nil, fmt.Errorf("hsm: cannot load the PKCS#11 module %s (is the path right and the library installed?)", path)
+		}
+		m = &module{path: path, ck: ctx}
+		modules.byPath[path] = m
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.initLocked(); err != nil {
+		return nil, err
+	}
+	m.refs++
+	return m, nil
+}
+
+func (m *module) initLocked() error {
+	if m.ready {
+		return nil
+	}
+	err := m.ck.Initialize()
+	if err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return fmt.Errorf("hsm: initialising the PKCS#11 module %s: %w", m.path, err)
+	}
+	m.ready = true
+	m.gen++
+	return nil
+}
+
+// generation returns the current initialisation count.
+func (m *module) generation() uint64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.gen
+}
+
+// reinitialise finalizes and initialises the module again, unless another
+// caller already did so since generation seen. It is how the pool recovers
+// from a module finalized behind its back, and how a token created after
+// start-up becomes visible.
+func (m *module) reinitialise(seen uint64) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.gen != seen && m.ready {
+		return nil
+	}
+	if err := m.ck.Finalize(); err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+		return fmt.Errorf("hsm: finalizing the module: %w", err)
+	}
+	m.ready = false
+	return m.initLocked()
+}
+
+// release drops one user; the last one finalizes the module (the library
+// stays loaded), so a later Open initialises it afresh.
+func (m *module) release() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.refs--
+	if m.refs > 0 || !m.ready {
+		return nil
+	}
+	m.ready = false
+	if err := m.ck.Finalize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED)) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,245 @@
+package hsm
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/miekg/pkcs11"
+)
+
+// Token operations. Every template sets every usage flag explicitly:
+// SoftHSM's defaults are permissive (an AES key may WRAP, UNWRAP and SIGN
+// unless told otherwise).
+
+// DHParams are the domain parameters of a Diffie-Hellman key.
+type DHParams struct {
+	Prime []byte // big-endian
+	Base  []byte // big-endian
+	// PrivateBits is CKA_VALUE_BITS, the private exponent's length.
+	PrivateBits int
+}
+
+// GenerateDHKeyPair creates a Diffie-Hellman key pair in the token. The
+// private key can only derive: it is sensitive, not extractable, and has no
+// other usage. It returns the public value (big-endian) and both handles.
+func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public []byte, pub, priv pkcs11.ObjectHandle, err error) {
+	pubT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DH),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIME, p.Prime),
+		pkcs11.NewAttribute(pkcs11.CKA_BASE, p.Base),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	privT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DH),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_BITS, p.PrivateBits),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	ck := s.t.ck
+	pub, priv, err = ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, nil)}, pubT, privT)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	public, err = s.Attribute(pub, pkcs11.CKA_VALUE)
+	return public, pub, priv, err
+}
+
+// DeriveDH returns peer^x mod p for the private key priv as exactly size
+// big-endian bytes. The token does not validate peer: the caller must. The
+// derived secret exists in the token only as a session object, destroyed
+// before this returns. The caller zeroes the result.
+func (s *Session) DeriveDH(priv pkcs11.ObjectHandle, peer []byte, size int) ([]byte, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
+		// SoftHSM needs these two to hand the value back.
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, size),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+	}
+	ck := s.t.ck
+	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer)}, priv, tmpl)
+	if err != nil {
+		return nil, err
+	}
+	v, err := s.Attribute(h, pkcs11.CKA_VALUE)
+	if derr := ck.DestroyObject(s.s.h, h); err == nil {
+		err = derr
+	}
+	if err != nil {
+		clear(v)
+		return nil, err
+	}
+	if len(v) > size {
+		clear(v)
+		return nil, fmt.Errorf("hsm: derive returned %d bytes, more than %d", len(v), size)
+	}
+	out := make([]byte, size)
+	copy(out[size-len(v):], v)
+	clear(v)
+	return out, nil
+}
+
+// GenerateAESKey creates a 256-bit AES key in the token that can only
+// encrypt and decrypt: sensitive, not extractable, no wrap, unwrap, sign or
+// derive.
+func (s *Session) GenerateAESKey(label string, id []byte) (pkcs11.ObjectHandle, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	return s.t.ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+}
+
+// GCM sizes this package insists on, because tokens do not: SoftHSM
+// accepts an empty IV and a 0-bit tag.
+const (
+	GCMIVSize  = 12
+	GCMTagSize = 16
+)
+
+// ErrAuthentication is returned by OpenGCM when the ciphertext does not
+// authenticate. It is a refusal of the input, not a token fault.
+var ErrAuthentication = errors.New("hsm: ciphertext does not authenticate")
+
+// SealGCM encrypts plaintext with AES-GCM under key, with the caller's
+// 12-byte IV and a 128-bit tag, and returns ciphertext ‖ tag.
+func (s *Session) SealGCM(key pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]byte, error) {
+	if len(iv) != GCMIVSize {
+		return nil, fmt.Errorf("hsm: GCM IV must be %d bytes, not %d", GCMIVSize, len(iv))
+	}
+	params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
+	defer params.Free()
+	ck := s.t.ck
+	if err := ck.EncryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+		return nil, err
+	}
+	out, err := ck.Encrypt(s.s.h, plaintext)
+	if err != nil {
+		return nil, err
+	}
+	if len(out) != len(plaintext)+GCMTagSize {
+		return nil, fmt.Errorf("hsm: GCM seal returned %d bytes for %d of plaintext", len(out), len(plaintext))
+	}
+	return out, nil
+}
+
+// OpenGCM decrypts ciphertext ‖ tag. A ciphertext that does not
+// authenticate gives ErrAuthentication; SoftHSM reports it as
+// CKR_GENERAL_ERROR, other tokens as CKR_ENCRYPTED_DATA_INVALID. The caller
+// zeroes the plaintext.
+func (s *Session) OpenGCM(key pkcs11.ObjectHandle, iv, aad, sealed []byte) ([]byte, error) {
+	if len(iv) != GCMIVSize || len(sealed) < GCMTagSize {
+		return nil, ErrAuthentication
+	}
+	params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
+	defer params.Free()
+	ck := s.t.ck
+	if err := ck.DecryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+		return nil, err
+	}
+	out, err := ck.Decrypt(s.s.h, sealed)
+	switch {
+	case err == nil:
+		return out, nil
+	case Is(err, pkcs11.CKR_GENERAL_ERROR), Is(err, pkcs11.CKR_ENCRYPTED_DATA_INVALID),
+		Is(err, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE), Is(err, ckrAEADDecryptFailed):
+		return nil, ErrAuthentication
+	}
+	return nil, err
+}
+
+// ckrAEADDecryptFailed is PKCS#11 3.0's CKR_AEAD_DECRYPT_FAILED.
+const ckrAEADDecryptFailed = 0x00000035
+
+// FindObjects returns the handles of every object matching the template.
+func (s *Session) FindObjects(template []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+	ck := s.t.ck
+	if err := ck.FindObjectsInit(s.s.h, template); err != nil {
+		return nil, err
+	}
+	var all []pkcs11.ObjectHandle
+	for {
+		hs, _, err := ck.FindObjects(s.s.h, 64)
+		if err != nil {
+			ck.FindObjectsFinal(s.s.h)
+			return nil, err
+		}
+		if len(hs) == 0 {
+			break
+		}
+		all = append(all, hs...)
+	}
+	return all, ck.FindObjectsFinal(s.s.h)
+}
+
+// FindOne returns the handle of the one object matching the template, or
+// ErrObjectNotFound.
+func (s *Session) FindOne(template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	hs, err := s.FindObjects(template)
+	switch {
+	case err != nil:
+		return 0, err
+	case len(hs) == 0:
+		return 0, ErrObjectNotFound
+	case len(hs) > 1:
+		return 0, fmt.Errorf("hsm: %d objects match where one was expected", len(hs))
+	}
+	return hs[0], nil
+}
+
+// Attribute reads one attribute of an object.
+func (s *Session) Attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
+	attrs, err := s.t.ck.GetAttributeValue(s.s.h, h, []*pkcs11.Attribute{pkcs11.NewAttribute(typ, nil)})
+	if err != nil {
+		return nil, err
+	}
+	return attrs[0].Value, nil
+}
+
+// Destroy deletes an object from the token.
+func (s *Session) Destroy(h pkcs11.ObjectHandle) error {
+	return s.t.ck.DestroyObject(s.s.h, h)
+}

@@ -1,0 +1,66 @@
+// Package softhsm makes throwaway SoftHSM2 tokens for tests. The same
+// setup.sh beside it makes the token `make run` uses.
+package softhsm
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// PIN is the user PIN of test tokens.
+const PIN = "custos-test-pin"
+
+// Token is a SoftHSM2 token made for one test.
+type Token struct {
+	Dir    string // holds softhsm2.conf and the token files
+	Conf   string // the SOFTHSM2_CONF path
+	Module string // the PKCS#11 library
+	Label  string
+	PIN    string
+}
+
+var counter atomic.Int64
+
+// New creates a token in t.TempDir() and points SOFTHSM2_CONF at it for
+// the rest of the test (so tests using it cannot run in parallel). SoftHSM2
+// is installed if missing; if that is impossible the test is skipped with a
+// loud message, except under CI, where it fails.
+func New(t testing.TB) *Token {
+	t.Helper()
+	dir := t.TempDir()
+	label := fmt.Sprintf("custos-test-%d-%d", os.Getpid(), counter.Add(1))
+	out, err := exec.Command("bash", Script(), dir, label, PIN).CombinedOutput()
+	if err != nil {
+		msg := fmt.Sprintf("!!! SoftHSM2 is not available, so this test cannot run against a real token: %v\n%s", err, out)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	tok := &Token{Dir: dir, Label: label, PIN: PIN}
+	for _, line := range strings.Split(string(out), "\n") {
+		if v, ok := strings.CutPrefix(line, "export SOFTHSM2_CONF="); ok {
+			tok.Conf = v
+		}
+		if v, ok := strings.CutPrefix(line, "export CUSTOS_PKCS11_MODULE="); ok {
+			tok.Module = v
+		}
+	}
+	if tok.Conf == "" || tok.Module == "" {
+		t.Fatalf("softhsm/setup.sh printed no environment:\n%s", out)
+	}
+	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	return tok
+}
+
+// Script returns the path of setup.sh.
+func Script() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "setup.sh")
+}
