@@ -221,6 +221,9 @@ func (t *Token) ensureLogin(h pkcs11.SessionHandle) (bool, error) {
 	err = t.ck.Login(h, pkcs11.CKU_USER, t.cfg.PIN)
 	switch {
 	case err == nil:
+		// Handles of private objects do not survive a logout on every
+		// token (SoftHSM renumbers them): find them again.
+		t.epoch.Add(1)
 		return true, nil
 	case Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
 		return false, nil

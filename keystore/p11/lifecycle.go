@@ -1,0 +1,158 @@
+package p11
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/keystore"
+)
+
+// Key lifecycle: what `custosd init` and `custosd keys …` do.
+
+// Init creates the service credential and a ticket-sealing key if the token
+// has none. It is idempotent, and returns the active credential's kid.
+func (k *Keystore) Init(ctx context.Context) (kid string, err error) {
+	if err := k.Refresh(ctx); err != nil {
+		return "", err
+	}
+	k.mu.RLock()
+	haveCred, haveTicket := k.activeCred != nil, k.activeTicket != nil
+	k.mu.RUnlock()
+	if !haveCred {
+		if _, err := k.RotateCredential(ctx); err != nil {
+			return "", err
+		}
+	}
+	if !haveTicket {
+		if _, err := k.RotateTicketKey(ctx); err != nil {
+			return "", err
+		}
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.activeCred.kid, nil
+}
+
+func (k *Keystore) newLabel(prefix string) (string, time.Time) {
+	created := k.now().UTC().Truncate(time.Second)
+	return prefix + created.Format(labelTime), created
+}
+
+func newID(n int) ([]byte, error) {
+	id := make([]byte, n)
+	_, err := rand.Read(id)
+	return id, err
+}
+
+// RotateCredential generates a new service credential in the token and
+// makes it active. The old one stays until pruned.
+func (k *Keystore) RotateCredential(ctx context.Context) (keystore.KeyInfo, error) {
+	label, created := k.newLabel(credentialPrefix)
+	id, err := newID(8)
+	if err != nil {
+		return keystore.KeyInfo{}, err
+	}
+	params := hsm.DHParams{Prime: group.P().Bytes(), Base: []byte{group.Generator}, PrivateBits: 8 * group.ScalarSize}
+	var public []byte
+	err = k.tok.Do(ctx, "generate", func(s *hsm.Session) (err error) {
+		public, _, _, err = s.GenerateDHKeyPair(params, label, id)
+		return err
+	})
+	if err != nil {
+		return keystore.KeyInfo{}, unavailable(err)
+	}
+	pub, err := group.NewElement(public)
+	if err != nil {
+		return keystore.KeyInfo{}, fmt.Errorf("p11: the token generated a public value outside the group: %w", err)
+	}
+	if err := k.Refresh(ctx); err != nil {
+		return keystore.KeyInfo{}, err
+	}
+	return keystore.KeyInfo{Kind: keystore.KindCredential, ID: pub.KeyID(), Label: label, Created: created, Active: true}, nil
+}
+
+// RotateTicketKey generates a new ticket-sealing key and makes it active.
+// Older keys keep opening the tickets they sealed until pruned.
+func (k *Keystore) RotateTicketKey(ctx context.Context) (keystore.KeyInfo, error) {
+	label, created := k.newLabel(ticketPrefix)
+	id, err := newID(ticket.KeyIDSize)
+	if err != nil {
+		return keystore.KeyInfo{}, err
+	}
+	err = k.tok.Do(ctx, "generate", func(s *hsm.Session) error {
+		_, err := s.GenerateAESKey(label, id)
+		return err
+	})
+	if err != nil {
+		return keystore.KeyInfo{}, unavailable(err)
+	}
+	if err := k.Refresh(ctx); err != nil {
+		return keystore.KeyInfo{}, err
+	}
+	return keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(id), Label: label, Created: created, Active: true}, nil
+}
+
+// Prune deletes keys that are not active and were made more than window
+// ago. Choose window at least as long as the longest ticket lifetime (the
+// rekey window): a ticket whose key is gone no longer opens.
+func (k *Keystore) Prune(ctx context.Context, window time.Duration) ([]keystore.KeyInfo, error) {
+	if err := k.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	cutoff := k.now().Add(-window)
+	type victim struct {
+		info     keystore.KeyInfo
+		template [][]*pkcs11.Attribute
+	}
+	var victims []victim
+	k.mu.RLock()
+	for _, c := range k.creds {
+		if c != k.activeCred && c.created.Before(cutoff) {
+			victims = append(victims, victim{
+				keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created},
+				[][]*pkcs11.Attribute{
+					withID(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH), c.id),
+					withID(classAttrs(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH), c.id),
+				}})
+		}
+	}
+	for _, tk := range k.tickets {
+		if tk != k.activeTicket && tk.created.Before(cutoff) {
+			victims = append(victims, victim{
+				keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created},
+				[][]*pkcs11.Attribute{withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:])},
+			})
+		}
+	}
+	k.mu.RUnlock()
+	var pruned []keystore.KeyInfo
+	for _, v := range victims {
+		err := k.tok.Do(ctx, "destroy", func(s *hsm.Session) error {
+			for _, t := range v.template {
+				hs, err := s.FindObjects(t)
+				if err != nil {
+					return err
+				}
+				for _, h := range hs {
+					if err := s.Destroy(h); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return pruned, unavailable(err)
+		}
+		pruned = append(pruned, v.info)
+	}
+	return pruned, k.Refresh(ctx)
+}

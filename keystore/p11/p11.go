@@ -1,0 +1,400 @@
+// Package p11 is the Keystore that keeps the service's keys in a PKCS#11
+// token: the credential's private key and the ticket-sealing keys are
+// generated there, cannot leave, and are only used there.
+//
+// Keys are found by CKA_ID and a label that says what they are and when they
+// were made ("custos-ticket 2026-11-24T18:00:00Z"), so every replica sharing
+// a token sees the same inventory, and an operator can read it with any
+// PKCS#11 tool. The newest key of each kind is the active one.
+package p11
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/keystore"
+)
+
+const (
+	credentialPrefix = "custos-credential "
+	ticketPrefix     = "custos-ticket "
+	labelTime        = time.RFC3339
+)
+
+// Keystore is a keystore.Keystore backed by a PKCS#11 token.
+type Keystore struct {
+	tok *hsm.Token
+	// RefreshInterval is how often the inventory is read again, so that
+	// keys rotated by another replica are used. Default 30 s.
+	RefreshInterval time.Duration
+	// Now is the clock for labels and pruning; nil means time.Now.
+	Now func() time.Time
+	Log *slog.Logger
+
+	mu           sync.RWMutex
+	creds        map[string]*credentialKey
+	activeCred   *credentialKey
+	tickets      map[ticket.KeyID]*ticketKey
+	activeTicket *ticketKey
+	refreshedAt  time.Time
+	refreshing   bool
+}
+
+type credentialKey struct {
+	id      []byte
+	label   string
+	created time.Time
+	pub     *group.Element
+	kid     string
+	handle  handleCache
+}
+
+type ticketKey struct {
+	id      ticket.KeyID
+	label   string
+	created time.Time
+	handle  handleCache
+}
+
+// handleCache remembers an object handle for as long as the token's handle
+// epoch says it is good.
+type handleCache struct {
+	mu    sync.Mutex
+	epoch uint64
+	h     pkcs11.ObjectHandle
+	ok    bool
+}
+
+func (c *handleCache) get(s *hsm.Session, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ok && c.epoch == s.Epoch() {
+		return c.h, nil
+	}
+	h, err := s.FindOne(template)
+	if err != nil {
+		return 0, err
+	}
+	c.h, c.epoch, c.ok = h, s.Epoch(), true
+	return h, nil
+}
+
+var _ keystore.Keystore = (*Keystore)(nil)
+
+// Open reads the token's key inventory. A token without keys is fine here;
+// Init creates them.
+func Open(ctx context.Context, tok *hsm.Token) (*Keystore, error) {
+	k := &Keystore{tok: tok}
+	if err := k.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Keystore) now() time.Time {
+	if k.Now != nil {
+		return k.Now()
+	}
+	return time.Now()
+}
+
+func (k *Keystore) log() *slog.Logger {
+	if k.Log != nil {
+		return k.Log
+	}
+	return slog.Default()
+}
+
+func unavailable(err error) error {
+	return fmt.Errorf("%w: %w", keystore.ErrUnavailable, err)
+}
+
+func classAttrs(class, keyType uint) []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+	}
+}
+
+func withID(t []*pkcs11.Attribute, id []byte) []*pkcs11.Attribute {
+	return append(t[:len(t):len(t)], pkcs11.NewAttribute(pkcs11.CKA_ID, id))
+}
+
+// Refresh reads the inventory from the token.
+func (k *Keystore) Refresh(ctx context.Context) error {
+	creds := map[string]*credentialKey{}
+	tickets := map[ticket.KeyID]*ticketKey{}
+	err := k.tok.Do(ctx, "inventory", func(s *hsm.Session) error {
+		clear(creds)
+		clear(tickets)
+		privs, err := s.FindObjects(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH))
+		if err != nil {
+			return err
+		}
+		for _, h := range privs {
+			label, id, created, ok := readLabelled(s, h, credentialPrefix)
+			if !ok {
+				continue
+			}
+			pubH, err := s.FindOne(withID(classAttrs(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH), id))
+			if err != nil {
+				k.log().Warn("p11: credential without its public key; ignored", "label", label)
+				continue
+			}
+			v, err := s.Attribute(pubH, pkcs11.CKA_VALUE)
+			if err != nil {
+				return err
+			}
+			pub, err := group.NewElement(v)
+			if err != nil {
+				k.log().Warn("p11: credential public value is not a group element; ignored", "label", label, "reason", err)
+				continue
+			}
+			c := &credentialKey{id: id, label: label, created: created, pub: pub, kid: pub.KeyID()}
+			creds[c.kid] = c
+		}
+		secrets, err := s.FindObjects(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES))
+		if err != nil {
+			return err
+		}
+		for _, h := range secrets {
+			label, id, created, ok := readLabelled(s, h, ticketPrefix)
+			if !ok || len(id) != ticket.KeyIDSize {
+				continue
+			}
+			tk := &ticketKey{id: ticket.KeyID(id), label: label, created: created}
+			tickets[tk.id] = tk
+		}
+		return nil
+	})
+	if err != nil {
+		return unavailable(err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	// Keep cached handles of keys already known.
+	for kid := range creds {
+		if old, ok := k.creds[kid]; ok {
+			creds[kid] = old
+		}
+	}
+	for id := range tickets {
+		if old, ok := k.tickets[id]; ok {
+			tickets[id] = old
+		}
+	}
+	k.creds, k.tickets = creds, tickets
+	k.activeCred, k.activeTicket = nil, nil
+	for _, c := range creds {
+		if k.activeCred == nil || newer(c.created, c.id, k.activeCred.created, k.activeCred.id) {
+			k.activeCred = c
+		}
+	}
+	for _, tk := range tickets {
+		if k.activeTicket == nil || newer(tk.created, tk.id[:], k.activeTicket.created, k.activeTicket.id[:]) {
+			k.activeTicket = tk
+		}
+	}
+	k.refreshedAt = k.now()
+	return nil
+}
+
+func newer(a time.Time, aID []byte, b time.Time, bID []byte) bool {
+	if !a.Equal(b) {
+		return a.After(b)
+	}
+	return hex.EncodeToString(aID) > hex.EncodeToString(bID)
+}
+
+// readLabelled reads the label and CKA_ID of an object and parses the
+// creation time from a label with the given prefix.
+func readLabelled(s *hsm.Session, h pkcs11.ObjectHandle, prefix string) (label string, id []byte, created time.Time, ok bool) {
+	lb, err := s.Attribute(h, pkcs11.CKA_LABEL)
+	if err != nil || !strings.HasPrefix(string(lb), prefix) {
+		return "", nil, time.Time{}, false
+	}
+	created, err = time.Parse(labelTime, strings.TrimPrefix(string(lb), prefix))
+	if err != nil {
+		return "", nil, time.Time{}, false
+	}
+	id, err = s.Attribute(h, pkcs11.CKA_ID)
+	if err != nil || len(id) == 0 {
+		return "", nil, time.Time{}, false
+	}
+	return string(lb), id, created, true
+}
+
+// maybeRefresh reads the inventory again in the background once it is older
+// than RefreshInterval.
+func (k *Keystore) maybeRefresh() {
+	interval := k.RefreshInterval
+	if interval <= 0 {
+		interval = 30 * time.Second
+	}
+	k.mu.Lock()
+	due := !k.refreshing && k.now().Sub(k.refreshedAt) > interval
+	if due {
+		k.refreshing = true
+	}
+	k.mu.Unlock()
+	if !due {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := k.Refresh(ctx); err != nil {
+			k.log().Warn("p11: refreshing the key inventory failed", "reason", err)
+		}
+		k.mu.Lock()
+		k.refreshing = false
+		k.mu.Unlock()
+	}()
+}
+
+// ErrNoKeys means the token has not been initialised for Custos.
+var ErrNoKeys = errors.New("the token holds no Custos keys; run `custosd init`")
+
+func (k *Keystore) Credential(ctx context.Context) (*group.Element, error) {
+	k.maybeRefresh()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.activeCred == nil {
+		return nil, unavailable(ErrNoKeys)
+	}
+	return k.activeCred.pub, nil
+}
+
+func (k *Keystore) credential(kid string) *credentialKey {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.creds[kid]
+}
+
+func (k *Keystore) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
+	c := k.credential(kid)
+	if c == nil {
+		return nil, keystore.ErrUnknownKey
+	}
+	var out []byte
+	err := k.tok.Do(ctx, "derive", func(s *hsm.Session) error {
+		h, err := c.handle.get(s, withID(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH), c.id))
+		if err != nil {
+			return err
+		}
+		out, err = s.DeriveDH(h, peer.Bytes(), group.Size)
+		return err
+	})
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return out, nil
+}
+
+func (k *Keystore) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+	k.maybeRefresh()
+	k.mu.RLock()
+	tk := k.activeTicket
+	k.mu.RUnlock()
+	if tk == nil {
+		return nil, unavailable(ErrNoKeys)
+	}
+	f := &ticket.Frame{KeyID: tk.id, IV: make([]byte, ticket.IVSize)}
+	if _, err := rand.Read(f.IV); err != nil {
+		return nil, err
+	}
+	err := k.tok.Do(ctx, "seal", func(s *hsm.Session) error {
+		h, err := tk.handle.get(s, withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:]))
+		if err != nil {
+			return err
+		}
+		f.Sealed, err = s.SealGCM(h, f.IV, ticket.AAD(tk.id), plaintext)
+		return err
+	})
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	return f.Bytes(), nil
+}
+
+func (k *Keystore) Open(ctx context.Context, t []byte) ([]byte, error) {
+	f, err := ticket.Parse(t)
+	if err != nil {
+		return nil, err
+	}
+	tk := k.ticketKey(ctx, f.KeyID)
+	if tk == nil {
+		return nil, ticket.ErrInvalid
+	}
+	var out []byte
+	err = k.tok.Do(ctx, "open", func(s *hsm.Session) error {
+		h, err := tk.handle.get(s, withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:]))
+		if err != nil {
+			return err
+		}
+		out, err = s.OpenGCM(h, f.IV, ticket.AAD(f.KeyID), f.Sealed)
+		return err
+	})
+	switch {
+	case err == nil:
+		return out, nil
+	case errors.Is(err, hsm.ErrAuthentication), errors.Is(err, hsm.ErrObjectNotFound):
+		// A forged ticket, or one whose key another replica pruned.
+		return nil, ticket.ErrInvalid
+	}
+	return nil, unavailable(err)
+}
+
+// ticketKey finds a sealing key by id. An unknown id may be a key another
+// replica made since the last refresh, so the inventory is read again — at
+// most once a second, so that forged ids cannot keep the token busy.
+func (k *Keystore) ticketKey(ctx context.Context, id ticket.KeyID) *ticketKey {
+	k.mu.RLock()
+	tk := k.tickets[id]
+	stale := k.now().Sub(k.refreshedAt) > time.Second
+	k.mu.RUnlock()
+	if tk != nil || !stale {
+		return tk
+	}
+	if err := k.Refresh(ctx); err != nil {
+		return nil
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.tickets[id]
+}
+
+func (k *Keystore) Keys(ctx context.Context) ([]keystore.KeyInfo, error) {
+	if err := k.Refresh(ctx); err != nil {
+		return nil, err
+	}
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	var out []keystore.KeyInfo
+	for _, c := range k.creds {
+		out = append(out, keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created, Active: c == k.activeCred})
+	}
+	for _, tk := range k.tickets {
+		out = append(out, keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Active: tk == k.activeTicket})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Kind != out[j].Kind {
+			return out[i].Kind < out[j].Kind
+		}
+		return out[i].Created.Before(out[j].Created)
+	})
+	return out, nil
+}

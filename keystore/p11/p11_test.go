@@ -1,0 +1,375 @@
+package p11
+
+import (
+	"bytes"
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"errors"
+	"math/big"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/pkcs11"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/keystore"
+	"github.com/custos-kx/custos/softhsm"
+)
+
+type fixture struct {
+	st  *softhsm.Token
+	tok *hsm.Token
+	ks  *Keystore
+}
+
+func openTok(t *testing.T, st *softhsm.Token) *hsm.Token {
+	t.Helper()
+	tok, err := hsm.Open(context.Background(), hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { tok.Close() })
+	return tok
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	st := softhsm.New(t)
+	tok := openTok(t, st)
+	ks, err := Open(context.Background(), tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.Init(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return &fixture{st: st, tok: tok, ks: ks}
+}
+
+func TestInitIsIdempotent(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	x1, _ := f.ks.Credential(ctx)
+	kid, err := f.ks.Init(ctx)
+	if err != nil || kid != x1.KeyID() {
+		t.Fatalf("second Init: kid %s err %v, want %s", kid, err, x1.KeyID())
+	}
+	// A fresh process (here: a fresh keystore on the same token) sees the same keys.
+	ks2, err := Open(ctx, f.tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x2, _ := ks2.Credential(ctx)
+	if !x1.Equal(x2) {
+		t.Fatal("credential changed across reopen")
+	}
+	keys, _ := ks2.Keys(ctx)
+	if len(keys) != 2 || !keys[0].Active || !keys[1].Active {
+		t.Fatalf("inventory after two Inits: %+v", keys)
+	}
+}
+
+func TestEmptyTokenSaysToInit(t *testing.T) {
+	st := softhsm.New(t)
+	ks, err := Open(context.Background(), openTok(t, st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ks.Credential(context.Background()); !errors.Is(err, ErrNoKeys) || !errors.Is(err, keystore.ErrUnavailable) {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := ks.Seal(context.Background(), []byte("x")); !errors.Is(err, ErrNoKeys) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestDeriveMatchesPublicKey(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	X, _ := f.ks.Credential(ctx)
+	p := group.P()
+	for i := 0; i < 200; i++ {
+		k, _ := group.GenerateScalar(rand.Reader)
+		peer := k.Public()
+		got, err := f.ks.Derive(ctx, X.KeyID(), peer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := new(big.Int).Exp(X.Int(), new(big.Int).SetBytes(k.Bytes()), p).FillBytes(make([]byte, 256))
+		if !bytes.Equal(got, want) {
+			t.Fatalf("peer %d: derive differs from math/big", i)
+		}
+	}
+	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); !errors.Is(err, keystore.ErrUnknownKey) {
+		t.Fatalf("unknown kid: %v", err)
+	}
+}
+
+// TestEngineOnToken runs whole exchanges and rekeys with the service's keys
+// in the token and checks both sides agree.
+func TestEngineOnToken(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	srv := &exchange.Server{Keystore: f.ks}
+	for i := 0; i < 20; i++ {
+		key, _ := exchange.GenerateClientKey(rand.Reader)
+		pending, msg, _ := key.NewExchange(rand.Reader, nil)
+		req, err := exchange.ParseRequest(msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := srv.Exchange(ctx, req, "alice@example.com")
+		if err != nil {
+			t.Fatal(err)
+		}
+		sess, err := pending.Finish(resp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := srv.OpenTicket(ctx, sess.Ticket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !hmac.Equal(st.AK[:], sess.AK[:]) || !hmac.Equal(st.RK[:], sess.RK[:]) {
+			t.Fatal("client and token-backed server disagree")
+		}
+		pr, rmsg, _ := sess.NewRekey(rand.Reader, nil)
+		rreq, _ := exchange.ParseRekeyRequest(rmsg)
+		rresp, err := srv.Rekey(ctx, rreq, st, sess.Ticket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		next, err := pr.Finish(rresp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st2, _ := srv.OpenTicket(ctx, next.Ticket)
+		if st2 == nil || !hmac.Equal(st2.EK[:], next.EK[:]) || st2.Generation != 1 {
+			t.Fatal("rekey through the token disagrees")
+		}
+	}
+}
+
+func TestTicketTamper(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	pt := []byte("account, kid, times and session keys")
+	tk, err := f.ks.Seal(ctx, pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := f.ks.Open(ctx, tk); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("open: %v", err)
+	}
+	for i := range tk {
+		bad := bytes.Clone(tk)
+		bad[i] ^= 0x80
+		if _, err := f.ks.Open(ctx, bad); !errors.Is(err, ticket.ErrInvalid) {
+			t.Fatalf("byte %d flipped: %v", i, err)
+		}
+	}
+	if err := f.tok.Healthy(ctx); err != nil {
+		t.Fatal("forged tickets took the token down")
+	}
+}
+
+func TestRotationAndPrune(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now()
+	f.ks.Now = func() time.Time { return now }
+	oldTicket, _ := f.ks.Seal(ctx, []byte("old"))
+	oldCred, _ := f.ks.Credential(ctx)
+
+	now = now.Add(2 * time.Hour)
+	info, err := f.ks.RotateTicketKey(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newTicket, _ := f.ks.Seal(ctx, []byte("new"))
+	if bytes.Equal(oldTicket[1:9], newTicket[1:9]) || info.ID == "" {
+		t.Fatal("rotation did not change the sealing key")
+	}
+	if _, err := f.ks.Open(ctx, oldTicket); err != nil {
+		t.Fatalf("old ticket after rotation: %v", err)
+	}
+	cinfo, err := f.ks.RotateCredential(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCred, _ := f.ks.Credential(ctx)
+	if newCred.Equal(oldCred) || cinfo.ID != newCred.KeyID() {
+		t.Fatal("credential rotation did not change the credential")
+	}
+	// The old credential still derives until it is pruned.
+	if _, err := f.ks.Derive(ctx, oldCred.KeyID(), newCred); err != nil {
+		t.Fatal(err)
+	}
+
+	// A window longer than the keys' age prunes nothing.
+	pruned, err := f.ks.Prune(ctx, 3*time.Hour)
+	if err != nil || len(pruned) != 0 {
+		t.Fatalf("pruned %v, %v", pruned, err)
+	}
+	pruned, err = f.ks.Prune(ctx, time.Hour)
+	if err != nil || len(pruned) != 2 {
+		t.Fatalf("pruned %+v, %v; want the old credential and ticket key", pruned, err)
+	}
+	if _, err := f.ks.Open(ctx, oldTicket); !errors.Is(err, ticket.ErrInvalid) {
+		t.Fatalf("ticket of a pruned key: %v", err)
+	}
+	if _, err := f.ks.Open(ctx, newTicket); err != nil {
+		t.Fatalf("ticket of the active key: %v", err)
+	}
+	if _, err := f.ks.Derive(ctx, oldCred.KeyID(), newCred); !errors.Is(err, keystore.ErrUnknownKey) {
+		t.Fatalf("pruned credential: %v", err)
+	}
+	keys, _ := f.ks.Keys(ctx)
+	if len(keys) != 2 {
+		t.Fatalf("inventory after prune: %+v", keys)
+	}
+	// The active keys are never pruned, however old.
+	if pruned, _ := f.ks.Prune(ctx, 0); len(pruned) != 0 {
+		t.Fatalf("pruned active keys: %+v", pruned)
+	}
+}
+
+// TestReplicasShareToken: a ticket sealed after one keystore rotated opens
+// on another that has not refreshed yet.
+func TestReplicasShareToken(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	other, err := Open(ctx, openTok(t, f.st))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.RefreshInterval = time.Hour
+	if _, err := f.ks.RotateTicketKey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tk, _ := f.ks.Seal(ctx, []byte("from replica one"))
+	other.mu.Lock()
+	other.refreshedAt = time.Now().Add(-2 * time.Second)
+	other.mu.Unlock()
+	if got, err := other.Open(ctx, tk); err != nil || string(got) != "from replica one" {
+		t.Fatalf("replica two: %v", err)
+	}
+}
+
+func TestConcurrentKeystore(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	X, _ := f.ks.Credential(ctx)
+	peer := X
+	ops := 500
+	if testing.Short() {
+		ops = 50
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; i < ops; i++ {
+				var err error
+				switch (g + i) % 3 {
+				case 0:
+					_, err = f.ks.Derive(ctx, X.KeyID(), peer)
+				case 1:
+					_, err = f.ks.Seal(ctx, []byte("t"))
+				default:
+					var tk []byte
+					if tk, err = f.ks.Seal(ctx, []byte("t")); err == nil {
+						_, err = f.ks.Open(ctx, tk)
+					}
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// TestFaults checks the keystore's cached handles survive each recovery of
+// the pool: sessions closed, a logout, the module finalized.
+func TestFaults(t *testing.T) {
+	faults := map[string]func(f *fixture) error{
+		"close all sessions": func(f *fixture) error {
+			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
+				return s.Cryptoki().CloseAllSessions(f.tok.Slot())
+			})
+		},
+		"logout": func(f *fixture) error {
+			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
+				return s.Cryptoki().Logout(s.Handle())
+			})
+		},
+		"finalize": func(f *fixture) error {
+			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
+				return s.Cryptoki().Finalize()
+			})
+		},
+	}
+	for name, fault := range faults {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t)
+			ctx := context.Background()
+			X, _ := f.ks.Credential(ctx)
+			tk, _ := f.ks.Seal(ctx, []byte("before"))
+			if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
+				t.Fatal(err)
+			}
+			fault(f) // its own error is irrelevant: the session it ran on may be gone
+			for i := 0; i < 10; i++ {
+				if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
+					t.Fatalf("derive %d after %s: %v", i, name, err)
+				}
+				if _, err := f.ks.Open(ctx, tk); err != nil {
+					t.Fatalf("open %d after %s: %v", i, name, err)
+				}
+				if _, err := f.ks.Seal(ctx, []byte("after")); err != nil {
+					t.Fatalf("seal %d after %s: %v", i, name, err)
+				}
+			}
+		})
+	}
+}
+
+func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	err := f.tok.Do(ctx, "check", func(s *hsm.Session) error {
+		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_SECRET_KEY} {
+			hs, err := s.FindObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)})
+			if err != nil || len(hs) != 1 {
+				t.Fatalf("class %d: %d objects, %v", class, len(hs), err)
+			}
+			for attr, want := range map[uint]byte{pkcs11.CKA_SENSITIVE: 1, pkcs11.CKA_EXTRACTABLE: 0, pkcs11.CKA_TOKEN: 1, pkcs11.CKA_PRIVATE: 1} {
+				v, err := s.Attribute(hs[0], attr)
+				if err != nil || len(v) != 1 || v[0] != want {
+					t.Errorf("class %d attribute 0x%x = %v (%v)", class, attr, v, err)
+				}
+			}
+			if _, err := s.Attribute(hs[0], pkcs11.CKA_VALUE); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+				t.Errorf("class %d: CKA_VALUE readable: %v", class, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
