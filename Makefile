@@ -22,5 +22,8 @@ fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzClientFinish$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
+# Engine and primitives (each beside its math/big reference), then token
+# operations through the session pool with p50/p99.
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem ./exchange/...
+	$(GO) test -run '^$$' -bench . ./keystore/p11
