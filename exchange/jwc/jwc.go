@@ -1,0 +1,238 @@
+// Package jwc is the envelope of requests made under a jwcexchange session
+// (SPEC §6, §7): an HS512 JWS in the Authorization header naming the
+// session's ticket, a JWS over each response, and A256CBC-HS512 JWE bodies.
+// Service and client both use it, so they cannot disagree on a detail.
+//
+// JOSE processing is go-jose's; this package fixes what may vary: one
+// algorithm, a typ that says what the token is for, and claims decoded
+// strictly.
+package jwc
+
+import (
+	"bytes"
+	"crypto/rand"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/custos-kx/custos/exchange/ticket"
+)
+
+// Token types (the JWS typ header).
+const (
+	TypeRequest  = "jwc-req"
+	TypeRekey    = "jwc-rekey"
+	TypeResponse = "jwc-resp"
+)
+
+// Scheme is the Authorization scheme.
+const Scheme = "JWC"
+
+// MaxSkew is how far a request's iat may be from the service's clock.
+const MaxSkew = 60 * time.Second
+
+// Claims are the payload of a request token.
+type Claims struct {
+	Method   string `json:"htm"`
+	Target   string `json:"htu"` // path?query
+	IssuedAt int64  `json:"iat"`
+	ID       string `json:"jti"`
+	BodyHash string `json:"bdh"`
+}
+
+// ResponseClaims are the payload of a response signature.
+type ResponseClaims struct {
+	ID       string `json:"jti"`
+	Status   int    `json:"sts"`
+	BodyHash string `json:"bdh"`
+}
+
+var b64 = base64.RawURLEncoding
+
+// BodyHash returns b64u(SHA-512(body)).
+func BodyHash(body []byte) string {
+	h := sha512.Sum512(body)
+	return b64.EncodeToString(h[:])
+}
+
+// NewID returns a fresh jti: 16 random bytes.
+func NewID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return b64.EncodeToString(b[:])
+}
+
+// Sign makes a request token of type typ under key (AK, or RK for a rekey)
+// for the session whose ticket is t.
+func Sign(key, t []byte, typ string, c *Claims) (string, error) {
+	signer, err := jose.NewSigner(
+		jose.SigningKey{Algorithm: jose.HS512, Key: jose.JSONWebKey{Key: key, KeyID: b64.EncodeToString(t)}},
+		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)))
+	if err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	obj, err := signer.Sign(payload)
+	if err != nil {
+		return "", err
+	}
+	return obj.CompactSerialize()
+}
+
+// Error says why a token was refused.
+type Error struct {
+	Reason string
+}
+
+func (e *Error) Error() string { return e.Reason }
+
+func refuse(format string, args ...any) error { return &Error{Reason: fmt.Sprintf(format, args...)} }
+
+// Request is a parsed request token whose MAC has not been checked yet: the
+// service must first open Ticket to learn the key.
+type Request struct {
+	obj    *jose.JSONWebSignature
+	Ticket []byte
+	Type   string
+}
+
+// MaxTokenSize bounds what Parse looks at.
+const MaxTokenSize = 8192
+
+// Parse reads a request token. Only HS512 is accepted: "none", HS256 and
+// every other algorithm are refused before anything else is looked at.
+func Parse(token string) (*Request, error) {
+	if len(token) > MaxTokenSize {
+		return nil, refuse("the token is longer than %d bytes", MaxTokenSize)
+	}
+	obj, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.HS512})
+	if err != nil {
+		return nil, refuse("the token is not an HS512 JWS in compact form")
+	}
+	if len(obj.Signatures) != 1 {
+		return nil, refuse("the token must carry exactly one signature")
+	}
+	h := obj.Signatures[0].Protected
+	t, err := b64.DecodeString(h.KeyID)
+	if err != nil || len(t) == 0 || len(t) > ticket.MaxSize {
+		return nil, refuse("the token's kid is not a ticket")
+	}
+	typ, _ := h.ExtraHeaders[jose.HeaderType].(string)
+	if typ != TypeRequest && typ != TypeRekey {
+		return nil, refuse("the token's typ is %q, not %q or %q", clip(typ), TypeRequest, TypeRekey)
+	}
+	return &Request{obj: obj, Ticket: t, Type: typ}, nil
+}
+
+// Verify checks the MAC under key (in constant time) and decodes the claims.
+func (r *Request) Verify(key []byte) (*Claims, error) {
+	payload, err := r.obj.Verify(key)
+	if err != nil {
+		return nil, refuse("the token's MAC does not verify")
+	}
+	var c Claims
+	if err := strictDecode(payload, &c); err != nil {
+		return nil, refuse("the token's claims are malformed: %v", err)
+	}
+	if c.Method == "" || c.Target == "" || c.ID == "" || c.BodyHash == "" || c.IssuedAt == 0 {
+		return nil, refuse("the token lacks one of htm, htu, iat, jti, bdh")
+	}
+	return &c, nil
+}
+
+// strictDecode refuses unknown members and trailing data.
+func strictDecode(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("trailing data")
+	}
+	return nil
+}
+
+func clip(s string) string {
+	if len(s) > 32 {
+		return s[:32] + "…"
+	}
+	return s
+}
+
+// SignResponse makes the JWC-Signature of a response.
+func SignResponse(key []byte, c *ResponseClaims) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS512, Key: key},
+		(&jose.SignerOptions{}).WithType(TypeResponse))
+	if err != nil {
+		return "", err
+	}
+	payload, err := json.Marshal(c)
+	if err != nil {
+		return "", err
+	}
+	obj, err := signer.Sign(payload)
+	if err != nil {
+		return "", err
+	}
+	return obj.CompactSerialize()
+}
+
+// VerifyResponse checks a response signature under key and returns its claims.
+func VerifyResponse(key []byte, token string) (*ResponseClaims, error) {
+	obj, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.HS512})
+	if err != nil || len(obj.Signatures) != 1 {
+		return nil, refuse("the response signature is not an HS512 JWS")
+	}
+	if typ, _ := obj.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string); typ != TypeResponse {
+		return nil, refuse("the response signature's typ is not %q", TypeResponse)
+	}
+	payload, err := obj.Verify(key)
+	if err != nil {
+		return nil, refuse("the response signature does not verify")
+	}
+	var c ResponseClaims
+	if err := strictDecode(payload, &c); err != nil {
+		return nil, refuse("the response signature's claims are malformed")
+	}
+	return &c, nil
+}
+
+// Encrypt makes a JWE body under key (EK) for the session whose ticket is t.
+func Encrypt(key, t, plaintext []byte) (string, error) {
+	enc, err := jose.NewEncrypter(jose.A256CBC_HS512,
+		jose.Recipient{Algorithm: jose.DIRECT, Key: key, KeyID: b64.EncodeToString(t)}, nil)
+	if err != nil {
+		return "", err
+	}
+	obj, err := enc.Encrypt(plaintext)
+	if err != nil {
+		return "", err
+	}
+	return obj.CompactSerialize()
+}
+
+// Decrypt opens a JWE body under key. t is the session's ticket, which the
+// JWE's kid must name.
+func Decrypt(key, t []byte, token string) ([]byte, error) {
+	obj, err := jose.ParseEncryptedCompact(token, []jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256CBC_HS512})
+	if err != nil {
+		return nil, refuse("the body is not a dir/A256CBC-HS512 JWE in compact form")
+	}
+	if obj.Header.KeyID != b64.EncodeToString(t) {
+		return nil, refuse("the body's JWE kid does not name this session's ticket")
+	}
+	pt, err := obj.Decrypt(key)
+	if err != nil {
+		return nil, refuse("the body does not decrypt under this session's key")
+	}
+	return pt, nil
+}

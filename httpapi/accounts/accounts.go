@@ -1,0 +1,309 @@
+// Package accounts is the registry that binds account identifiers (such as
+// alice@example.com) to the credential keys that may act for them. The
+// service looks a credential up by kid on every exchange and checks an
+// account's status on every authenticated request.
+//
+// One SQL implementation serves the embedded default (SQLite, a file under
+// ./var) and PostgreSQL (selected by a postgres:// DSN), so that several
+// replicas can share one registry.
+package accounts
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+	_ "modernc.org/sqlite"
+
+	"github.com/custos-kx/custos/exchange/group"
+)
+
+// Account is one registered account.
+type Account struct {
+	ID          string
+	Disabled    bool
+	Created     time.Time
+	Credentials []Credential
+}
+
+// Credential is a public key bound to an account.
+type Credential struct {
+	KID    string
+	Public []byte // wire form
+	Added  time.Time
+}
+
+var (
+	ErrNotFound   = errors.New("accounts: not found")
+	ErrKeyInUse   = errors.New("accounts: the credential is already bound to another account")
+	ErrBadAccount = errors.New("accounts: an account identifier is 1 to 256 printable characters")
+)
+
+// Registry is the account registry.
+type Registry struct {
+	db      *sql.DB
+	dialect dialect
+}
+
+type dialect int
+
+const (
+	sqlite dialect = iota
+	postgres
+)
+
+// Open opens the registry named by dsn — a postgres:// or postgresql:// URL,
+// or else a SQLite file path (its directory is created) — and brings its
+// schema up to date.
+func Open(ctx context.Context, dsn string) (*Registry, error) {
+	r := &Registry{}
+	var err error
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		r.dialect = postgres
+		r.db, err = sql.Open("pgx", dsn)
+	} else {
+		if dir := filepath.Dir(dsn); dir != "" {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return nil, fmt.Errorf("accounts: creating the directory of %s: %w", dsn, err)
+			}
+		}
+		r.dialect = sqlite
+		// WAL and a busy timeout let the CLI change accounts while the service runs.
+		r.db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := r.db.PingContext(ctx); err != nil {
+		r.db.Close()
+		return nil, fmt.Errorf("accounts: cannot reach the registry: %w", err)
+	}
+	if err := r.migrate(ctx); err != nil {
+		r.db.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// Close closes the database.
+func (r *Registry) Close() error { return r.db.Close() }
+
+// q rewrites ? placeholders for PostgreSQL.
+func (r *Registry) q(query string) string {
+	if r.dialect != postgres {
+		return query
+	}
+	var sb strings.Builder
+	n := 0
+	for _, c := range query {
+		if c == '?' {
+			n++
+			fmt.Fprintf(&sb, "$%d", n)
+			continue
+		}
+		sb.WriteRune(c)
+	}
+	return sb.String()
+}
+
+// migrations are applied in order, each once; the registry records how
+// many it has applied. Append, never edit.
+var migrations = []string{
+	`CREATE TABLE accounts (
+		id TEXT PRIMARY KEY,
+		disabled BOOLEAN NOT NULL DEFAULT FALSE,
+		created_at BIGINT NOT NULL
+	)`,
+	`CREATE TABLE credentials (
+		kid TEXT PRIMARY KEY,
+		account_id TEXT NOT NULL REFERENCES accounts(id),
+		public TEXT NOT NULL,
+		added_at BIGINT NOT NULL
+	)`,
+	`CREATE INDEX credentials_account ON credentials(account_id)`,
+}
+
+func (r *Registry) migrate(ctx context.Context) error {
+	if _, err := r.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)`); err != nil {
+		return fmt.Errorf("accounts: migrating: %w", err)
+	}
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if r.dialect == postgres {
+		// Replicas starting together must not migrate twice.
+		if _, err := tx.ExecContext(ctx, `LOCK TABLE schema_version IN EXCLUSIVE MODE`); err != nil {
+			return fmt.Errorf("accounts: migrating: %w", err)
+		}
+	}
+	var version int
+	err = tx.QueryRowContext(ctx, `SELECT version FROM schema_version`).Scan(&version)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		if _, err := tx.ExecContext(ctx, `INSERT INTO schema_version (version) VALUES (0)`); err != nil {
+			return err
+		}
+	case err != nil:
+		return fmt.Errorf("accounts: migrating: %w", err)
+	}
+	if version > len(migrations) {
+		return fmt.Errorf("accounts: the registry's schema (version %d) is newer than this build understands (%d)", version, len(migrations))
+	}
+	for i := version; i < len(migrations); i++ {
+		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
+			return fmt.Errorf("accounts: migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.ExecContext(ctx, r.q(`UPDATE schema_version SET version = ?`), len(migrations)); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+func validAccount(id string) error {
+	if len(id) == 0 || len(id) > 256 {
+		return ErrBadAccount
+	}
+	for _, c := range id {
+		if c < 0x21 || c == 0x7f {
+			return ErrBadAccount
+		}
+	}
+	return nil
+}
+
+// Add binds a credential to an account, creating the account if needed.
+// Binding a credential to the account it is already bound to is not an error.
+func (r *Registry) Add(ctx context.Context, account string, cred *group.Element) error {
+	if err := validAccount(account); err != nil {
+		return err
+	}
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	now := time.Now().Unix()
+	var exists int
+	err = tx.QueryRowContext(ctx, r.q(`SELECT 1 FROM accounts WHERE id = ?`), account).Scan(&exists)
+	if errors.Is(err, sql.ErrNoRows) {
+		_, err = tx.ExecContext(ctx, r.q(`INSERT INTO accounts (id, disabled, created_at) VALUES (?, FALSE, ?)`), account, now)
+	}
+	if err != nil {
+		return err
+	}
+	kid := cred.KeyID()
+	var owner string
+	err = tx.QueryRowContext(ctx, r.q(`SELECT account_id FROM credentials WHERE kid = ?`), kid).Scan(&owner)
+	switch {
+	case err == nil && owner == account:
+		return tx.Commit()
+	case err == nil:
+		return ErrKeyInUse
+	case !errors.Is(err, sql.ErrNoRows):
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO credentials (kid, account_id, public, added_at) VALUES (?, ?, ?, ?)`),
+		kid, account, b64(cred.Wire()), now); err != nil {
+		return err
+	}
+	return tx.Commit()
+}
+
+// Lookup returns the account a credential is bound to and whether the
+// account is disabled.
+func (r *Registry) Lookup(ctx context.Context, kid string) (account string, disabled bool, err error) {
+	err = r.db.QueryRowContext(ctx, r.q(
+		`SELECT a.id, a.disabled FROM credentials c JOIN accounts a ON a.id = c.account_id WHERE c.kid = ?`), kid).Scan(&account, &disabled)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, ErrNotFound
+	}
+	return account, disabled, err
+}
+
+// Disabled reports whether an account is disabled. A removed account counts
+// as disabled.
+func (r *Registry) Disabled(ctx context.Context, account string) (bool, error) {
+	var disabled bool
+	err := r.db.QueryRowContext(ctx, r.q(`SELECT disabled FROM accounts WHERE id = ?`), account).Scan(&disabled)
+	if errors.Is(err, sql.ErrNoRows) {
+		return true, nil
+	}
+	return disabled, err
+}
+
+// SetDisabled disables or enables an account.
+func (r *Registry) SetDisabled(ctx context.Context, account string, disabled bool) error {
+	res, err := r.db.ExecContext(ctx, r.q(`UPDATE accounts SET disabled = ? WHERE id = ?`), disabled, account)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// Remove deletes an account and its credentials.
+func (r *Registry) Remove(ctx context.Context, account string) error {
+	tx, err := r.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, r.q(`DELETE FROM credentials WHERE account_id = ?`), account); err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, r.q(`DELETE FROM accounts WHERE id = ?`), account)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return tx.Commit()
+}
+
+// List returns every account with its credentials, ordered by identifier.
+func (r *Registry) List(ctx context.Context) ([]Account, error) {
+	rows, err := r.db.QueryContext(ctx, `SELECT a.id, a.disabled, a.created_at, c.kid, c.public, c.added_at
+		FROM accounts a LEFT JOIN credentials c ON c.account_id = a.id ORDER BY a.id, c.added_at, c.kid`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Account
+	for rows.Next() {
+		var (
+			id          string
+			disabled    bool
+			created     int64
+			kid, public sql.NullString
+			added       sql.NullInt64
+		)
+		if err := rows.Scan(&id, &disabled, &created, &kid, &public, &added); err != nil {
+			return nil, err
+		}
+		if len(out) == 0 || out[len(out)-1].ID != id {
+			out = append(out, Account{ID: id, Disabled: disabled, Created: time.Unix(created, 0)})
+		}
+		if kid.Valid {
+			pub, _ := unb64(public.String)
+			a := &out[len(out)-1]
+			a.Credentials = append(a.Credentials, Credential{KID: kid.String, Public: pub, Added: time.Unix(added.Int64, 0)})
+		}
+	}
+	return out, rows.Err()
+}
+
+func b64(b []byte) string            { return base64.RawURLEncoding.EncodeToString(b) }
+func unb64(s string) ([]byte, error) { return base64.RawURLEncoding.DecodeString(s) }
