@@ -4,10 +4,19 @@ FUZZTIME ?= 10s
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: test unit fuzz bench vet build
+.PHONY: run demo test unit fuzz bench vet build
 
 build:
-	$(GO) build ./...
+	$(GO) build -o bin/ ./cmd/...
+
+# Serve on 127.0.0.1:8443 with a SoftHSM2 token under ./var (created, with
+# SoftHSM2 installed, if missing) and the SQLite registry ./var/custos.db.
+run: build
+	eval "$$(softhsm/dev-env.sh var)" && bin/custosd init && exec bin/custosd serve
+
+# Walk through a client's life against `make run` (or a service it starts).
+demo: build
+	bash tests/demo.sh
 
 vet:
 	$(GO) vet ./...

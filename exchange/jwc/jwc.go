@@ -70,9 +70,9 @@ func NewID() string {
 // Sign makes a request token of type typ under key (AK, or RK for a rekey)
 // for the session whose ticket is t.
 func Sign(key, t []byte, typ string, c *Claims) (string, error) {
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: jose.HS512, Key: jose.JSONWebKey{Key: key, KeyID: b64.EncodeToString(t)}},
-		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)))
+	// go-jose writes no kid for a symmetric key, so it is set as a header.
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS512, Key: key},
+		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), b64.EncodeToString(t)))
 	if err != nil {
 		return "", err
 	}

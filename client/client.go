@@ -1,0 +1,371 @@
+// Package client lets a Go program call a service that Custos fronts.
+// Transport is an http.RoundTripper: put it in an http.Client and every
+// request is made under a jwcexchange session — exchanged on first use,
+// signed, optionally encrypted, its response verified, rekeyed before the
+// session ends and exchanged again when the rekey window has closed.
+//
+//	key, _ := client.LoadKey("alice.key")
+//	hc := &http.Client{Transport: &client.Transport{Key: key, State: &client.State{Dir: dir}}}
+//	resp, err := hc.Get("https://api.example.com/v1/whoami")
+package client
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/exchange/wire"
+)
+
+// WellKnown is the path of the jwcexchange endpoint.
+const WellKnown = "/.well-known/jwcexchange/"
+
+// Transport authenticates requests with a jwcexchange session.
+type Transport struct {
+	// Key is the client's credential.
+	Key *exchange.ClientKey
+	// State keeps pins and sessions; nil keeps them in memory.
+	State *State
+	// PinnedKID, if set, is the kid the service credential must have.
+	// Otherwise the first credential seen for an origin is pinned.
+	PinnedKID string
+	// Encrypt sends request bodies as JWE under the session's EK.
+	Encrypt bool
+	// Base sends the requests; nil means http.DefaultTransport.
+	Base http.RoundTripper
+	// SessionLifetime and RekeyWindow are the service's (default 1 h and
+	// 7 days); the client renews RenewMargin before they run out.
+	SessionLifetime, RekeyWindow, RenewMargin time.Duration
+	Now                                       func() time.Time
+
+	once sync.Once
+	mu   sync.Mutex // serialises exchanges and rekeys
+}
+
+func (t *Transport) init() {
+	t.once.Do(func() {
+		if t.State == nil {
+			t.State = &State{}
+		}
+		if t.Base == nil {
+			t.Base = http.DefaultTransport
+		}
+		if t.SessionLifetime <= 0 {
+			t.SessionLifetime = exchange.DefaultSessionLifetime
+		}
+		if t.RekeyWindow <= 0 {
+			t.RekeyWindow = exchange.DefaultRekeyWindow
+		}
+		if t.RenewMargin <= 0 {
+			t.RenewMargin = 5 * time.Minute
+		}
+		if t.Now == nil {
+			t.Now = time.Now
+		}
+	})
+}
+
+// ServiceError is a refusal from the service, with its SPEC code.
+type ServiceError struct {
+	Status      int
+	Code        string
+	Description string
+}
+
+func (e *ServiceError) Error() string {
+	if e.Code == "" {
+		return fmt.Sprintf("the service answered %d %s", e.Status, http.StatusText(e.Status))
+	}
+	return fmt.Sprintf("the service refused the request (%d %s): %s", e.Status, e.Code, e.Description)
+}
+
+// PinError means the service presented a credential other than the pinned one.
+type PinError struct {
+	Origin, Pinned, Presented string
+}
+
+func (e *PinError) Error() string {
+	return fmt.Sprintf("the service credential of %s changed: pinned %s, presented %s. If its operator rotated the credential, remove the pin and exchange again; otherwise someone may be impersonating the service", e.Origin, e.Pinned, e.Presented)
+}
+
+func origin(r *http.Request) string { return r.URL.Scheme + "://" + r.URL.Host }
+
+// Exchange runs a new exchange with the service at origin
+// (scheme://host[:port]) and keeps the session.
+func (t *Transport) Exchange(ctx context.Context, origin string) error {
+	t.init()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_, err := t.exchange(ctx, origin)
+	return err
+}
+
+// Rekey renews the session with origin, or exchanges if there is none or
+// its rekey window has closed.
+func (t *Transport) Rekey(ctx context.Context, origin string) error {
+	t.init()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sess, err := t.State.session(origin)
+	if err != nil {
+		return err
+	}
+	_, err = t.renew(ctx, origin, sess)
+	return err
+}
+
+func (t *Transport) exchange(ctx context.Context, origin string) (*session, error) {
+	if t.Key == nil {
+		return nil, errors.New("client: no credential key")
+	}
+	pending, msg, err := t.Key.NewExchange(rand.Reader, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.post(ctx, origin, msg, "")
+	if err != nil {
+		return nil, err
+	}
+	s, err := pending.Finish(resp)
+	if err != nil {
+		return nil, fmt.Errorf("client: the exchange response was refused: %w", err)
+	}
+	if err := t.checkPin(origin, s.ServerCredential.KeyID()); err != nil {
+		s.Zero()
+		return nil, err
+	}
+	now := t.Now()
+	sess := &session{Session: s, Renewed: now, Exchanged: now}
+	return sess, t.State.setSession(origin, sess)
+}
+
+func (t *Transport) checkPin(origin, kid string) error {
+	pinned := t.PinnedKID
+	if pinned == "" {
+		var err error
+		if pinned, err = t.State.Pin(origin); err != nil {
+			return err
+		}
+	}
+	switch {
+	case pinned == "":
+		return t.State.setPin(origin, kid)
+	case pinned != kid:
+		return &PinError{Origin: origin, Pinned: pinned, Presented: kid}
+	}
+	return nil
+}
+
+// renew rekeys sess, or exchanges when that is not possible.
+func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*session, error) {
+	if sess == nil || t.Now().After(sess.Exchanged.Add(t.RekeyWindow-t.RenewMargin)) {
+		return t.exchange(ctx, origin)
+	}
+	pending, msg, err := sess.NewRekey(rand.Reader, nil)
+	if err != nil {
+		return nil, err
+	}
+	body, _ := json.Marshal(msg)
+	token, err := jwc.Sign(sess.RK[:], sess.Ticket, jwc.TypeRekey, &jwc.Claims{
+		Method: http.MethodPost, Target: WellKnown, IssuedAt: t.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body),
+	})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.post(ctx, origin, msg, token)
+	var se *ServiceError
+	if errors.As(err, &se) && (se.Code == string(exchange.TicketExpired) || se.Code == string(exchange.BadAuthentication)) {
+		return t.exchange(ctx, origin) // the rekey window closed, or the service no longer knows the ticket
+	}
+	if err != nil {
+		return nil, err
+	}
+	s, err := pending.Finish(resp)
+	if err != nil {
+		return nil, fmt.Errorf("client: the rekey response was refused: %w", err)
+	}
+	next := &session{Session: s, Renewed: t.Now(), Exchanged: sess.Exchanged}
+	return next, t.State.setSession(origin, next)
+}
+
+// post sends an ExchangeRequest to the jwcexchange endpoint.
+func (t *Transport) post(ctx context.Context, origin string, msg *wire.ExchangeRequest, auth string) (*wire.ExchangeResponse, error) {
+	body, err := json.Marshal(msg)
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, origin+WellKnown, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if auth != "" {
+		req.Header.Set("Authorization", jwc.Scheme+" "+auth)
+	}
+	resp, err := t.Base.RoundTrip(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: the service at %s did not answer: %w", origin, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if err != nil {
+		return nil, err
+	}
+	var out wire.ExchangeResponse
+	if uerr := wire.Unmarshal(b, &out); uerr != nil || resp.StatusCode != http.StatusOK {
+		return nil, serviceError(resp.StatusCode, &out, uerr)
+	}
+	return &out, nil
+}
+
+func serviceError(status int, m *wire.ExchangeResponse, decodeErr error) error {
+	if decodeErr != nil || m.Error == "" {
+		return &ServiceError{Status: status, Description: http.StatusText(status)}
+	}
+	return &ServiceError{Status: status, Code: m.Error, Description: m.StatusDescription}
+}
+
+// current returns a usable session for origin: the kept one, renewed if it
+// is about to end, or a new exchange.
+func (t *Transport) current(ctx context.Context, origin string) (*session, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	sess, err := t.State.session(origin)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case sess == nil:
+		return t.exchange(ctx, origin)
+	case t.Now().After(sess.Renewed.Add(t.SessionLifetime - t.RenewMargin)):
+		return t.renew(ctx, origin, sess)
+	}
+	return sess, nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
+	t.init()
+	var body []byte
+	if req.Body != nil {
+		var err error
+		body, err = io.ReadAll(req.Body)
+		req.Body.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	o := origin(req)
+	sess, err := t.current(req.Context(), o)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := t.send(req, body, sess)
+	if err != nil {
+		return nil, err
+	}
+	// A session the service no longer accepts is renewed once.
+	if resp.StatusCode == http.StatusUnauthorized {
+		code := authError(resp)
+		if code == string(exchange.TicketExpired) || code == string(exchange.BadAuthentication) {
+			resp.Body.Close()
+			t.mu.Lock()
+			if code == string(exchange.TicketExpired) {
+				sess, err = t.renew(req.Context(), o, sess)
+			} else {
+				sess, err = t.exchange(req.Context(), o)
+			}
+			t.mu.Unlock()
+			if err != nil {
+				return nil, err
+			}
+			return t.send(req, body, sess)
+		}
+	}
+	return resp, nil
+}
+
+func authError(resp *http.Response) string {
+	h := resp.Header.Get("WWW-Authenticate")
+	_, v, ok := strings.Cut(h, `error="`)
+	if !ok {
+		return ""
+	}
+	code, _, _ := strings.Cut(v, `"`)
+	return code
+}
+
+// send signs (and encrypts) one request and verifies (and decrypts) its response.
+func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.Response, error) {
+	req := orig.Clone(orig.Context())
+	wireBody := body
+	if t.Encrypt {
+		enc, err := jwc.Encrypt(sess.EK[:], sess.Ticket, body)
+		if err != nil {
+			return nil, err
+		}
+		wireBody = []byte(enc)
+		req.Header.Set("Content-Type", "application/jose")
+	}
+	claims := &jwc.Claims{
+		Method: req.Method, Target: req.URL.RequestURI(), IssuedAt: t.Now().Unix(),
+		ID: jwc.NewID(), BodyHash: jwc.BodyHash(wireBody),
+	}
+	token, err := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, claims)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", jwc.Scheme+" "+token)
+	req.Body = io.NopCloser(bytes.NewReader(wireBody))
+	req.ContentLength = int64(len(wireBody))
+	req.Header.Set("Content-Length", strconv.Itoa(len(wireBody)))
+	resp, err := t.Base.RoundTrip(req)
+	if err != nil {
+		return nil, fmt.Errorf("client: the service did not answer: %w", err)
+	}
+	respBody, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return nil, err
+	}
+	sig := resp.Header.Get("JWC-Signature")
+	if sig == "" {
+		// Refusals by the service's middleware are not signed: no session
+		// key vouches for them, so they are only ever errors.
+		if resp.StatusCode < 400 {
+			return nil, errors.New("client: the response is not signed; it did not come through the service's authentication")
+		}
+		resp.Body = io.NopCloser(bytes.NewReader(respBody))
+		return resp, nil
+	}
+	rc, err := jwc.VerifyResponse(sess.AK[:], sig)
+	if err != nil {
+		return nil, fmt.Errorf("client: %w", err)
+	}
+	if rc.ID != claims.ID || rc.Status != resp.StatusCode || rc.BodyHash != jwc.BodyHash(respBody) {
+		return nil, errors.New("client: the response signature does not match the response (request id, status or body)")
+	}
+	if resp.Header.Get("Content-Type") == "application/jose" {
+		pt, err := jwc.Decrypt(sess.EK[:], sess.Ticket, string(respBody))
+		if err != nil {
+			return nil, fmt.Errorf("client: %w", err)
+		}
+		respBody = pt
+		resp.Header.Del("Content-Type")
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(respBody))
+	resp.ContentLength = int64(len(respBody))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(respBody)))
+	return resp, nil
+}

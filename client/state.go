@@ -1,0 +1,185 @@
+package client
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/ticket"
+)
+
+// State keeps what a client learns across runs: the service credential it
+// pinned for each origin, and its current sessions. On disk it is a
+// directory readable by its owner only; session keys are in it.
+type State struct {
+	// Dir is the directory; empty keeps everything in memory.
+	Dir string
+
+	mu       sync.Mutex
+	pins     map[string]string
+	sessions map[string]*session
+}
+
+// session is a client session with the times the client needs to renew it.
+type session struct {
+	*exchange.Session
+	Renewed   time.Time // last exchange or rekey: the session's start
+	Exchanged time.Time // last exchange: the rekey window's start
+}
+
+type storedSession struct {
+	Ticket           []byte
+	AK, EK, RK       []byte
+	Encryption       string
+	Authentication   string
+	ServerCredential []byte // wire form
+	Renewed          time.Time
+	Exchanged        time.Time
+}
+
+func (s *State) load() error {
+	if s.pins != nil {
+		return nil
+	}
+	s.pins, s.sessions = map[string]string{}, map[string]*session{}
+	if s.Dir == "" {
+		return nil
+	}
+	b, err := os.ReadFile(filepath.Join(s.Dir, "pins.json"))
+	if err == nil {
+		if err := json.Unmarshal(b, &s.pins); err != nil {
+			return fmt.Errorf("client: %s is damaged: %w", filepath.Join(s.Dir, "pins.json"), err)
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Pin returns the credential kid pinned for origin, if any.
+func (s *State) Pin(origin string) (string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return "", err
+	}
+	return s.pins[origin], nil
+}
+
+func (s *State) setPin(origin, kid string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return err
+	}
+	s.pins[origin] = kid
+	return s.writeJSON("pins.json", s.pins)
+}
+
+func (s *State) session(origin string) (*session, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return nil, err
+	}
+	if sess, ok := s.sessions[origin]; ok || s.Dir == "" {
+		return sess, nil
+	}
+	b, err := os.ReadFile(filepath.Join(s.Dir, sessionFile(origin)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var st storedSession
+	if err := json.Unmarshal(b, &st); err != nil || len(st.AK) != ticket.KeySize || len(st.EK) != ticket.KeySize || len(st.RK) != ticket.KeySize {
+		return nil, nil // a damaged session file only costs an exchange
+	}
+	x, err := group.DecodeWire(st.ServerCredential)
+	if err != nil {
+		return nil, nil
+	}
+	sess := &session{Session: &exchange.Session{Ticket: st.Ticket, ServerCredential: x,
+		Suite: exchange.Suite{Encryption: st.Encryption, Authentication: st.Authentication}},
+		Renewed: st.Renewed, Exchanged: st.Exchanged}
+	copy(sess.AK[:], st.AK)
+	copy(sess.EK[:], st.EK)
+	copy(sess.RK[:], st.RK)
+	clear(st.AK)
+	clear(st.EK)
+	clear(st.RK)
+	s.sessions[origin] = sess
+	return sess, nil
+}
+
+func (s *State) setSession(origin string, sess *session) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.load(); err != nil {
+		return err
+	}
+	if old := s.sessions[origin]; old != nil && old != sess {
+		old.Zero()
+	}
+	if sess == nil {
+		delete(s.sessions, origin)
+		if s.Dir != "" {
+			os.Remove(filepath.Join(s.Dir, sessionFile(origin)))
+		}
+		return nil
+	}
+	s.sessions[origin] = sess
+	if s.Dir == "" {
+		return nil
+	}
+	st := storedSession{
+		Ticket: sess.Ticket, AK: sess.AK[:], EK: sess.EK[:], RK: sess.RK[:],
+		Encryption: sess.Suite.Encryption, Authentication: sess.Suite.Authentication,
+		ServerCredential: sess.ServerCredential.Wire(), Renewed: sess.Renewed, Exchanged: sess.Exchanged,
+	}
+	return s.writeJSON(sessionFile(origin), st)
+}
+
+func sessionFile(origin string) string {
+	return "session-" + url.PathEscape(origin) + ".json"
+}
+
+// writeJSON writes a file atomically with mode 0600.
+func (s *State) writeJSON(name string, v any) error {
+	if s.Dir == "" {
+		return nil
+	}
+	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(s.Dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	_, werr := tmp.Write(b)
+	clear(b)
+	if cerr := tmp.Close(); werr == nil {
+		werr = cerr
+	}
+	if werr != nil {
+		return werr
+	}
+	return os.Rename(tmp.Name(), filepath.Join(s.Dir, name))
+}

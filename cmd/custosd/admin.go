@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"text/tabwriter"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/httpapi/accounts"
+)
+
+func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) error {
+	tok, ks, err := c.openKeystore(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	kid, err := ks.Init(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, kid)
+	return nil
+}
+
+func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, out io.Writer) error {
+	if len(args) != 1 {
+		return usageError("usage: custosd keys list | rotate-ticket-key | rotate-credential | prune [--window D]")
+	}
+	tok, ks, err := c.openKeystore(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	switch args[0] {
+	case "list":
+		keys, err := ks.Keys(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "KIND\tID\tCREATED\tACTIVE")
+		for _, k := range keys {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339), k.Active)
+		}
+		return tw.Flush()
+	case "rotate-ticket-key":
+		k, err := ks.RotateTicketKey(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "new ticket key %s is active; older keys open their tickets until pruned\n", k.ID)
+	case "rotate-credential":
+		k, err := ks.RotateCredential(ctx)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "new service credential %s is active; clients that pinned the old one must re-pin\n", k.ID)
+	case "prune":
+		window, err := c.pruneDuration()
+		if err != nil {
+			return err
+		}
+		pruned, err := ks.Prune(ctx, window)
+		for _, k := range pruned {
+			fmt.Fprintf(out, "deleted %s %s (created %s)\n", k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339))
+		}
+		if err != nil {
+			return err
+		}
+		if len(pruned) == 0 {
+			fmt.Fprintf(out, "no inactive key is older than %s\n", window)
+		}
+	default:
+		return usageError(fmt.Sprintf("unknown keys command %q", args[0]))
+	}
+	return nil
+}
+
+// pruneDuration is --window, else --prune-window, else the longest a
+// ticket can stay useful: the rekey window plus a session lifetime.
+func (c *config) pruneDuration() (time.Duration, error) {
+	switch {
+	case c.window != "":
+		return duration("window", c.window)
+	case c.pruneWindow != "":
+		return duration("prune-window", c.pruneWindow)
+	}
+	rw, err := duration("rekey-window", c.rekeyWindow)
+	if err != nil {
+		return 0, err
+	}
+	sl, err := duration("session-lifetime", c.session)
+	return rw + sl, err
+}
+
+func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) error {
+	if len(args) == 0 {
+		return usageError("usage: custosd account add ACCOUNT --credential FILE | list | disable ACCOUNT | enable ACCOUNT | remove ACCOUNT")
+	}
+	reg, err := c.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	need := func(n int) error {
+		if len(args) != n+1 {
+			return usageError(fmt.Sprintf("custosd account %s takes %d argument(s)", args[0], n))
+		}
+		return nil
+	}
+	switch args[0] {
+	case "add":
+		if err := need(1); err != nil {
+			return err
+		}
+		if c.credential == "" {
+			return usageError("custosd account add needs --credential FILE (the {\"PublicKeyDH\":…} that `custos keygen` printed)")
+		}
+		b, err := os.ReadFile(c.credential)
+		if err != nil {
+			return err
+		}
+		var k wire.PublicKey
+		if err := wire.Unmarshal(b, &k); err != nil {
+			return fmt.Errorf("%s does not hold a {\"PublicKeyDH\":…} object: %v", c.credential, err)
+		}
+		e, err := exchange.ParseKey(&k, "credential")
+		if err != nil {
+			return fmt.Errorf("%s: %v", c.credential, err)
+		}
+		if err := reg.Add(ctx, args[1], e); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "%s may now exchange with credential %s\n", args[1], e.KeyID())
+	case "list":
+		list, err := reg.List(ctx)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ACCOUNT\tSTATUS\tCREDENTIAL")
+		for _, a := range list {
+			status := "enabled"
+			if a.Disabled {
+				status = "disabled"
+			}
+			if len(a.Credentials) == 0 {
+				fmt.Fprintf(tw, "%s\t%s\t-\n", a.ID, status)
+			}
+			for _, cr := range a.Credentials {
+				fmt.Fprintf(tw, "%s\t%s\t%s\n", a.ID, status, cr.KID)
+			}
+		}
+		return tw.Flush()
+	case "disable", "enable":
+		if err := need(1); err != nil {
+			return err
+		}
+		if err := reg.SetDisabled(ctx, args[1], args[0] == "disable"); err != nil {
+			return accountErr(args[1], err)
+		}
+		fmt.Fprintf(out, "%s %sd\n", args[1], args[0])
+	case "remove":
+		if err := need(1); err != nil {
+			return err
+		}
+		if err := reg.Remove(ctx, args[1]); err != nil {
+			return accountErr(args[1], err)
+		}
+		fmt.Fprintf(out, "%s removed\n", args[1])
+	default:
+		return usageError(fmt.Sprintf("unknown account command %q", args[0]))
+	}
+	return nil
+}
+
+func accountErr(account string, err error) error {
+	if errors.Is(err, accounts.ErrNotFound) {
+		return fmt.Errorf("no account %q", account)
+	}
+	return err
+}

@@ -1,0 +1,214 @@
+// Command custosd is the Custos service and its administration: it serves
+// the jwcexchange key exchange with its keys in a PKCS#11 token, and manages
+// those keys and the account registry.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/custos-kx/custos/cmd/internal/cli"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/keystore/p11"
+)
+
+const usage = `usage: custosd [flags] COMMAND [ARGS]
+
+Commands:
+  init                                create the service credential and a ticket key if absent; print the kid
+  serve                               serve the jwcexchange endpoint and authenticated requests
+  account add ACCOUNT --credential F  bind the credential in F ({"PublicKeyDH":…}) to ACCOUNT
+  account list | disable A | enable A | remove A
+  keys list | rotate-ticket-key | rotate-credential | prune [--window D]
+
+Flags (each also an environment variable, and a key of the --config file):
+`
+
+// config is every setting of custosd.
+type config struct {
+	configFile  string
+	module      string
+	uri         string
+	tokenLabel  string
+	pinFile     string
+	db          string
+	listen      string
+	tlsCert     string
+	tlsKey      string
+	insecure    string
+	upstream    string
+	session     string
+	rekeyWindow string
+	pruneWindow string
+	maxSessions string
+	logFormat   string
+	credential  string
+	window      string
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var c config
+	fs := flag.NewFlagSet("custosd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	opt := func(flag, env, def, usage string, v *string) cli.Setting {
+		return cli.Setting{Flag: flag, Env: env, Default: def, Usage: usage, Value: v}
+	}
+	settings := []cli.Setting{
+		opt("pkcs11-module", "CUSTOS_PKCS11_MODULE", "", "path of the PKCS#11 library", &c.module),
+		opt("pkcs11-uri", "CUSTOS_PKCS11_URI", "", "RFC 7512 URI naming module, token and PIN source (instead of the three flags)", &c.uri),
+		opt("token-label", "CUSTOS_TOKEN_LABEL", "custos", "label of the token holding the keys", &c.tokenLabel),
+		opt("pin-file", "CUSTOS_PIN_FILE", "", "file holding the token's user PIN (or set CUSTOS_PIN)", &c.pinFile),
+		opt("db", "CUSTOS_DB", "var/custos.db", "account registry: a SQLite file, or a postgres:// DSN", &c.db),
+		opt("listen", "CUSTOS_LISTEN", "127.0.0.1:8443", "address to serve on", &c.listen),
+		opt("tls-cert", "CUSTOS_TLS_CERT", "", "TLS certificate file (PEM)", &c.tlsCert),
+		opt("tls-key", "CUSTOS_TLS_KEY", "", "TLS private key file (PEM)", &c.tlsKey),
+		opt("insecure-http", "CUSTOS_INSECURE_HTTP", "false", "serve plain HTTP on an address other than loopback", &c.insecure),
+		opt("upstream", "CUSTOS_UPSTREAM", "", "URL to forward authenticated requests to, with the account in Custos-Account", &c.upstream),
+		opt("session-lifetime", "CUSTOS_SESSION_LIFETIME", "1h", "how long a session's keys authenticate requests", &c.session),
+		opt("rekey-window", "CUSTOS_REKEY_WINDOW", "168h", "how long after an exchange a session may be rekeyed", &c.rekeyWindow),
+		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes inactive keys older than this (default: rekey window + session lifetime)", &c.pruneWindow),
+		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
+		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
+	}
+	cli.Define(fs, settings)
+	fs.StringVar(&c.configFile, "config", os.Getenv("CUSTOS_CONFIG"), "JSON config file of flag-named settings (env CUSTOS_CONFIG)")
+	fs.StringVar(&c.credential, "credential", "", "account add: file holding the credential's {\"PublicKeyDH\":…}")
+	fs.StringVar(&c.window, "window", "", "keys prune: delete inactive keys older than this")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, usage)
+		fs.PrintDefaults()
+	}
+	words, err := cli.Parse(fs, args)
+	if err != nil {
+		return 2
+	}
+	if err := cli.Resolve(fs, settings, c.configFile); err != nil {
+		fmt.Fprintln(stderr, "custosd:", err)
+		return 2
+	}
+	if len(words) == 0 {
+		fs.Usage()
+		return 2
+	}
+	log := newLogger(c.logFormat, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var runErr error
+	switch words[0] {
+	case "init":
+		runErr = cmdInit(ctx, &c, log, stdout)
+	case "serve":
+		runErr = cmdServe(ctx, &c, log)
+	case "account":
+		runErr = cmdAccount(ctx, &c, words[1:], stdout)
+	case "keys":
+		runErr = cmdKeys(ctx, &c, log, words[1:], stdout)
+	default:
+		fmt.Fprintf(stderr, "custosd: unknown command %q\n", words[0])
+		fs.Usage()
+		return 2
+	}
+	var ue usageError
+	if errors.As(runErr, &ue) {
+		fmt.Fprintln(stderr, "custosd:", runErr)
+		return 2
+	}
+	if runErr != nil {
+		fmt.Fprintln(stderr, "custosd:", runErr)
+		return 1
+	}
+	return 0
+}
+
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+func newLogger(format string, w io.Writer) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(w, nil))
+	}
+	return slog.New(slog.NewTextHandler(w, nil))
+}
+
+func duration(name, v string) (time.Duration, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d <= 0 {
+		return 0, usageError(fmt.Sprintf("--%s %q is not a positive duration (like 1h or 30m)", name, v))
+	}
+	return d, nil
+}
+
+// hsmConfig assembles the token configuration; the PIN comes from
+// CUSTOS_PIN, the PIN file, or the URI's pin-source — never from argv.
+func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
+	var hc hsm.Config
+	if c.uri != "" {
+		var err error
+		if hc, err = hsm.ParseURI(c.uri); err != nil {
+			return hc, err
+		}
+	}
+	if hc.Module == "" {
+		hc.Module = c.module
+	}
+	if hc.TokenLabel == "" {
+		hc.TokenLabel = c.tokenLabel
+	}
+	if hc.PIN == "" {
+		switch {
+		case os.Getenv("CUSTOS_PIN") != "":
+			hc.PIN = os.Getenv("CUSTOS_PIN")
+		case c.pinFile != "":
+			pin, err := hsm.ReadPINFile(c.pinFile)
+			if err != nil {
+				return hc, err
+			}
+			hc.PIN = pin
+		default:
+			return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
+		}
+	}
+	if n, err := fmt.Sscan(c.maxSessions, &hc.MaxSessions); n != 1 || err != nil || hc.MaxSessions < 1 {
+		return hc, usageError(fmt.Sprintf("--max-sessions %q is not a positive number", c.maxSessions))
+	}
+	hc.Logger = log
+	return hc, nil
+}
+
+// openKeystore opens the token and its keys.
+func (c *config) openKeystore(ctx context.Context, log *slog.Logger) (*hsm.Token, *p11.Keystore, error) {
+	hc, err := c.hsmConfig(log)
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := hsm.Open(ctx, hc)
+	if err != nil {
+		return nil, nil, err
+	}
+	ks, err := p11.Open(ctx, tok)
+	if err != nil {
+		tok.Close()
+		return nil, nil, err
+	}
+	ks.Log = log
+	return tok, ks, nil
+}
+
+func (c *config) openRegistry(ctx context.Context) (*accounts.Registry, error) {
+	return accounts.Open(ctx, c.db)
+}

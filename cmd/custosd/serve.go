@@ -1,0 +1,129 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/httpapi"
+)
+
+func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
+	session, err := duration("session-lifetime", c.session)
+	if err != nil {
+		return err
+	}
+	rekey, err := duration("rekey-window", c.rekeyWindow)
+	if err != nil {
+		return err
+	}
+	var upstream *url.URL
+	if c.upstream != "" {
+		if upstream, err = url.Parse(c.upstream); err != nil || upstream.Scheme == "" || upstream.Host == "" {
+			return usageError(fmt.Sprintf("--upstream %q is not an absolute URL", c.upstream))
+		}
+	}
+	tlsOn := c.tlsCert != "" || c.tlsKey != ""
+	if tlsOn && (c.tlsCert == "" || c.tlsKey == "") {
+		return usageError("give both --tls-cert and --tls-key")
+	}
+	insecure, _ := strconv.ParseBool(c.insecure)
+	if !tlsOn && !insecure && !loopback(c.listen) {
+		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.listen))
+	}
+
+	tok, ks, err := c.openKeystore(ctx, log)
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	kid, err := ks.Credential(ctx)
+	if err != nil {
+		return fmt.Errorf("token %q: %w", tok.Label(), err)
+	}
+	reg, err := c.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(hsm.Collectors()...)
+	metrics.MustRegister(httpapi.Collectors()...)
+	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	svc := httpapi.New(httpapi.Config{
+		Engine:   &exchange.Server{Keystore: ks, SessionLifetime: session, RekeyWindow: rekey},
+		Accounts: reg,
+		Ready:    tok.Healthy,
+		Upstream: upstream,
+		Metrics:  metrics,
+		Logger:   log,
+	})
+	ln, err := net.Listen("tcp", c.listen)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           svc,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      60 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	scheme := "http"
+	if tlsOn {
+		scheme = "https"
+	}
+	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "upstream", c.upstream)
+	errc := make(chan error, 1)
+	go func() {
+		if tlsOn {
+			errc <- srv.ServeTLS(ln, c.tlsCert, c.tlsKey)
+		} else {
+			errc <- srv.Serve(ln)
+		}
+	}()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	// Finish what is in flight; refuse what is new.
+	log.Info("shutting down")
+	shutdown, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(shutdown); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+// loopback reports whether addr (host:port) is on a loopback interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}

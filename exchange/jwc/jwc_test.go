@@ -1,0 +1,148 @@
+package jwc
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+var (
+	ak  = bytes.Repeat([]byte{1}, 64)
+	ek  = bytes.Repeat([]byte{2}, 64)
+	tkt = []byte("\x01sealed tkt bytes")
+)
+
+func claims() *Claims {
+	return &Claims{Method: "POST", Target: "/v1/echo?x=1", IssuedAt: 1700000000, ID: NewID(), BodyHash: BodyHash([]byte("body"))}
+}
+
+func TestRoundTrip(t *testing.T) {
+	c := claims()
+	tok, err := Sign(ak, tkt, TypeRequest, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := Parse(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(r.Ticket, tkt) || r.Type != TypeRequest {
+		t.Fatalf("parsed tkt %q type %q", r.Ticket, r.Type)
+	}
+	got, err := r.Verify(ak)
+	if err != nil || *got != *c {
+		t.Fatalf("verify: %+v %v", got, err)
+	}
+	if _, err := r.Verify(ek); err == nil {
+		t.Fatal("verified under the wrong key")
+	}
+}
+
+// forge builds a compact JWS by hand, with any header, payload and HMAC-SHA256/512 key.
+func forge(header, payload string, mac []byte) string {
+	enc := base64.RawURLEncoding
+	signing := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(payload))
+	return signing + "." + enc.EncodeToString(mac)
+}
+
+func TestRefusals(t *testing.T) {
+	kid := base64.RawURLEncoding.EncodeToString(tkt)
+	payload, _ := json.Marshal(claims())
+	good, _ := Sign(ak, tkt, TypeRequest, claims())
+	h256 := hmac.New(sha256.New, ak)
+	cases := map[string]string{
+		"alg none":  forge(`{"alg":"none","kid":"`+kid+`","typ":"jwc-req"}`, string(payload), nil),
+		"alg HS256": forge(`{"alg":"HS256","kid":"`+kid+`","typ":"jwc-req"}`, string(payload), h256.Sum(nil)),
+		"wrong typ": func() string { s, _ := Sign(ak, tkt, "JWT", claims()); return s }(),
+		"no kid":    forge(`{"alg":"HS512","typ":"jwc-req"}`, string(payload), make([]byte, 64)),
+		"garbage":   "not.a.jws",
+		"empty":     "",
+		"huge":      strings.Repeat("a", MaxTokenSize+1),
+		"json form": `{"payload":"e30","signatures":[]}`,
+	}
+	for name, tok := range cases {
+		if _, err := Parse(tok); err == nil {
+			t.Errorf("%s: parsed", name)
+		}
+	}
+	parts := strings.Split(good, ".")
+	for i := range parts {
+		bad := append([]string(nil), parts...)
+		b := []byte(bad[i])
+		b[len(b)/2] ^= 0x01
+		bad[i] = string(b)
+		if r, err := Parse(strings.Join(bad, ".")); err == nil {
+			if _, err := r.Verify(ak); err == nil {
+				t.Errorf("part %d tampered: verified", i)
+			}
+		}
+	}
+	// Unknown claims are refused, not ignored.
+	extra := `{"htm":"GET","htu":"/","iat":1,"jti":"a","bdh":"b","admin":true}`
+	r, err := Parse(forgeHS512(`{"alg":"HS512","kid":"`+kid+`","typ":"jwc-req"}`, extra))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Verify(ak); err == nil {
+		t.Error("unknown claim accepted")
+	}
+}
+
+func forgeHS512(header, payload string) string {
+	enc := base64.RawURLEncoding
+	signing := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString([]byte(payload))
+	m := hmac.New(sha512.New, ak)
+	m.Write([]byte(signing))
+	return signing + "." + enc.EncodeToString(m.Sum(nil))
+}
+
+func TestResponseSignature(t *testing.T) {
+	rc := &ResponseClaims{ID: "abc", Status: 200, BodyHash: BodyHash([]byte("ok"))}
+	sig, err := SignResponse(ak, rc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := VerifyResponse(ak, sig)
+	if err != nil || *got != *rc {
+		t.Fatalf("%+v %v", got, err)
+	}
+	if _, err := VerifyResponse(ek, sig); err == nil {
+		t.Fatal("verified under the wrong key")
+	}
+	req, _ := Sign(ak, tkt, TypeRequest, claims())
+	if _, err := VerifyResponse(ak, req); err == nil {
+		t.Fatal("a request token passed as a response signature")
+	}
+}
+
+func TestEncryption(t *testing.T) {
+	ct, err := Encrypt(ek, tkt, []byte("secret body"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pt, err := Decrypt(ek, tkt, ct)
+	if err != nil || string(pt) != "secret body" {
+		t.Fatalf("%q %v", pt, err)
+	}
+	if _, err := Decrypt(ak, tkt, ct); err == nil {
+		t.Error("decrypted under the wrong key")
+	}
+	if _, err := Decrypt(ek, []byte("another tkt"), ct); err == nil {
+		t.Error("a JWE naming another session's tkt was accepted")
+	}
+	parts := strings.Split(ct, ".")
+	for i := 2; i < 5; i++ { // IV, ciphertext, tag
+		bad := append([]string(nil), parts...)
+		b := []byte(bad[i])
+		b[0] ^= 0x01
+		bad[i] = string(b)
+		if _, err := Decrypt(ek, tkt, strings.Join(bad, ".")); err == nil {
+			t.Errorf("part %d tampered: decrypted", i)
+		}
+	}
+}

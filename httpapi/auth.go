@@ -1,0 +1,267 @@
+package httpapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"errors"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/exchange/ticket"
+)
+
+// authn is an authenticated request: its session and what it claimed.
+type authn struct {
+	sess      *ticket.Session
+	ticket    []byte
+	claims    *jwc.Claims
+	expires   time.Time
+	encrypted bool
+}
+
+type ctxKey struct{}
+
+// Session is what a handler behind the middleware learns of the caller.
+type Session struct {
+	Account       string
+	CredentialKID string
+	Expires       time.Time
+	Generation    uint32
+}
+
+func sessionFrom(ctx context.Context) Session {
+	a, _ := ctx.Value(ctxKey{}).(*authn)
+	if a == nil {
+		return Session{}
+	}
+	return Session{Account: a.sess.Account, CredentialKID: a.sess.CredentialKID, Expires: a.sess.Expires, Generation: a.sess.Generation}
+}
+
+// SessionFrom returns the session of an authenticated request.
+func SessionFrom(r *http.Request) Session { return sessionFrom(r.Context()) }
+
+func badAuth(format string, args ...any) *exchange.Error {
+	return exchange.Errorf(exchange.BadAuthentication, format, args...)
+}
+
+// authenticate checks a request's Authorization (SPEC §6): the ticket opens
+// (from memory after the first time), the token is of type typ, its MAC
+// verifies under AK (RK for a rekey), the session (or rekey window) is open,
+// method and target match, iat is within the skew, jti is new, the body hash
+// matches, and the account is enabled.
+func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn, *exchange.Error) {
+	token, ok := authHeader(r)
+	if !ok {
+		return nil, badAuth("This endpoint needs an Authorization: JWC header; run an exchange first.")
+	}
+	req, err := jwc.Parse(token)
+	if err != nil {
+		return nil, badAuth("The Authorization token was refused: %v.", err)
+	}
+	if req.Type != typ {
+		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
+	}
+	sess, e := s.openTicket(r.Context(), req.Ticket)
+	if e != nil {
+		return nil, e
+	}
+	key, deadline, what := sess.AK[:], sess.Expires, "session"
+	if typ == jwc.TypeRekey {
+		key, deadline, what = sess.RK[:], sess.RekeyExpires, "rekey window"
+	}
+	claims, err := req.Verify(key)
+	if err != nil {
+		return nil, badAuth("The Authorization token was refused: %v.", err)
+	}
+	now := s.cfg.Now()
+	if now.After(deadline) {
+		return nil, exchange.Errorf(exchange.TicketExpired, "The %s ended at %s; %s.", what, deadline.UTC().Format(time.RFC3339), renewHint(typ))
+	}
+	if claims.Method != r.Method {
+		return nil, badAuth("The token was made for method %s, not %s.", clip(claims.Method), r.Method)
+	}
+	if target := r.URL.RequestURI(); subtle.ConstantTimeCompare([]byte(claims.Target), []byte(target)) != 1 {
+		return nil, badAuth("The token was made for %q, not %q.", clip(claims.Target), target)
+	}
+	iat := time.Unix(claims.IssuedAt, 0)
+	if skew := now.Sub(iat); skew > jwc.MaxSkew || skew < -jwc.MaxSkew {
+		return nil, badAuth("The token's iat is %s away from the service's clock; the limit is %s. Check the client's clock.", skew.Round(time.Second), jwc.MaxSkew)
+	}
+	if subtle.ConstantTimeCompare([]byte(claims.BodyHash), []byte(jwc.BodyHash(body))) != 1 {
+		return nil, badAuth("The body does not match the token's bdh.")
+	}
+	if !s.replays.add(replayKey{ticketKey(req.Ticket), claims.ID}, iat.Add(2*jwc.MaxSkew)) {
+		return nil, badAuth("This request (jti %s) was already received; sign each request afresh.", clip(claims.ID))
+	}
+	if e := s.checkAccount(r.Context(), sess.Account, now); e != nil {
+		return nil, e
+	}
+	return &authn{sess: sess, ticket: req.Ticket, claims: claims}, nil
+}
+
+func renewHint(typ string) string {
+	if typ == jwc.TypeRekey {
+		return "run a new exchange with your credential"
+	}
+	return "rekey or run a new exchange"
+}
+
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}
+
+// openTicket returns the session of a ticket, from memory when it has been
+// opened before, otherwise by the token.
+func (s *Service) openTicket(ctx context.Context, t []byte) (*ticket.Session, *exchange.Error) {
+	key := ticketKey(t)
+	if sess := s.tickets.get(key, s.cfg.Now()); sess != nil {
+		ticketCacheHits.Inc()
+		return sess, nil
+	}
+	ticketCacheMisses.Inc()
+	sess, err := s.cfg.Engine.OpenTicket(ctx, t)
+	if err != nil {
+		s.logKeystore("open ticket", err)
+		return nil, exchange.AsError(err)
+	}
+	s.tickets.put(key, sess)
+	return sess, nil
+}
+
+func (s *Service) checkAccount(ctx context.Context, account string, now time.Time) *exchange.Error {
+	disabled, ok := s.status.get(account, now)
+	if !ok {
+		var err error
+		if disabled, err = s.cfg.Accounts.Disabled(ctx, account); err != nil {
+			s.log.Error("account registry unavailable", "error", err)
+			return exchange.Errorf(exchange.KeystoreUnavailable, "The account registry is not available; try again shortly.")
+		}
+		s.status.put(account, disabled, now)
+	}
+	if disabled {
+		return exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
+	}
+	return nil
+}
+
+// authenticated wraps a handler: it authenticates the request, decrypts an
+// encrypted body, and signs (and, for an encrypted request, encrypts) the
+// response.
+func (s *Service) authenticated(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, e := s.readBody(w, r) // any media type: only application/jose means something here
+		var a *authn
+		if e == nil {
+			a, e = s.authenticate(r, body, jwc.TypeRequest)
+		}
+		if e == nil && isJOSE(r) {
+			pt, err := jwc.Decrypt(a.sess.EK[:], a.ticket, string(body))
+			if err != nil {
+				e = badAuth("The encrypted body was refused: %v.", err)
+			} else {
+				body, a.encrypted = pt, true
+				r.Header.Set("Content-Type", "application/json")
+			}
+		}
+		if e != nil {
+			authRequests.WithLabelValues(string(e.Code)).Inc()
+			writeError(w, e, 0)
+			return
+		}
+		authRequests.WithLabelValues("ok").Inc()
+		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, a))
+		r.Body = readCloser{bytes.NewReader(body)}
+		r.ContentLength = int64(len(body))
+		rec := &recorder{header: http.Header{}, status: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		s.respond(w, a, rec)
+	})
+}
+
+func isJOSE(r *http.Request) bool {
+	return r.Header.Get("Content-Type") == "application/jose"
+}
+
+// respond sends a recorded response, encrypted if the request was, with its
+// JWC-Signature.
+func (s *Service) respond(w http.ResponseWriter, a *authn, rec *recorder) {
+	body := rec.body.Bytes()
+	if a.encrypted {
+		enc, err := jwc.Encrypt(a.sess.EK[:], a.ticket, body)
+		if err != nil {
+			http.Error(w, "encrypting the response failed", http.StatusInternalServerError)
+			return
+		}
+		body = []byte(enc)
+		rec.header.Set("Content-Type", "application/jose")
+	}
+	sig, err := jwc.SignResponse(a.sess.AK[:], &jwc.ResponseClaims{ID: a.claims.ID, Status: rec.status, BodyHash: jwc.BodyHash(body)})
+	if err != nil {
+		http.Error(w, "signing the response failed", http.StatusInternalServerError)
+		return
+	}
+	h := w.Header()
+	for k, v := range rec.header {
+		h[k] = v
+	}
+	h.Set("JWC-Signature", sig)
+	h.Set("Content-Length", strconv.Itoa(len(body)))
+	w.WriteHeader(rec.status)
+	w.Write(body)
+}
+
+// recorder holds a handler's response until it is signed.
+type recorder struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+	wrote  bool
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+func (r *recorder) WriteHeader(status int) {
+	if !r.wrote {
+		r.status, r.wrote = status, true
+	}
+}
+func (r *recorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	if r.body.Len()+len(b) > maxResponse {
+		return 0, errors.New("response too large to sign")
+	}
+	return r.body.Write(b)
+}
+
+// maxResponse bounds a response the middleware buffers to sign.
+const maxResponse = 16 << 20
+
+type readCloser struct{ *bytes.Reader }
+
+func (readCloser) Close() error { return nil }
+
+func (s *Service) handleWhoami(w http.ResponseWriter, r *http.Request) {
+	sess := SessionFrom(r)
+	writeJSON(w, http.StatusOK, map[string]any{
+		"account":        sess.Account,
+		"credential_kid": sess.CredentialKID,
+		"expires":        sess.Expires.UTC().Format(time.RFC3339),
+		"generation":     sess.Generation,
+	})
+}
+
+func (s *Service) handleEcho(w http.ResponseWriter, r *http.Request) {
+	body, _ := readAll(r.Body)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Write(body)
+}
+
+func (s *Service) handleProxy(w http.ResponseWriter, r *http.Request) {
+	s.proxy.ServeHTTP(w, r)
+}

@@ -1,0 +1,128 @@
+package httpapi
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/httpapi/accounts"
+)
+
+func readAll(r io.Reader) ([]byte, error) {
+	var buf bytes.Buffer
+	_, err := buf.ReadFrom(r)
+	return buf.Bytes(), err
+}
+
+func wireDomain() wire.Bytes {
+	d := group.Domain()
+	return d[:]
+}
+
+// handleExchange answers POST /.well-known/jwcexchange/: an exchange, or a
+// rekey when the request carries a session's Authorization.
+func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
+	start := s.cfg.Now()
+	kind := "exchange"
+	if r.Header.Get("Authorization") != "" {
+		kind = "rekey"
+	}
+	var (
+		account, kid string
+		e            *exchange.Error
+	)
+	if kind == "rekey" {
+		account, kid, e = s.rekey(w, r)
+	} else {
+		account, kid, e = s.exchange(w, r)
+	}
+	result := "ok"
+	if e != nil {
+		result = string(e.Code)
+		writeError(w, e, 0)
+	}
+	d := s.cfg.Now().Sub(start)
+	exchangesTotal.WithLabelValues(kind, result).Inc()
+	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
+	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration", d.Round(time.Microsecond))
+}
+
+// exchange follows the SPEC's order of work: parse, validate both keys,
+// look up the credential, and only then spend token time.
+func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid string, _ *exchange.Error) {
+	body, e := s.readBody(w, r, "application/json")
+	if e != nil {
+		return "", "", e
+	}
+	var msg wire.ExchangeRequest
+	if err := wire.Unmarshal(body, &msg); err != nil {
+		return "", "", exchange.AsError(err)
+	}
+	req, err := exchange.ParseRequest(&msg)
+	if err != nil {
+		return "", "", exchange.AsError(err)
+	}
+	kid = req.CredentialKID()
+	account, disabled, err := s.cfg.Accounts.Lookup(r.Context(), kid)
+	switch {
+	case errors.Is(err, accounts.ErrNotFound):
+		return "", kid, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", kid)
+	case err != nil:
+		s.log.Error("account registry unavailable", "error", err)
+		return "", kid, exchange.Errorf(exchange.KeystoreUnavailable, "The account registry is not available; try again shortly.")
+	case disabled:
+		return account, kid, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
+	}
+	resp, err := s.cfg.Engine.Exchange(r.Context(), req, account)
+	if err != nil {
+		s.logKeystore("exchange", err)
+		return account, kid, exchange.AsError(err)
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return account, kid, nil
+}
+
+// rekey renews a session: the request is signed under the old session's RK
+// (typ jwc-rekey) and carries only a fresh ClientNonce.
+func (s *Service) rekey(w http.ResponseWriter, r *http.Request) (account, kid string, _ *exchange.Error) {
+	body, e := s.readBody(w, r, "application/json")
+	if e != nil {
+		return "", "", e
+	}
+	a, e := s.authenticate(r, body, jwc.TypeRekey)
+	if e != nil {
+		return "", "", e
+	}
+	account, kid = a.sess.Account, a.sess.CredentialKID
+	var msg wire.ExchangeRequest
+	if err := wire.Unmarshal(body, &msg); err != nil {
+		return account, kid, exchange.AsError(err)
+	}
+	req, err := exchange.ParseRekeyRequest(&msg)
+	if err != nil {
+		return account, kid, exchange.AsError(err)
+	}
+	resp, err := s.cfg.Engine.Rekey(r.Context(), req, a.sess, a.ticket)
+	if err != nil {
+		s.logKeystore("rekey", err)
+		return account, kid, exchange.AsError(err)
+	}
+	writeJSON(w, http.StatusOK, resp)
+	return account, kid, nil
+}
+
+// authHeader returns the token of an "Authorization: JWC …" header.
+func authHeader(r *http.Request) (string, bool) {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, jwc.Scheme) {
+		return "", false
+	}
+	return strings.TrimSpace(token), true
+}

@@ -1,0 +1,225 @@
+// Package httpapi is Custos's HTTP face: the jwcexchange endpoint (exchange,
+// rekey, discovery), the middleware that authenticates requests made under a
+// session, the built-in endpoints and reverse proxy those requests reach,
+// and health and metrics for operators.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/keystore"
+)
+
+// Accounts is what the service needs of the account registry
+// (*accounts.Registry). Lookup returns accounts.ErrNotFound for an unbound kid.
+type Accounts interface {
+	Lookup(ctx context.Context, kid string) (account string, disabled bool, err error)
+	Disabled(ctx context.Context, account string) (bool, error)
+}
+
+// Config configures a Service.
+type Config struct {
+	Engine   *exchange.Server
+	Accounts Accounts
+	// Ready reports whether the token answers, for /readyz.
+	Ready func(ctx context.Context) error
+	// Upstream, if set, receives every authenticated request that is not a
+	// built-in endpoint, with the account in a Custos-Account header.
+	Upstream *url.URL
+	// Metrics is the registry /metrics serves; nil serves none.
+	Metrics *prometheus.Registry
+	Logger  *slog.Logger
+	// MaxBody bounds request bodies (SPEC: 64 KiB for the exchange).
+	MaxBody int64
+	// TicketCacheSize bounds the opened tickets held in memory.
+	TicketCacheSize int
+	// StatusTTL is how long an account's enabled/disabled status is trusted.
+	StatusTTL time.Duration
+	Now       func() time.Time
+}
+
+// Service serves the Custos HTTP API.
+type Service struct {
+	cfg     Config
+	log     *slog.Logger
+	tickets *ticketCache
+	replays *replayCache
+	status  *statusCache
+	proxy   *httputil.ReverseProxy
+	mux     *http.ServeMux
+}
+
+// WellKnown is the jwcexchange endpoint.
+const WellKnown = "/.well-known/jwcexchange/"
+
+// AccountHeader carries the authenticated account to an upstream service.
+const AccountHeader = "Custos-Account"
+
+// New returns a Service.
+func New(cfg Config) *Service {
+	if cfg.MaxBody <= 0 {
+		cfg.MaxBody = 64 << 10
+	}
+	if cfg.TicketCacheSize == 0 {
+		cfg.TicketCacheSize = 100_000
+	}
+	if cfg.StatusTTL <= 0 {
+		cfg.StatusTTL = 10 * time.Second
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	s := &Service{
+		cfg:     cfg,
+		log:     cfg.Logger,
+		tickets: newTicketCache(cfg.TicketCacheSize),
+		replays: newReplayCache(),
+		status:  &statusCache{ttl: cfg.StatusTTL, entries: map[string]statusEntry{}},
+		mux:     http.NewServeMux(),
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.mux.HandleFunc("POST "+WellKnown, s.handleExchange)
+	s.mux.HandleFunc("POST /.well-known/jwcexchange", s.handleExchange)
+	s.mux.HandleFunc("GET "+WellKnown, s.handleDiscovery)
+	s.mux.HandleFunc("GET /.well-known/jwcexchange", s.handleDiscovery)
+	s.mux.HandleFunc(WellKnown, s.methodNotAllowed)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /readyz", s.handleReady)
+	if cfg.Metrics != nil {
+		s.mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Metrics, promhttp.HandlerOpts{}))
+	}
+	s.mux.Handle("GET /v1/whoami", s.authenticated(http.HandlerFunc(s.handleWhoami)))
+	s.mux.Handle("POST /v1/echo", s.authenticated(http.HandlerFunc(s.handleEcho)))
+	if cfg.Upstream != nil {
+		s.proxy = &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(cfg.Upstream)
+				pr.SetXForwarded()
+				pr.Out.Header.Set(AccountHeader, sessionFrom(pr.In.Context()).Account)
+			},
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				s.log.Warn("upstream failed", "error", err)
+				http.Error(w, "the upstream service did not answer", http.StatusBadGateway)
+			},
+		}
+		s.mux.Handle("/", s.authenticated(http.HandlerFunc(s.handleProxy)))
+	}
+	return s
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	// Nobody but Custos sets the account header an upstream trusts.
+	r.Header.Del(AccountHeader)
+	s.mux.ServeHTTP(w, r)
+}
+
+func (s *Service) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Allow", "GET, POST")
+	writeError(w, exchange.Errorf(exchange.Malformed, "Use POST to exchange or rekey, GET to discover the service credential."), http.StatusMethodNotAllowed)
+}
+
+// writeError sends a refusal as an ExchangeResponse. status overrides the
+// code's own status when non-zero.
+func writeError(w http.ResponseWriter, e *exchange.Error, status int) {
+	if status == 0 {
+		status = e.Code.Status()
+	}
+	if e.Code == exchange.KeystoreUnavailable || e.Code == exchange.RateLimited {
+		w.Header().Set("Retry-After", "1")
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `JWC error="`+string(e.Code)+`"`)
+	}
+	resp := e.Response()
+	resp.Status = status
+	writeJSON(w, status, resp)
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// readBody reads a request body within the limit, refusing any media type
+// but the ones given (none given: any).
+func (s *Service) readBody(w http.ResponseWriter, r *http.Request, mediaTypes ...string) ([]byte, *exchange.Error) {
+	if len(mediaTypes) > 0 {
+		mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		ok := false
+		for _, want := range mediaTypes {
+			ok = ok || (err == nil && mt == want)
+		}
+		if !ok {
+			return nil, exchange.Errorf(exchange.UnsupportedMediaType, "Send the body as %s.", mediaTypes[0])
+		}
+	}
+	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, exchange.Errorf(exchange.TooLarge, "The body is larger than %d bytes.", s.cfg.MaxBody)
+		}
+		return nil, exchange.Errorf(exchange.Malformed, "The body could not be read.")
+	}
+	return body, nil
+}
+
+func (s *Service) handleDiscovery(w http.ResponseWriter, r *http.Request) {
+	x, err := s.cfg.Engine.Keystore.Credential(r.Context())
+	if err != nil {
+		s.logKeystore("discovery", err)
+		writeError(w, exchange.AsError(err), 0)
+		return
+	}
+	domain := wireDomain()
+	writeJSON(w, http.StatusOK, wire.ServiceDescription{
+		ServerCredential: exchange.EncodeKey(x),
+		Domain:           domain,
+		Encryption:       exchange.Supported.Encryption,
+		Authentication:   exchange.Supported.Authentication,
+	})
+}
+
+func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "the key store is not available", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	w.Write([]byte("ready\n"))
+}
+
+// logKeystore logs a failure of the key store for operators; clients see
+// only that it is unavailable.
+func (s *Service) logKeystore(what string, err error) {
+	if errors.Is(err, keystore.ErrUnavailable) || exchange.AsError(err).Code == exchange.KeystoreUnavailable {
+		s.log.Error(what+": key store unavailable", "error", err)
+	}
+}
