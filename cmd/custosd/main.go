@@ -50,6 +50,7 @@ type config struct {
 	rekeyWindow string
 	pruneWindow string
 	maxSessions string
+	keyRefresh  string
 	logFormat   string
 	credential  string
 	window      string
@@ -82,6 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes inactive keys older than this (default: rekey window + session lifetime)", &c.pruneWindow),
 		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
 		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
+		opt("key-refresh", "CUSTOS_KEY_REFRESH", "30s", "how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)", &c.keyRefresh),
 	}
 	cli.Define(fs, settings)
 	fs.StringVar(&c.configFile, "config", os.Getenv("CUSTOS_CONFIG"), "JSON config file of flag-named settings (env CUSTOS_CONFIG)")

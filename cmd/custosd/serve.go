@@ -8,7 +8,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"os/signal"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +20,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/keystore/p11"
 )
 
 func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
@@ -43,11 +47,17 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.listen))
 	}
 
+	refresh, err := duration("key-refresh", c.keyRefresh)
+	if err != nil {
+		return err
+	}
 	tok, ks, err := c.openKeystore(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer tok.Close()
+	ks.RefreshInterval = refresh
+	go refreshOnHangup(ctx, ks, log)
 	kid, err := ks.Credential(ctx)
 	if err != nil {
 		return fmt.Errorf("token %q: %w", tok.Label(), err)
@@ -126,4 +136,24 @@ func loopback(addr string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
+}
+
+// refreshOnHangup re-reads the token's keys on SIGHUP, so that an operator
+// who rotated keys from another process need not wait for --key-refresh.
+func refreshOnHangup(ctx context.Context, ks *p11.Keystore, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			if err := ks.Refresh(ctx); err != nil {
+				log.Error("refreshing keys", "error", err)
+			} else {
+				log.Info("keys refreshed")
+			}
+		}
+	}
 }

@@ -51,6 +51,7 @@ type Keystore struct {
 	activeTicket *ticketKey
 	refreshedAt  time.Time
 	refreshing   bool
+	missedAt     time.Time // last refresh caused by a ticket naming an unknown key
 }
 
 type credentialKey struct {
@@ -362,11 +363,15 @@ func (k *Keystore) Open(ctx context.Context, t []byte) ([]byte, error) {
 // replica made since the last refresh, so the inventory is read again — at
 // most once a second, so that forged ids cannot keep the token busy.
 func (k *Keystore) ticketKey(ctx context.Context, id ticket.KeyID) *ticketKey {
-	k.mu.RLock()
+	k.mu.Lock()
 	tk := k.tickets[id]
-	stale := k.now().Sub(k.refreshedAt) > time.Second
-	k.mu.RUnlock()
-	if tk != nil || !stale {
+	now := k.now()
+	allowed := tk == nil && now.Sub(k.missedAt) > time.Second
+	if allowed {
+		k.missedAt = now
+	}
+	k.mu.Unlock()
+	if !allowed {
 		return tk
 	}
 	if err := k.Refresh(ctx); err != nil {

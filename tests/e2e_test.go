@@ -1,0 +1,281 @@
+package tests
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/tests/pgtest"
+)
+
+func TestFullFlow(t *testing.T) {
+	for _, backend := range []struct {
+		name string
+		dsn  func(*testing.T) string
+	}{{"sqlite", sqliteDSN}, {"postgres", func(t *testing.T) string { return pgtest.Start(t) }}} {
+		t.Run(backend.name, func(t *testing.T) {
+			e := newEnv(t, backend.dsn(t))
+			key := e.register(t, "alice@example.com")
+			tr := &client.Transport{Key: key, State: &client.State{Dir: t.TempDir()}}
+			hc := &http.Client{Transport: tr}
+
+			if err := tr.Exchange(context.Background(), e.url); err != nil {
+				t.Fatal(err)
+			}
+			who := whoami(t, hc, e.url)
+			if who["account"] != "alice@example.com" || who["credential_kid"] != key.Public().KeyID() || who["generation"] != float64(0) {
+				t.Fatalf("whoami: %v", who)
+			}
+			enc := &http.Client{Transport: &client.Transport{Key: key, State: tr.State, Encrypt: true}}
+			resp, err := enc.Post(e.url+"/v1/echo", "text/plain", strings.NewReader("hello, custos"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || string(b) != "hello, custos" {
+				t.Fatalf("encrypted echo: %d %q", resp.StatusCode, b)
+			}
+			if err := tr.Rekey(context.Background(), e.url); err != nil {
+				t.Fatal(err)
+			}
+			if who := whoami(t, hc, e.url); who["generation"] != float64(1) || who["account"] != "alice@example.com" {
+				t.Fatalf("whoami after rekey: %v", who)
+			}
+		})
+	}
+}
+
+func whoami(t *testing.T, hc *http.Client, url string) map[string]any {
+	t.Helper()
+	resp, err := hc.Get(url + "/v1/whoami")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var m map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&m); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("whoami: %d %v", resp.StatusCode, err)
+	}
+	return m
+}
+
+// seedRequest returns the example's ExchangeRequest without its display wrapping.
+func seedRequest(t *testing.T) []byte {
+	doc, err := os.ReadFile("../exchange/testdata/jwcexchange-example.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	block := strings.Split(string(doc), "~~~~")[1]
+	return []byte(exchange.UnwrapDisplay(block[strings.Index(block, "{"):]))
+}
+
+func TestSeedRequest(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	body := seedRequest(t)
+	status, m, _ := post(t, e.url, body, "")
+	if status != http.StatusForbidden || m.Error != string(exchange.UnknownCredential) {
+		t.Fatalf("unregistered seed: %d %s", status, m.Error)
+	}
+	var req wire.ExchangeRequest
+	if err := wire.Unmarshal(body, &req); err != nil {
+		t.Fatal(err)
+	}
+	c, err := exchange.ParseKey(req.ClientCredential, "ClientCredential")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.reg.Add(context.Background(), "alice@example.com", c); err != nil {
+		t.Fatal(err)
+	}
+	status, m, _ = post(t, e.url, body, "")
+	if status != http.StatusOK || m.Status != 201 || m.StatusDescription != "Operation completed successfully" || m.Error != "" {
+		t.Fatalf("registered seed: %d %+v", status, m)
+	}
+	x, err := exchange.ParseKey(m.ServerCredential, "ServerCredential")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want, _ := e.ks.Credential(context.Background()); !x.Equal(want) {
+		t.Fatal("ServerCredential is not the token's credential")
+	}
+	if _, err := exchange.ParseKey(m.ServerNonce, "ServerNonce"); err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Witness) != exchange.WitnessSize || len(m.Ticket) == 0 ||
+		strings.Join(m.Encryption, ",") != "A256CBC-HS512" || strings.Join(m.Authentication, ",") != "HS512" {
+		t.Fatalf("malformed response: %+v", m)
+	}
+}
+
+func TestAuthenticationRefusals(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	key := e.register(t, "alice@example.com")
+	sess := rawExchange(t, e.url, key)
+	get := request{method: "GET", path: "/v1/whoami"}
+	if resp, b := e.send(t, sess, get); resp.StatusCode != 200 || resp.Header.Get("JWC-Signature") == "" {
+		t.Fatalf("a good request was refused: %d %s", resp.StatusCode, b)
+	}
+
+	// Replay: the very same token twice.
+	tok, _ := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	if resp, _ := e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: tok}); resp.StatusCode != 200 {
+		t.Fatalf("first use: %d", resp.StatusCode)
+	}
+	resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: tok})
+	wantRefusal(t, "replay", resp, b, 401, exchange.BadAuthentication)
+
+	tampered := append([]byte(nil), sess.Ticket...)
+	tampered[len(tampered)-3] ^= 0x20
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", ticket: tampered})
+	wantRefusal(t, "tampered ticket", resp, b, 401, exchange.BadAuthentication)
+
+	good, _ := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	badMAC := good[:len(good)-2] + map[bool]string{true: "AA", false: "BB"}[!strings.HasSuffix(good, "AA")]
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: badMAC})
+	wantRefusal(t, "tampered MAC", resp, b, 401, exchange.BadAuthentication)
+
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", claims: &jwc.Claims{Method: "GET", Target: "/v1/other", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}})
+	wantRefusal(t, "wrong htu", resp, b, 401, exchange.BadAuthentication)
+
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", claims: &jwc.Claims{Method: "POST", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}})
+	wantRefusal(t, "wrong htm", resp, b, 401, exchange.BadAuthentication)
+
+	for name, skew := range map[string]time.Duration{"iat in the past": -2 * time.Minute, "iat in the future": 2 * time.Minute} {
+		resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", claims: &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Add(skew).Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}})
+		wantRefusal(t, name, resp, b, 401, exchange.BadAuthentication)
+	}
+
+	resp, b = e.send(t, sess, request{method: "POST", path: "/v1/echo", body: []byte(`"x"`), claims: &jwc.Claims{Method: "POST", Target: "/v1/echo", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash([]byte(`"y"`))}})
+	wantRefusal(t, "body hash", resp, b, 401, exchange.BadAuthentication)
+
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", key: sess.RK[:]})
+	wantRefusal(t, "MAC under RK", resp, b, 401, exchange.BadAuthentication)
+
+	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", typ: jwc.TypeRekey, key: sess.RK[:]})
+	wantRefusal(t, "rekey token on a request", resp, b, 401, exchange.BadAuthentication)
+
+	req, _ := http.NewRequest("GET", e.url+"/v1/whoami", nil)
+	r2, _ := http.DefaultClient.Do(req)
+	b2, _ := io.ReadAll(r2.Body)
+	wantRefusal(t, "no Authorization", r2, b2, 401, exchange.BadAuthentication)
+
+	e.clock.Advance(2 * time.Hour)
+	resp, b = e.send(t, sess, get)
+	wantRefusal(t, "expired session", resp, b, 401, exchange.TicketExpired)
+
+	// The service still serves.
+	rawExchange(t, e.url, key)
+}
+
+func TestDisabledAccount(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	key := e.register(t, "alice@example.com")
+	sess := rawExchange(t, e.url, key)
+	if resp, _ := e.send(t, sess, request{method: "GET", path: "/v1/whoami"}); resp.StatusCode != 200 {
+		t.Fatal(resp.Status)
+	}
+	if err := e.reg.SetDisabled(context.Background(), "alice@example.com", true); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(30 * time.Second) // the promise: within 30 s
+	resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami"})
+	wantRefusal(t, "disabled account, live session", resp, b, 403, exchange.AccountDisabled)
+	_, msg, _ := key.NewExchange(rand.Reader, nil)
+	body, _ := json.Marshal(msg)
+	status, m, _ := post(t, e.url, body, "")
+	if status != 403 || m.Error != string(exchange.AccountDisabled) {
+		t.Fatalf("disabled account exchange: %d %s", status, m.Error)
+	}
+}
+
+// TestRotationWhileActive rotates the ticket key under a busy client, which
+// keeps exchanging and rekeying: no request may fail.
+func TestRotationWhileActive(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	key := e.register(t, "alice@example.com")
+	tr := &client.Transport{Key: key}
+	hc := &http.Client{Transport: tr}
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	failures := make(chan error, 1000)
+	for g := 0; g < 4; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if g == 0 && i%10 == 9 {
+					if err := tr.Rekey(context.Background(), e.url); err != nil {
+						failures <- err
+					}
+					continue
+				}
+				resp, err := hc.Get(e.url + "/v1/whoami")
+				if err != nil {
+					failures <- err
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 {
+					failures <- &client.ServiceError{Status: resp.StatusCode}
+				}
+			}
+		}(g)
+	}
+	for i := 0; i < 3; i++ {
+		time.Sleep(150 * time.Millisecond)
+		if _, err := e.ks.RotateTicketKey(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(150 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+	keys, _ := e.ks.Keys(context.Background())
+	if len(keys) != 5 {
+		t.Fatalf("expected 1 credential and 4 ticket keys, have %d", len(keys))
+	}
+}
+
+func TestDiscoveryAndHealth(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	resp, err := http.Get(e.url + httpapi.WellKnown)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d wire.ServiceDescription
+	b, _ := io.ReadAll(resp.Body)
+	if err := wire.Unmarshal(b, &d); err != nil {
+		t.Fatalf("%v: %s", err, b)
+	}
+	x, err := exchange.ParseKey(d.ServerCredential, "ServerCredential")
+	if want, _ := e.ks.Credential(context.Background()); err != nil || !x.Equal(want) {
+		t.Fatal("discovery does not name the token's credential")
+	}
+	for _, path := range []string{"/healthz", "/readyz"} {
+		if r, err := http.Get(e.url + path); err != nil || r.StatusCode != 200 {
+			t.Fatalf("%s: %v %v", path, r, err)
+		}
+	}
+}

@@ -1,0 +1,181 @@
+package tests
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/softhsm"
+	"github.com/custos-kx/custos/tests/pgtest"
+)
+
+// replica is a custosd serve process.
+type replica struct {
+	url  string
+	cmd  *exec.Cmd
+	logs *bytes.Buffer
+}
+
+func freeAddr(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// custosdEnv is the environment of custosd processes on the token st and database dsn.
+func custosdEnv(st *softhsm.Token, dsn string, extra ...string) []string {
+	return append(os.Environ(), append([]string{
+		"SOFTHSM2_CONF=" + st.Conf,
+		"CUSTOS_PKCS11_MODULE=" + st.Module,
+		"CUSTOS_TOKEN_LABEL=" + st.Label,
+		"CUSTOS_PIN=" + st.PIN,
+		"CUSTOS_DB=" + dsn,
+	}, extra...)...)
+}
+
+func runCustosd(t *testing.T, env []string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin(t, "custosd"), args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("custosd %v: %v\n%s", args, err, out)
+	}
+	return string(out)
+}
+
+func startReplica(t *testing.T, env []string) *replica {
+	t.Helper()
+	addr := freeAddr(t)
+	r := &replica{url: "http://" + addr, logs: &bytes.Buffer{}}
+	r.cmd = exec.Command(bin(t, "custosd"), "serve")
+	r.cmd.Env = append(env, "CUSTOS_LISTEN="+addr, "CUSTOS_KEY_REFRESH=200ms")
+	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
+	if err := r.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		r.cmd.Process.Signal(os.Interrupt)
+		r.cmd.Wait()
+		if t.Failed() {
+			t.Logf("custosd %s:\n%s", addr, r.logs)
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		resp, err := http.Get(r.url + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return r
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("custosd on %s did not become ready:\n%s", addr, r.logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// alternate sends each request to the next replica in turn, as a load
+// balancer would; the client believes it talks to one origin.
+type alternate struct {
+	hosts []string
+	n     atomic.Int64
+	hits  []atomic.Int64
+}
+
+func (a *alternate) RoundTrip(r *http.Request) (*http.Response, error) {
+	i := int(a.n.Add(1)) % len(a.hosts)
+	a.hits[i].Add(1)
+	r = r.Clone(r.Context())
+	r.URL.Host = a.hosts[i]
+	r.Host = a.hosts[i]
+	return http.DefaultTransport.RoundTrip(r)
+}
+
+func TestReplicasShareTokenAndDatabase(t *testing.T) {
+	st := softhsm.New(t)
+	dsn := pgtest.Start(t)
+	env := custosdEnv(st, dsn)
+	kid := strings.TrimSpace(runCustosd(t, env, "init"))
+
+	ctx := context.Background()
+	reg, err := accounts.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	key, _ := exchange.GenerateClientKey(rand.Reader)
+	if err := reg.Add(ctx, "alice@example.com", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+
+	a, b := startReplica(t, env), startReplica(t, env)
+	lb := &alternate{hosts: []string{strings.TrimPrefix(a.url, "http://"), strings.TrimPrefix(b.url, "http://")}, hits: make([]atomic.Int64, 2)}
+	tr := &client.Transport{Key: key, Base: lb, PinnedKID: kid}
+	hc := &http.Client{Transport: tr}
+	origin := a.url // what the client believes; lb decides where each request goes
+
+	check := func(stage string, n int) {
+		t.Helper()
+		for i := 0; i < n; i++ {
+			resp, err := hc.Get(origin + "/v1/whoami")
+			if err != nil {
+				t.Fatalf("%s: request %d: %v", stage, i, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(body), "alice@example.com") {
+				t.Fatalf("%s: request %d: %d %s", stage, i, resp.StatusCode, body)
+			}
+		}
+	}
+	// One exchange, then requests alternating between the replicas: each
+	// accepts the ticket the other issued.
+	if err := tr.Exchange(ctx, origin); err != nil {
+		t.Fatal(err)
+	}
+	check("before rotation", 10)
+	for round := 0; round < 4; round++ {
+		if err := tr.Rekey(ctx, origin); err != nil { // issued by a or b in turn
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("after rekey %d", round), 4)
+	}
+
+	// Rotate the ticket key from a third process; once the replicas have
+	// re-read the token, new tickets are sealed under the new key and both
+	// still accept each other's.
+	runCustosd(t, env, "keys", "rotate-ticket-key")
+	time.Sleep(600 * time.Millisecond)
+	for round := 0; round < 4; round++ {
+		if err := tr.Exchange(ctx, origin); err != nil {
+			t.Fatal(err)
+		}
+		check(fmt.Sprintf("after rotation, exchange %d", round), 4)
+	}
+	if lb.hits[0].Load() < 10 || lb.hits[1].Load() < 10 {
+		t.Fatalf("requests did not alternate: %d / %d", lb.hits[0].Load(), lb.hits[1].Load())
+	}
+	keys := runCustosd(t, env, "keys", "list")
+	if strings.Count(keys, "ticket") != 2 {
+		t.Fatalf("keys list after one rotation:\n%s", keys)
+	}
+}
