@@ -236,9 +236,11 @@ func serviceError(status int, m *wire.ExchangeResponse, decodeErr error) error {
 	return &ServiceError{Status: status, Code: m.Error, Description: m.StatusDescription}
 }
 
-// current returns a usable session for origin: the kept one, renewed if it
-// is about to end, or a new exchange.
-func (t *Transport) current(ctx context.Context, origin string) (*session, error) {
+// acquire returns a session for origin, held for one request: the kept
+// one, renewed if it is about to end or is the session the service just
+// refused (unless another request has already replaced it), or else a new
+// exchange.
+func (t *Transport) acquire(ctx context.Context, origin string, refused *session) (*session, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	sess, err := t.State.session(origin)
@@ -247,10 +249,14 @@ func (t *Transport) current(ctx context.Context, origin string) (*session, error
 	}
 	switch {
 	case sess == nil:
-		return t.exchange(ctx, origin)
-	case t.Now().After(sess.Renewed.Add(t.SessionLifetime - t.RenewMargin)):
-		return t.renew(ctx, origin, sess)
+		sess, err = t.exchange(ctx, origin)
+	case sess == refused || t.Now().After(sess.Renewed.Add(t.SessionLifetime-t.RenewMargin)):
+		sess, err = t.renew(ctx, origin, sess)
 	}
+	if err != nil {
+		return nil, err
+	}
+	t.State.hold(sess)
 	return sess, nil
 }
 
@@ -267,29 +273,25 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	o := origin(req)
-	sess, err := t.current(req.Context(), o)
+	sess, err := t.acquire(req.Context(), o, nil)
 	if err != nil {
 		return nil, err
 	}
 	resp, err := t.send(req, body, sess)
+	t.State.release(sess)
 	if err != nil {
 		return nil, err
 	}
-	// A session the service no longer accepts is renewed once.
+	// A session the service no longer accepts is renewed once: renew
+	// rekeys, and exchanges when the service does not know the ticket.
 	if resp.StatusCode == http.StatusUnauthorized {
 		code := authError(resp)
 		if code == string(exchange.TicketExpired) || code == string(exchange.BadAuthentication) {
 			resp.Body.Close()
-			t.mu.Lock()
-			if code == string(exchange.TicketExpired) {
-				sess, err = t.renew(req.Context(), o, sess)
-			} else {
-				sess, err = t.exchange(req.Context(), o)
-			}
-			t.mu.Unlock()
-			if err != nil {
+			if sess, err = t.acquire(req.Context(), o, sess); err != nil {
 				return nil, err
 			}
+			defer t.State.release(sess)
 			return t.send(req, body, sess)
 		}
 	}

@@ -32,6 +32,28 @@ type session struct {
 	*exchange.Session
 	Renewed   time.Time // last exchange or rekey: the session's start
 	Exchanged time.Time // last exchange: the rekey window's start
+
+	// A replaced session is zeroed only when the last request signed
+	// with it has verified its response; State.mu guards these.
+	users   int
+	retired bool
+}
+
+// hold marks sess as in use by one request.
+func (s *State) hold(sess *session) {
+	s.mu.Lock()
+	sess.users++
+	s.mu.Unlock()
+}
+
+// release ends one use of sess, zeroing it if it was replaced meanwhile.
+func (s *State) release(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	sess.users--
+	if sess.retired && sess.users == 0 {
+		sess.Zero()
+	}
 }
 
 type storedSession struct {
@@ -127,7 +149,10 @@ func (s *State) setSession(origin string, sess *session) error {
 		return err
 	}
 	if old := s.sessions[origin]; old != nil && old != sess {
-		old.Zero()
+		old.retired = true
+		if old.users == 0 {
+			old.Zero()
+		}
 	}
 	if sess == nil {
 		delete(s.sessions, origin)

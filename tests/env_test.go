@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/exchange/jwc"
 	"github.com/custos-kx/custos/exchange/wire"
@@ -45,12 +47,13 @@ func (c *clock) Advance(d time.Duration) {
 }
 
 type env struct {
-	url   string
-	tok   *hsm.Token
-	ks    *p11.Keystore
-	reg   *accounts.Registry
-	clock *clock
-	svc   *httpapi.Service
+	url     string
+	tok     *hsm.Token
+	ks      *p11.Keystore
+	reg     *accounts.Registry
+	clock   *clock
+	svc     *httpapi.Service
+	metrics *prometheus.Registry
 }
 
 func sqliteDSN(t *testing.T) string { return filepath.Join(t.TempDir(), "custos.db") }
@@ -77,13 +80,15 @@ func newEnv(t *testing.T, dsn string, tune ...func(*httpapi.Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	e := &env{tok: tok, ks: ks, reg: reg, clock: &clock{}}
+	e := &env{tok: tok, ks: ks, reg: reg, clock: &clock{}, metrics: prometheus.NewRegistry()}
+	e.metrics.MustRegister(httpapi.Collectors()...)
 	cfg := httpapi.Config{
 		Engine:   &exchange.Server{Keystore: ks, Now: e.clock.Now},
 		Accounts: reg,
 		Ready:    tok.Healthy,
 		Now:      e.clock.Now,
 		Logger:   slog.New(slog.DiscardHandler),
+		Metrics:  e.metrics,
 	}
 	for _, f := range tune {
 		f(&cfg)
@@ -210,4 +215,25 @@ func wantRefusal(t *testing.T, name string, resp *http.Response, body []byte, st
 	if status == http.StatusUnauthorized && resp.Header.Get("WWW-Authenticate") != `JWC error="`+string(code)+`"` {
 		t.Errorf("%s: WWW-Authenticate = %q", name, resp.Header.Get("WWW-Authenticate"))
 	}
+}
+
+// refusals counts authenticated requests the service has refused so far.
+func (e *env) refusals(t *testing.T) float64 {
+	t.Helper()
+	mfs, err := e.metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, mf := range mfs {
+		if mf.GetName() != "custos_authenticated_requests_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() != "ok" {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return n
 }

@@ -42,7 +42,7 @@ func (k *Keystore) Init(ctx context.Context) (kid string, err error) {
 }
 
 func (k *Keystore) newLabel(prefix string) (string, time.Time) {
-	created := k.now().UTC().Truncate(time.Second)
+	created := k.now().UTC()
 	return prefix + created.Format(labelTime), created
 }
 

@@ -31,7 +31,9 @@ import (
 const (
 	credentialPrefix = "custos-credential "
 	ticketPrefix     = "custos-ticket "
-	labelTime        = time.RFC3339
+	// Nanoseconds, so that two rotations in one second still order; RFC
+	// 3339 parsing accepts labels with or without the fraction.
+	labelTime = time.RFC3339Nano
 )
 
 // Keystore is a keystore.Keystore backed by a PKCS#11 token.
