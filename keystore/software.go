@@ -22,6 +22,7 @@ type Software struct {
 	rand    io.Reader
 	creds   map[string]*group.Scalar
 	active  string
+	public  *group.Element // of the active credential
 	sealers map[ticket.KeyID]cipher.AEAD
 	sealID  ticket.KeyID
 	info    []KeyInfo
@@ -50,11 +51,12 @@ var cryptoRand = rand.Reader
 
 // AddCredential makes x the active credential, keeping earlier ones for Derive.
 func (s *Software) AddCredential(x *group.Scalar) string {
-	kid := x.Public().KeyID()
+	pub := x.Public()
+	kid := pub.KeyID()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.creds[kid] = x
-	s.active = kid
+	s.active, s.public = kid, pub
 	s.info = append(s.info, KeyInfo{Kind: KindCredential, ID: kid, Created: time.Now()})
 	return kid
 }
@@ -83,7 +85,7 @@ func (s *Software) RotateTicketKey() (ticket.KeyID, error) {
 func (s *Software) Credential(ctx context.Context) (*group.Element, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.creds[s.active].Public(), nil
+	return s.public, nil
 }
 
 func (s *Software) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {

@@ -68,16 +68,34 @@ func BenchmarkExpPublic128(b *testing.B) {
 	base, _ := benchOperands(b)
 	e := make([]byte, 16)
 	rand.Read(e)
-	for b.Loop() {
-		ExpPublic(base, e)
-	}
+	b.Run("current", func(b *testing.B) {
+		for b.Loop() {
+			ExpPublic(base, e)
+		}
+	})
+	b.Run("bigmod", func(b *testing.B) {
+		for b.Loop() {
+			ExpSecret(base, e)
+		}
+	})
+	b.Run("math-big", func(b *testing.B) {
+		ei := new(big.Int).SetBytes(e)
+		for b.Loop() {
+			new(big.Int).Exp(base.v, ei, p)
+		}
+	})
 }
 
 func BenchmarkJacobi(b *testing.B) {
 	base, _ := benchOperands(b)
-	b.Run("math-big", func(b *testing.B) {
+	b.Run("divsteps", func(b *testing.B) {
 		for b.Loop() {
 			Jacobi(base.v)
+		}
+	})
+	b.Run("math-big", func(b *testing.B) {
+		for b.Loop() {
+			big.Jacobi(base.v, p)
 		}
 	})
 	b.Run("euler-criterion", func(b *testing.B) { // what Jacobi replaces: y^q mod p

@@ -123,15 +123,13 @@ func toWire(v *big.Int) []byte {
 	return out
 }
 
-// exp computes base^e mod p in variable time; only for public operands.
-func exp(base *big.Int, e []byte) *big.Int {
-	return new(big.Int).Exp(base, new(big.Int).SetBytes(e), p)
-}
-
-// ExpPublic returns base^e mod p for a public exponent, in variable time.
-// It fails only if the result degenerates to 1 (e ≡ 0 mod q).
+// ExpPublic returns base^e mod p for a public exponent. It fails only if
+// the result degenerates to 1 (e ≡ 0 mod q). bigmod's constant-time Exp is
+// used because it is faster than math/big's here (its Montgomery
+// multiplication is specialised for 2048 bits), not because e is secret.
 func ExpPublic(base *Element, e []byte) (*Element, error) {
-	return inSubgroup(exp(base.v, e))
+	s := ExpSecret(base, e)
+	return inSubgroup(new(big.Int).SetBytes(s.Bytes()))
 }
 
 // MulPublic returns a·b mod p for public values. It fails if the product is

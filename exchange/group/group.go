@@ -5,8 +5,7 @@
 //
 // The rule of the package: anything derived from a private exponent is
 // computed with filippo.io/bigmod, whose running time does not depend on the
-// values it works on. math/big, which is faster but variable-time, is used
-// only on public values (validation, C^d, B^e, X^e).
+// values it works on. math/big is used only on public values.
 package group
 
 import (

@@ -60,8 +60,9 @@ func (s *Scalar) Zero() { clear(s.b[:]) }
 
 // Public returns g^s, computed in constant time.
 func (s *Scalar) Public() *Element {
-	out := bigmod.NewNat().Exp(generator, s.b[:], pMod)
+	out := expBase(s.b[:])
 	e, err := inSubgroup(new(big.Int).SetBytes(out.Bytes(pMod)))
+	out.SetUint(0)
 	if err != nil {
 		// g generates the order-q subgroup and 0 < s < q.
 		panic("group: g^s is 1")
