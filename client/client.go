@@ -205,6 +205,13 @@ func (t *Transport) post(ctx context.Context, origin string, msg *wire.ExchangeR
 	if err != nil {
 		return nil, err
 	}
+	return SendExchange(ctx, t.Base, origin, body, auth)
+}
+
+// SendExchange posts an encoded ExchangeRequest to the jwcexchange endpoint
+// of origin through rt and decodes the answer; a refusal is a
+// *ServiceError. auth, if set, is the JWS of a rekey.
+func SendExchange(ctx context.Context, rt http.RoundTripper, origin string, body []byte, auth string) (*wire.ExchangeResponse, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, origin+WellKnown, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -213,7 +220,7 @@ func (t *Transport) post(ctx context.Context, origin string, msg *wire.ExchangeR
 	if auth != "" {
 		req.Header.Set("Authorization", jwc.Scheme+" "+auth)
 	}
-	resp, err := t.Base.RoundTrip(req)
+	resp, err := rt.RoundTrip(req)
 	if err != nil {
 		return nil, fmt.Errorf("client: the service at %s did not answer: %w", origin, err)
 	}
@@ -285,7 +292,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	// A session the service no longer accepts is renewed once: renew
 	// rekeys, and exchanges when the service does not know the ticket.
 	if resp.StatusCode == http.StatusUnauthorized {
-		code := authError(resp)
+		code := AuthError(resp)
 		if code == string(exchange.TicketExpired) || code == string(exchange.BadAuthentication) {
 			resp.Body.Close()
 			if sess, err = t.acquire(req.Context(), o, sess); err != nil {
@@ -298,7 +305,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-func authError(resp *http.Response) string {
+// AuthError returns the SPEC error code of a refused authenticated
+// request, from its WWW-Authenticate header.
+func AuthError(resp *http.Response) string {
 	h := resp.Header.Get("WWW-Authenticate")
 	_, v, ok := strings.Cut(h, `error="`)
 	if !ok {

@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/cmd/internal/cli"
@@ -29,6 +30,10 @@ Commands:
   post URL --data STRING      POST STRING to URL under the session [--encrypt]
   rekey URL                   renew the session with the service at URL
   inspect FILE                check the keys of a jwcexchange message ("-" reads stdin)
+  bench exchange URL -c N -d DURATION [--precompute] [--json]
+                              load the service with full exchanges (--precompute: nonce keys made beforehand)
+  bench requests URL -c N -d DURATION [--encrypt] [--json]
+                              load the service with authenticated GETs of URL (default path /v1/whoami) on one session
 
 Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success.
 
@@ -42,6 +47,10 @@ func main() {
 type options struct {
 	key, state, out, data, pin string
 	encrypt                    bool
+	// bench
+	concurrency       int
+	duration          time.Duration
+	precompute, jsonl bool
 }
 
 func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
@@ -54,6 +63,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	fs.StringVar(&o.data, "data", "", "post: the request body")
 	fs.BoolVar(&o.encrypt, "encrypt", false, "encrypt request and response bodies under the session")
 	fs.StringVar(&o.pin, "pin", "", "the service credential's kid to insist on (default: pin the first one seen)")
+	fs.IntVar(&o.concurrency, "c", 8, "bench: requests in flight")
+	fs.DurationVar(&o.duration, "d", 10*time.Second, "bench: how long to run")
+	fs.BoolVar(&o.precompute, "precompute", false, "bench exchange: make nonce keys and requests before the clock starts; verify a sample of responses after")
+	fs.BoolVar(&o.jsonl, "json", false, "bench: print the result as one JSON object")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	words, err := cli.Parse(fs, args)
 	if err != nil {
@@ -91,6 +104,14 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 			return fail(usageError(fmt.Sprintf("usage: custos %s URL", cmd)))
 		}
 		if err := call(&o, cmd, words[1], stdout, stderr); err != nil {
+			return fail(err)
+		}
+		return 0
+	case "bench":
+		if len(words) != 3 {
+			return fail(usageError("usage: custos bench exchange|requests URL -c N -d DURATION"))
+		}
+		if err := cmdBench(&o, words[1], words[2], stdout, stderr); err != nil {
 			return fail(err)
 		}
 		return 0

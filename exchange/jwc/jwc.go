@@ -3,24 +3,23 @@
 // session's ticket, a JWS over each response, and A256CBC-HS512 JWE bodies.
 // Service and client both use it, so they cannot disagree on a detail.
 //
-// JOSE processing is go-jose's; this package fixes what may vary: one
-// algorithm, a typ that says what the token is for, and claims decoded
-// strictly.
+// JWE is go-jose's; the compact HS512 JWS, on every request's hot path, is
+// this package's own (jws.go says why). Either way the package fixes what
+// may vary: one algorithm, a typ that says what the token is for, and
+// headers and claims decoded strictly.
 package jwc
 
 import (
-	"bytes"
 	"crypto/rand"
 	"crypto/sha512"
 	"encoding/base64"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/exchange/wire"
 )
 
 // Token types (the JWS typ header).
@@ -70,21 +69,7 @@ func NewID() string {
 // Sign makes a request token of type typ under key (AK, or RK for a rekey)
 // for the session whose ticket is t.
 func Sign(key, t []byte, typ string, c *Claims) (string, error) {
-	// go-jose writes no kid for a symmetric key, so it is set as a header.
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS512, Key: key},
-		(&jose.SignerOptions{}).WithType(jose.ContentType(typ)).WithHeader(jose.HeaderKey("kid"), b64.EncodeToString(t)))
-	if err != nil {
-		return "", err
-	}
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return "", err
-	}
-	obj, err := signer.Sign(payload)
-	if err != nil {
-		return "", err
-	}
-	return obj.CompactSerialize()
+	return signJWS(key, header{Alg: alg, Kid: b64.EncodeToString(t), Typ: typ}, c)
 }
 
 // Error says why a token was refused.
@@ -99,7 +84,7 @@ func refuse(format string, args ...any) error { return &Error{Reason: fmt.Sprint
 // Request is a parsed request token whose MAC has not been checked yet: the
 // service must first open Ticket to learn the key.
 type Request struct {
-	obj    *jose.JSONWebSignature
+	jws    *jws
 	Ticket []byte
 	Type   string
 }
@@ -110,55 +95,33 @@ const MaxTokenSize = 8192
 // Parse reads a request token. Only HS512 is accepted: "none", HS256 and
 // every other algorithm are refused before anything else is looked at.
 func Parse(token string) (*Request, error) {
-	if len(token) > MaxTokenSize {
-		return nil, refuse("the token is longer than %d bytes", MaxTokenSize)
-	}
-	obj, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.HS512})
+	j, err := parseJWS(token, "token")
 	if err != nil {
-		return nil, refuse("the token is not an HS512 JWS in compact form")
+		return nil, err
 	}
-	if len(obj.Signatures) != 1 {
-		return nil, refuse("the token must carry exactly one signature")
-	}
-	h := obj.Signatures[0].Protected
-	t, err := b64.DecodeString(h.KeyID)
+	t, err := strictB64.DecodeString(j.header.Kid)
 	if err != nil || len(t) == 0 || len(t) > ticket.MaxSize {
 		return nil, refuse("the token's kid is not a ticket")
 	}
-	typ, _ := h.ExtraHeaders[jose.HeaderType].(string)
-	if typ != TypeRequest && typ != TypeRekey {
+	if typ := j.header.Typ; typ != TypeRequest && typ != TypeRekey {
 		return nil, refuse("the token's typ is %q, not %q or %q", clip(typ), TypeRequest, TypeRekey)
 	}
-	return &Request{obj: obj, Ticket: t, Type: typ}, nil
+	return &Request{jws: j, Ticket: t, Type: j.header.Typ}, nil
 }
 
 // Verify checks the MAC under key (in constant time) and decodes the claims.
 func (r *Request) Verify(key []byte) (*Claims, error) {
-	payload, err := r.obj.Verify(key)
-	if err != nil {
+	if !r.jws.verify(key) {
 		return nil, refuse("the token's MAC does not verify")
 	}
 	var c Claims
-	if err := strictDecode(payload, &c); err != nil {
+	if err := wire.UnmarshalStrict(r.jws.payload, &c); err != nil {
 		return nil, refuse("the token's claims are malformed: %v", err)
 	}
 	if c.Method == "" || c.Target == "" || c.ID == "" || c.BodyHash == "" || c.IssuedAt == 0 {
 		return nil, refuse("the token lacks one of htm, htu, iat, jti, bdh")
 	}
 	return &c, nil
-}
-
-// strictDecode refuses unknown members and trailing data.
-func strictDecode(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
-	}
-	if dec.More() {
-		return errors.New("trailing data")
-	}
-	return nil
 }
 
 func clip(s string) string {
@@ -170,37 +133,23 @@ func clip(s string) string {
 
 // SignResponse makes the JWC-Signature of a response.
 func SignResponse(key []byte, c *ResponseClaims) (string, error) {
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS512, Key: key},
-		(&jose.SignerOptions{}).WithType(TypeResponse))
-	if err != nil {
-		return "", err
-	}
-	payload, err := json.Marshal(c)
-	if err != nil {
-		return "", err
-	}
-	obj, err := signer.Sign(payload)
-	if err != nil {
-		return "", err
-	}
-	return obj.CompactSerialize()
+	return signJWS(key, header{Alg: alg, Typ: TypeResponse}, c)
 }
 
 // VerifyResponse checks a response signature under key and returns its claims.
 func VerifyResponse(key []byte, token string) (*ResponseClaims, error) {
-	obj, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{jose.HS512})
-	if err != nil || len(obj.Signatures) != 1 {
-		return nil, refuse("the response signature is not an HS512 JWS")
+	j, err := parseJWS(token, "response signature")
+	if err != nil {
+		return nil, err
 	}
-	if typ, _ := obj.Signatures[0].Protected.ExtraHeaders[jose.HeaderType].(string); typ != TypeResponse {
+	if j.header.Typ != TypeResponse {
 		return nil, refuse("the response signature's typ is not %q", TypeResponse)
 	}
-	payload, err := obj.Verify(key)
-	if err != nil {
+	if !j.verify(key) {
 		return nil, refuse("the response signature does not verify")
 	}
 	var c ResponseClaims
-	if err := strictDecode(payload, &c); err != nil {
+	if err := wire.UnmarshalStrict(j.payload, &c); err != nil {
 		return nil, refuse("the response signature's claims are malformed")
 	}
 	return &c, nil

@@ -9,6 +9,8 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+
+	jose "github.com/go-jose/go-jose/v4"
 )
 
 var (
@@ -145,4 +147,73 @@ func TestEncryption(t *testing.T) {
 			t.Errorf("part %d tampered: decrypted", i)
 		}
 	}
+}
+
+// TestInteropWithGoJose checks the package's own JWS against go-jose's in
+// both directions, so other implementations built on a JOSE library agree.
+func TestInteropWithGoJose(t *testing.T) {
+	c := claims()
+	ours, err := Sign(ak, tkt, TypeRequest, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obj, err := jose.ParseSignedCompact(ours, []jose.SignatureAlgorithm{jose.HS512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := obj.Verify(ak)
+	if err != nil {
+		t.Fatalf("go-jose does not verify our token: %v", err)
+	}
+	want, _ := json.Marshal(c)
+	if !bytes.Equal(payload, want) || obj.Signatures[0].Protected.KeyID != base64.RawURLEncoding.EncodeToString(tkt) {
+		t.Fatalf("go-jose read %s, kid %q", payload, obj.Signatures[0].Protected.KeyID)
+	}
+
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.HS512, Key: ak},
+		(&jose.SignerOptions{}).WithType(TypeRequest).WithHeader(jose.HeaderKey("kid"), base64.RawURLEncoding.EncodeToString(tkt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	signed, err := signer.Sign(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	theirs, _ := signed.CompactSerialize()
+	if theirs != ours {
+		t.Errorf("go-jose serialises differently:\n%s\n%s", theirs, ours)
+	}
+	r, err := Parse(theirs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.Verify(ak); err != nil || *got != *c {
+		t.Fatalf("go-jose's token: %+v %v", got, err)
+	}
+
+	rc := &ResponseClaims{ID: "abc", Status: 201, BodyHash: BodyHash(nil)}
+	sig, _ := SignResponse(ak, rc)
+	robj, err := jose.ParseSignedCompact(sig, []jose.SignatureAlgorithm{jose.HS512})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := robj.Verify(ak); err != nil {
+		t.Fatalf("go-jose does not verify our response signature: %v", err)
+	}
+}
+
+func BenchmarkRequestToken(b *testing.B) {
+	c := claims()
+	b.Run("sign", func(b *testing.B) {
+		for b.Loop() {
+			Sign(ak, tkt, TypeRequest, c)
+		}
+	})
+	tok, _ := Sign(ak, tkt, TypeRequest, c)
+	b.Run("parse+verify", func(b *testing.B) {
+		for b.Loop() {
+			r, _ := Parse(tok)
+			r.Verify(ak)
+		}
+	})
 }

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"maps"
+	"net/url"
+	"os/signal"
+	"slices"
+	"syscall"
+
+	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/client/bench"
+)
+
+func cmdBench(o *options, kind, rawURL string, stdout, stderr io.Writer) error {
+	u, err := url.Parse(rawURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
+	}
+	if kind != bench.Exchange && kind != bench.Requests {
+		return usageError(fmt.Sprintf("unknown bench %q: exchange or requests", kind))
+	}
+	if o.key == "" {
+		return usageError("no credential: give --key FILE (registered with the service)")
+	}
+	key, err := client.LoadKey(o.key)
+	if err != nil {
+		return err
+	}
+	defer key.Zero()
+	cfg := bench.Config{
+		Kind: kind, Concurrency: o.concurrency, Duration: o.duration, Key: key,
+		Precompute: o.precompute, Encrypt: o.encrypt, Progress: stderr,
+	}
+	switch kind {
+	case bench.Exchange:
+		cfg.URL = u.Scheme + "://" + u.Host
+	case bench.Requests:
+		if u.Path == "" || u.Path == "/" {
+			u.Path = "/v1/whoami"
+		}
+		cfg.URL = u.String()
+		cfg.State = &client.State{Dir: o.state}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if o.precompute {
+		fmt.Fprintf(stderr, "custos: precomputing nonce keys for %s…\n", o.duration)
+	}
+	res, err := bench.Run(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	if o.jsonl {
+		b, _ := json.Marshal(res)
+		fmt.Fprintf(stdout, "%s\n", b)
+		return nil
+	}
+	fmt.Fprintf(stdout, "%s against %s, %d in flight, %.1f s\n", res.Kind, cfg.URL, res.Concurrency, res.DurationS)
+	fmt.Fprintf(stdout, "  completed   %d\n", res.Completed)
+	fmt.Fprintf(stdout, "  throughput  %.0f/s\n", res.Throughput)
+	fmt.Fprintf(stdout, "  latency ms  p50 %.2f  p90 %.2f  p99 %.2f  max %.2f\n", res.Latency.P50, res.Latency.P90, res.Latency.P99, res.Latency.Max)
+	if len(res.Errors) == 0 {
+		fmt.Fprintf(stdout, "  errors      none\n")
+	}
+	for _, code := range slices.Sorted(maps.Keys(res.Errors)) {
+		fmt.Fprintf(stdout, "  errors      %-24s %d\n", code, res.Errors[code])
+	}
+	return nil
+}
