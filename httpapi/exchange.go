@@ -38,6 +38,12 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		account, kid string
 		e            *exchange.Error
 	)
+	select {
+	case s.exchanges <- struct{}{}:
+		defer func() { <-s.exchanges }()
+	case <-r.Context().Done():
+		return
+	}
 	if kind == "rekey" {
 		account, kid, e = s.rekey(w, r)
 	} else {

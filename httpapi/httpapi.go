@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -49,7 +50,12 @@ type Config struct {
 	TicketCacheSize int
 	// StatusTTL is how long an account's enabled/disabled status is trusted.
 	StatusTTL time.Duration
-	Now       func() time.Time
+	// MaxExchanges bounds the exchanges and rekeys computed at once (default
+	// twice GOMAXPROCS). The rest wait their turn in arrival order: a
+	// CPU-bound exchange gains nothing from more parallelism than there are
+	// cores, and without the queue the Go scheduler serves a backlog unfairly.
+	MaxExchanges int
+	Now          func() time.Time
 }
 
 // Service serves the Custos HTTP API.
@@ -61,6 +67,8 @@ type Service struct {
 	status  *statusCache
 	proxy   *httputil.ReverseProxy
 	mux     *http.ServeMux
+	// exchanges holds a token per exchange or rekey being computed.
+	exchanges chan struct{}
 }
 
 // WellKnown is the jwcexchange endpoint.
@@ -83,13 +91,17 @@ func New(cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MaxExchanges <= 0 {
+		cfg.MaxExchanges = 2 * runtime.GOMAXPROCS(0)
+	}
 	s := &Service{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		tickets: newTicketCache(cfg.TicketCacheSize),
-		replays: newReplayCache(),
-		status:  &statusCache{ttl: cfg.StatusTTL, entries: map[string]statusEntry{}},
-		mux:     http.NewServeMux(),
+		cfg:       cfg,
+		exchanges: make(chan struct{}, cfg.MaxExchanges),
+		log:       cfg.Logger,
+		tickets:   newTicketCache(cfg.TicketCacheSize),
+		replays:   newReplayCache(),
+		status:    &statusCache{ttl: cfg.StatusTTL, entries: map[string]statusEntry{}},
+		mux:       http.NewServeMux(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()

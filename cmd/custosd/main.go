@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -50,6 +51,7 @@ type config struct {
 	rekeyWindow string
 	pruneWindow string
 	maxSessions string
+	maxExch     string
 	keyRefresh  string
 	logFormat   string
 	credential  string
@@ -82,6 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("rekey-window", "CUSTOS_REKEY_WINDOW", "168h", "how long after an exchange a session may be rekeyed", &c.rekeyWindow),
 		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes inactive keys older than this (default: rekey window + session lifetime)", &c.pruneWindow),
 		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
+		opt("max-exchanges", "CUSTOS_MAX_EXCHANGES", "0", "exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs)", &c.maxExch),
 		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
 		opt("key-refresh", "CUSTOS_KEY_REFRESH", "30s", "how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)", &c.keyRefresh),
 	}
@@ -185,11 +188,22 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 			return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
 		}
 	}
-	if n, err := fmt.Sscan(c.maxSessions, &hc.MaxSessions); n != 1 || err != nil || hc.MaxSessions < 1 {
-		return hc, usageError(fmt.Sprintf("--max-sessions %q is not a positive number", c.maxSessions))
+	n, err := count("max-sessions", c.maxSessions, 1)
+	if err != nil {
+		return hc, err
 	}
+	hc.MaxSessions = n
 	hc.Logger = log
 	return hc, nil
+}
+
+// count parses a whole-number setting of at least least.
+func count(name, value string, least int) (int, error) {
+	n, err := strconv.Atoi(value)
+	if err != nil || n < least {
+		return 0, usageError(fmt.Sprintf("--%s %q is not a whole number of at least %d", name, value, least))
+	}
+	return n, nil
 }
 
 // openKeystore opens the token and its keys.

@@ -73,13 +73,18 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	metrics.MustRegister(httpapi.Collectors()...)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
+	maxExchanges, err := count("max-exchanges", c.maxExch, 0)
+	if err != nil {
+		return err
+	}
 	svc := httpapi.New(httpapi.Config{
-		Engine:   &exchange.Server{Keystore: ks, SessionLifetime: session, RekeyWindow: rekey},
-		Accounts: reg,
-		Ready:    tok.Healthy,
-		Upstream: upstream,
-		Metrics:  metrics,
-		Logger:   log,
+		MaxExchanges: maxExchanges,
+		Engine:       &exchange.Server{Keystore: ks, SessionLifetime: session, RekeyWindow: rekey},
+		Accounts:     reg,
+		Ready:        tok.Healthy,
+		Upstream:     upstream,
+		Metrics:      metrics,
+		Logger:       log,
 	})
 	ln, err := net.Listen("tcp", c.listen)
 	if err != nil {

@@ -50,6 +50,9 @@ var (
 type Registry struct {
 	db      *sql.DB
 	dialect dialect
+	// Statements on every exchange and status check, prepared once: parsing
+	// the SQL was most of a lookup's cost.
+	lookup, disabled *sql.Stmt
 }
 
 type dialect int
@@ -89,11 +92,25 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 		r.db.Close()
 		return nil, err
 	}
+	if err := r.prepare(ctx); err != nil {
+		r.db.Close()
+		return nil, err
+	}
 	return r, nil
 }
 
 // Close closes the database.
 func (r *Registry) Close() error { return r.db.Close() }
+
+func (r *Registry) prepare(ctx context.Context) (err error) {
+	r.lookup, err = r.db.PrepareContext(ctx, r.q(
+		`SELECT a.id, a.disabled FROM credentials c JOIN accounts a ON a.id = c.account_id WHERE c.kid = ?`))
+	if err != nil {
+		return err
+	}
+	r.disabled, err = r.db.PrepareContext(ctx, r.q(`SELECT disabled FROM accounts WHERE id = ?`))
+	return err
+}
 
 // q rewrites ? placeholders for PostgreSQL.
 func (r *Registry) q(query string) string {
@@ -222,8 +239,7 @@ func (r *Registry) Add(ctx context.Context, account string, cred *group.Element)
 // Lookup returns the account a credential is bound to and whether the
 // account is disabled.
 func (r *Registry) Lookup(ctx context.Context, kid string) (account string, disabled bool, err error) {
-	err = r.db.QueryRowContext(ctx, r.q(
-		`SELECT a.id, a.disabled FROM credentials c JOIN accounts a ON a.id = c.account_id WHERE c.kid = ?`), kid).Scan(&account, &disabled)
+	err = r.lookup.QueryRowContext(ctx, kid).Scan(&account, &disabled)
 	if errors.Is(err, sql.ErrNoRows) {
 		return "", false, ErrNotFound
 	}
@@ -234,7 +250,7 @@ func (r *Registry) Lookup(ctx context.Context, kid string) (account string, disa
 // as disabled.
 func (r *Registry) Disabled(ctx context.Context, account string) (bool, error) {
 	var disabled bool
-	err := r.db.QueryRowContext(ctx, r.q(`SELECT disabled FROM accounts WHERE id = ?`), account).Scan(&disabled)
+	err := r.disabled.QueryRowContext(ctx, account).Scan(&disabled)
 	if errors.Is(err, sql.ErrNoRows) {
 		return true, nil
 	}
