@@ -4,7 +4,7 @@ FUZZTIME ?= 10s
 
 export PATH := $(PATH):/usr/local/go/bin
 
-.PHONY: run demo test unit fuzz bench vet build
+.PHONY: run demo test unit fuzz bench bench-micro vet build
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -30,9 +30,15 @@ unit:
 fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzClientFinish$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
+	$(GO) test ./exchange/wire -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s
 
-# Engine and primitives (each beside its math/big reference), then token
-# operations through the session pool with p50/p99.
-bench:
+# One table from one run: primitives, the server-cost bound, CPU per
+# exchange, throughput and p99 against a local custosd, authenticated vs
+# plain requests, token operations, memory per session, openssl speed.
+# (`make bench-micro` runs the go test benchmarks behind the primitives.)
+bench: build
+	$(GO) run ./tests/benchtable -bin bin
+
+bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./exchange/...
-	$(GO) test -run '^$$' -bench . ./keystore/p11
+	$(GO) test -run '^$$' -bench . ./keystore/p11 ./tests

@@ -65,7 +65,8 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	if req.Type != typ {
 		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
 	}
-	sess, e := s.openTicket(r.Context(), req.Ticket)
+	tkey := ticketKey(req.Ticket)
+	sess, e := s.openTicket(r.Context(), req.Ticket, tkey)
 	if e != nil {
 		return nil, e
 	}
@@ -94,7 +95,7 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	if subtle.ConstantTimeCompare([]byte(claims.BodyHash), []byte(jwc.BodyHash(body))) != 1 {
 		return nil, badAuth("The body does not match the token's bdh.")
 	}
-	if !s.replays.add(replayKey{ticketKey(req.Ticket), claims.ID}, iat.Add(2*jwc.MaxSkew)) {
+	if !s.replays.add(newReplayKey(tkey, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
 		return nil, badAuth("This request (jti %s) was already received; sign each request afresh.", clip(claims.ID))
 	}
 	if e := s.checkAccount(r.Context(), sess.Account, now); e != nil {
@@ -119,8 +120,7 @@ func clip(s string) string {
 
 // openTicket returns the session of a ticket, from memory when it has been
 // opened before, otherwise by the token.
-func (s *Service) openTicket(ctx context.Context, t []byte) (*ticket.Session, *exchange.Error) {
-	key := ticketKey(t)
+func (s *Service) openTicket(ctx context.Context, t []byte, key [32]byte) (*ticket.Session, *exchange.Error) {
 	if sess := s.tickets.get(key, s.cfg.Now()); sess != nil {
 		ticketCacheHits.Inc()
 		return sess, nil
@@ -248,12 +248,12 @@ func (readCloser) Close() error { return nil }
 
 func (s *Service) handleWhoami(w http.ResponseWriter, r *http.Request) {
 	sess := SessionFrom(r)
-	writeJSON(w, http.StatusOK, map[string]any{
-		"account":        sess.Account,
-		"credential_kid": sess.CredentialKID,
-		"expires":        sess.Expires.UTC().Format(time.RFC3339),
-		"generation":     sess.Generation,
-	})
+	writeJSON(w, http.StatusOK, struct {
+		Account       string `json:"account"`
+		CredentialKID string `json:"credential_kid"`
+		Expires       string `json:"expires"`
+		Generation    uint32 `json:"generation"`
+	}{sess.Account, sess.CredentialKID, sess.Expires.UTC().Format(time.RFC3339), sess.Generation})
 }
 
 func (s *Service) handleEcho(w http.ResponseWriter, r *http.Request) {

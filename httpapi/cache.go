@@ -76,41 +76,63 @@ func (c *ticketCache) len() int {
 	return c.lru.Len()
 }
 
-// replayCache remembers the jti of every request within the skew window, so
-// a captured request cannot be sent again while its iat is still accepted.
+// replayCache remembers every request within the skew window, so a
+// captured request cannot be sent again while its iat is still accepted.
+// Entries are 16 bytes of SHA-256(ticket hash ‖ jti), kept in a map for
+// lookup and in arrival order for expiry: at tens of thousands of requests
+// a second the window holds millions, and sweeping the whole map (as a
+// first version did) cost more than the rest of the check.
 type replayCache struct {
-	mu      sync.Mutex
-	seen    map[replayKey]int64 // unix time after which the entry may go
-	inserts int
+	mu    sync.Mutex
+	seen  map[replayKey]struct{}
+	queue []replayEntry // arrival order; queue[head:] are live
+	head  int
 }
 
-type replayKey struct {
-	ticket [32]byte
-	jti    string
+type replayKey [16]byte
+
+type replayEntry struct {
+	key    replayKey
+	forget int64 // unix time after which the entry may go
 }
 
-func newReplayCache() *replayCache { return &replayCache{seen: map[replayKey]int64{}} }
+func newReplayCache() *replayCache { return &replayCache{seen: map[replayKey]struct{}{}} }
 
-// add records a request and reports whether it was new.
-func (c *replayCache) add(k replayKey, forget time.Time) bool {
+func newReplayKey(ticket [32]byte, jti string) replayKey {
+	h := sha256.New()
+	h.Write(ticket[:])
+	h.Write([]byte(jti))
+	var k replayKey
+	copy(k[:], h.Sum(nil))
+	return k
+}
+
+// add records a request and reports whether it was new. Entries leave in
+// arrival order once expired; one that expires early waits behind one that
+// expires late, which keeps it longer than needed (at most the skew window
+// again), never shorter.
+func (c *replayCache) add(k replayKey, forget, now time.Time) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	for t := now.Unix(); c.head < len(c.queue) && c.queue[c.head].forget < t; c.head++ {
+		delete(c.seen, c.queue[c.head].key)
+	}
+	if c.head > 1024 && c.head > len(c.queue)/2 {
+		c.queue = append(c.queue[:0], c.queue[c.head:]...)
+		c.head = 0
+	}
 	if _, dup := c.seen[k]; dup {
 		return false
 	}
-	c.seen[k] = forget.Unix()
-	if c.inserts++; c.inserts%1024 == 0 {
-		c.sweepLocked(time.Now().Unix())
-	}
+	c.seen[k] = struct{}{}
+	c.queue = append(c.queue, replayEntry{k, forget.Unix()})
 	return true
 }
 
-func (c *replayCache) sweepLocked(now int64) {
-	for k, until := range c.seen {
-		if until < now {
-			delete(c.seen, k)
-		}
-	}
+func (c *replayCache) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.seen)
 }
 
 // statusCache remembers whether accounts are disabled for a short while, so

@@ -3,6 +3,7 @@
 package softhsm
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -33,15 +34,31 @@ var counter atomic.Int64
 // loud message, except under CI, where it fails.
 func New(t testing.TB) *Token {
 	t.Helper()
-	dir := t.TempDir()
 	label := fmt.Sprintf("custos-test-%d-%d", os.Getpid(), counter.Add(1))
-	out, err := exec.Command("bash", Script(), dir, label, PIN).CombinedOutput()
-	if err != nil {
-		msg := fmt.Sprintf("!!! SoftHSM2 is not available, so this test cannot run against a real token: %v\n%s", err, out)
+	tok, err := Create(t.TempDir(), label)
+	if errors.Is(err, ErrUnavailable) {
+		msg := fmt.Sprintf("!!! SoftHSM2 is not available, so this test cannot run against a real token: %v", err)
 		if os.Getenv("CI") != "" {
 			t.Fatal(msg)
 		}
 		t.Skip(msg)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", tok.Conf)
+	return tok
+}
+
+// ErrUnavailable means SoftHSM2 is not installed and could not be.
+var ErrUnavailable = errors.New("softhsm: SoftHSM2 is not available")
+
+// Create makes a token labelled label, with user PIN PIN, in dir. The
+// caller points SOFTHSM2_CONF at tok.Conf before loading the module.
+func Create(dir, label string) (*Token, error) {
+	out, err := exec.Command("bash", Script(), dir, label, PIN).CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v\n%s", ErrUnavailable, err, out)
 	}
 	tok := &Token{Dir: dir, Label: label, PIN: PIN}
 	for _, line := range strings.Split(string(out), "\n") {
@@ -53,10 +70,9 @@ func New(t testing.TB) *Token {
 		}
 	}
 	if tok.Conf == "" || tok.Module == "" {
-		t.Fatalf("softhsm/setup.sh printed no environment:\n%s", out)
+		return nil, fmt.Errorf("softhsm/setup.sh printed no environment:\n%s", out)
 	}
-	t.Setenv("SOFTHSM2_CONF", tok.Conf)
-	return tok
+	return tok, nil
 }
 
 // Script returns the path of setup.sh.

@@ -1,6 +1,7 @@
 package jwc
 
 import (
+	"errors"
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/json"
@@ -23,6 +24,22 @@ type header struct {
 }
 
 const alg = "HS512"
+
+func (h *header) decode(b []byte) error {
+	return wire.DecodeFlat(b, func(name string, v wire.FlatValue) error {
+		switch name {
+		case "alg":
+			return v.Text(&h.Alg)
+		case "kid":
+			return v.Text(&h.Kid)
+		case "typ":
+			return v.Text(&h.Typ)
+		}
+		return errUnknownMember
+	})
+}
+
+var errUnknownMember = errors.New("is not allowed here")
 
 var strictB64 = b64.Strict()
 
@@ -73,7 +90,7 @@ func parseJWS(token, what string) (*jws, error) {
 		return nil, refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
 	var hdr header
-	if err := wire.UnmarshalStrict(hb, &hdr); err != nil {
+	if err := hdr.decode(hb); err != nil {
 		return nil, refuse("the %s's header is not {alg, kid, typ}: %v", what, err)
 	}
 	if hdr.Alg != alg {

@@ -149,19 +149,6 @@ func Unmarshal(data []byte, v any) error {
 	return nil
 }
 
-// UnmarshalStrict is Unmarshal that also refuses members v has no field for.
-func UnmarshalStrict(data []byte, v any) error {
-	if err := checkStructure(data); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return &DecodeError{Reason: err.Error()}
-	}
-	return nil
-}
-
 // MaxDepth bounds object and array nesting. The deepest message,
 // an ExchangeRequest's key, is 4 levels deep.
 const MaxDepth = 16

@@ -1,0 +1,130 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/json"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+type flatMember struct {
+	text  string
+	num   string
+	isNum bool
+}
+
+func decodeFlatAll(data []byte) (map[string]flatMember, error) {
+	out := map[string]flatMember{}
+	err := DecodeFlat(data, func(name string, v FlatValue) error {
+		if v.isText {
+			var s string
+			if err := v.Text(&s); err != nil {
+				return err
+			}
+			out[name] = flatMember{text: s}
+			return nil
+		}
+		out[name] = flatMember{num: string(v.raw), isNum: true}
+		return nil
+	})
+	return out, err
+}
+
+func TestDecodeFlat(t *testing.T) {
+	good := map[string]string{
+		`{"alg":"HS512","kid":"abc","typ":"jwc-req"}`: "alg",
+		` { "iat" : -12 , "htu":"/a?b=\u00e9\n" } `:      "iat",
+		`{}`: "",
+	}
+	for in := range good {
+		if _, err := decodeFlatAll([]byte(in)); err != nil {
+			t.Errorf("%s: %v", in, err)
+		}
+	}
+	bad := []string{
+		``, `[]`, `"x"`, `{`, `{"a":"b"`, `{"a":"b",}`, `{"a":"b"}x`, `{"a":"b"}{}`,
+		`{"a":"b","a":"c"}`, `{"a":"b","A":"c"}`, `{"a":1.5}`, `{"a":1e3}`, `{"a":01}`,
+		`{"a":true}`, `{"a":null}`, `{"a":{}}`, `{"a":[]}`, `{"a":"\x01"}`, `{"a":"\q"}`,
+		`{a:"b"}`, `{"a" "b"}`, `{"a":-}`, `{"a":"b"` + "\x00}",
+	}
+	for _, in := range bad {
+		if _, err := decodeFlatAll([]byte(in)); err == nil {
+			t.Errorf("%q accepted", in)
+		}
+	}
+}
+
+var canonicalInt = regexp.MustCompile(`^-?(0|[1-9][0-9]*)$`)
+
+// FuzzDecodeFlat holds DecodeFlat to encoding/json: what it accepts,
+// encoding/json accepts with the same members and values; and every object
+// of string and integer members without duplicate names that encoding/json
+// accepts, it accepts.
+func FuzzDecodeFlat(f *testing.F) {
+	for _, s := range []string{
+		`{"alg":"HS512","kid":"abc","typ":"jwc-req"}`,
+		`{"htm":"GET","htu":"/v1/whoami","iat":1700000000,"jti":"x","bdh":"y"}`,
+		`{"jti":"a","sts":200,"bdh":"b"}`, `{"a":"\ud83d\ude00\"\\\/"}`, `{"a":"b","A":1}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ours, err := decodeFlatAll(data)
+		var theirs map[string]any
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.UseNumber()
+		jerr := dec.Decode(&theirs)
+		if jerr == nil && dec.More() {
+			jerr = errFlatTrailing
+		}
+		if err == nil {
+			if jerr != nil || theirs == nil {
+				t.Fatalf("accepted %q, which encoding/json refuses: %v", data, jerr)
+			}
+			if len(theirs) != len(ours) {
+				t.Fatalf("%q: %d members, encoding/json sees %d", data, len(ours), len(theirs))
+			}
+			for k, v := range ours {
+				switch tv := theirs[k].(type) {
+				case string:
+					if v.isNum || v.text != tv {
+						t.Fatalf("%q: member %q is %+v, encoding/json says %q", data, k, v, tv)
+					}
+				case json.Number:
+					if !v.isNum || v.num != string(tv) {
+						t.Fatalf("%q: member %q is %+v, encoding/json says %s", data, k, v, tv)
+					}
+				default:
+					t.Fatalf("%q: member %q is %T for encoding/json", data, k, tv)
+				}
+			}
+			return
+		}
+		if jerr != nil || theirs == nil || !json.Valid(data) {
+			return
+		}
+		folded := map[string]bool{}
+		for k, v := range theirs {
+			switch tv := v.(type) {
+			case string:
+			case json.Number:
+				if !canonicalInt.MatchString(string(tv)) {
+					return
+				}
+			default:
+				return
+			}
+			if folded[strings.ToLower(k)] {
+				return
+			}
+			folded[strings.ToLower(k)] = true
+		}
+		if strings.Count(string(data), ":") != len(theirs) {
+			return // encoding/json keeps the last of duplicate names
+		}
+		t.Fatalf("refused %q (%v), which is a flat object encoding/json accepts", data, err)
+	})
+}
+
+var errFlatTrailing = &DecodeError{Reason: "trailing"}

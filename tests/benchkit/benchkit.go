@@ -1,0 +1,321 @@
+// Package benchkit holds the measurements behind `make bench`: a rig of
+// real parts (a throwaway SoftHSM2 token, the PKCS#11 keystore, a SQLite
+// registry and the HTTP service in process) and benchmark bodies that both
+// `go test -bench` (tests/bench_test.go) and the table printer
+// (tests/benchtable) run.
+package benchkit
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/keystore/p11"
+	"github.com/custos-kx/custos/softhsm"
+)
+
+// Account is the account the rig's client is registered as.
+const Account = "bench@example.com"
+
+// Rig is a service on real parts, in process.
+type Rig struct {
+	Dir      string
+	SoftHSM  *softhsm.Token
+	Token    *hsm.Token
+	Keystore *p11.Keystore
+	Registry *accounts.Registry
+	DB       string // the registry's SQLite file
+	Engine   *exchange.Server
+	Key      *exchange.ClientKey // registered as Account
+	Service  *httpapi.Service
+}
+
+// NewRig creates a token in dir, its keys, a registry with one account, and
+// the service. It points SOFTHSM2_CONF at the token for the whole process.
+func NewRig(dir string) (*Rig, error) {
+	ctx := context.Background()
+	st, err := softhsm.Create(dir, "custos-bench")
+	if err != nil {
+		return nil, err
+	}
+	os.Setenv("SOFTHSM2_CONF", st.Conf)
+	r := &Rig{Dir: dir, SoftHSM: st, DB: filepath.Join(dir, "custos.db")}
+	if r.Token, err = hsm.Open(ctx, hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN}); err != nil {
+		return nil, err
+	}
+	if r.Keystore, err = p11.Open(ctx, r.Token); err != nil {
+		return nil, err
+	}
+	if _, err := r.Keystore.Init(ctx); err != nil {
+		return nil, err
+	}
+	if r.Registry, err = accounts.Open(ctx, r.DB); err != nil {
+		return nil, err
+	}
+	if r.Key, err = exchange.GenerateClientKey(rand.Reader); err != nil {
+		return nil, err
+	}
+	if err := r.Registry.Add(ctx, Account, r.Key.Public()); err != nil {
+		return nil, err
+	}
+	r.Engine = &exchange.Server{Keystore: r.Keystore}
+	r.Service = r.NewService()
+	return r, nil
+}
+
+// NewService returns a service on the rig's parts with empty caches.
+func (r *Rig) NewService() *httpapi.Service {
+	return httpapi.New(httpapi.Config{
+		Engine:   r.Engine,
+		Accounts: r.Registry,
+		Ready:    r.Token.Healthy,
+		// custosd logs a line per exchange; so does the rig, into nothing.
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+}
+
+// Close releases the token and the registry.
+func (r *Rig) Close() {
+	r.Registry.Close()
+	r.Token.Close()
+}
+
+// cpuTime is the process's user and system time so far: token work done in
+// SoftHSM's threads and the Go runtime's own work included.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// ReportCPU runs fn b.N times and reports the process CPU time per
+// operation as "cpu-ns/op" beside Go's wall-clock ns/op.
+func ReportCPU(b *testing.B, fn func(i int)) {
+	start := cpuTime()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		fn(i)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
+}
+
+// ExchangeBodies pre-builds n ExchangeRequest bodies from the rig's client,
+// each with its own nonce key.
+func (r *Rig) ExchangeBodies(n int) ([][]byte, error) {
+	bodies := make([][]byte, n)
+	for i := range bodies {
+		_, msg, err := r.Key.NewExchange(rand.Reader, nil)
+		if err != nil {
+			return nil, err
+		}
+		if bodies[i], err = json.Marshal(msg); err != nil {
+			return nil, err
+		}
+	}
+	return bodies, nil
+}
+
+// ExchangeHandler measures full exchanges through the service's HTTP
+// handler, token included, with pre-built requests (the client's work is
+// not measured).
+func (r *Rig) ExchangeHandler(bodies [][]byte) func(b *testing.B) {
+	return func(b *testing.B) {
+		ReportCPU(b, func(i int) {
+			req := httptest.NewRequest(http.MethodPost, httpapi.WellKnown, bytes.NewReader(bodies[i%len(bodies)]))
+			req.Header.Set("Content-Type", "application/json")
+			rec := httptest.NewRecorder()
+			r.Service.ServeHTTP(rec, req)
+			if rec.Code != http.StatusOK {
+				b.Fatalf("exchange answered %d: %s", rec.Code, rec.Body)
+			}
+		})
+	}
+}
+
+// ClientExchange measures the client's side of an exchange: a nonce key
+// and request, then checking a response (the server's work is done
+// beforehand, outside the timing).
+func (r *Rig) ClientExchange(b *testing.B) {
+	for i := 0; i < b.N; i++ {
+		pending, msg, err := r.Key.NewExchange(rand.Reader, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		req, err := exchange.ParseRequest(msg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := r.Engine.Exchange(context.Background(), req, Account)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		s, err := pending.Finish(resp)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Zero()
+	}
+}
+
+// Primitives are the operations an exchange is made of, each measured alone.
+type Primitive struct {
+	Name string
+	Run  func(b *testing.B)
+}
+
+// Primitives returns the rig's primitive benchmarks.
+func (r *Rig) Primitives() ([]Primitive, error) {
+	ctx := context.Background()
+	x, err := r.Keystore.Credential(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s, _ := group.GenerateScalar(rand.Reader)
+	t, _ := group.GenerateScalar(rand.Reader)
+	base := t.Public()
+	e128 := make([]byte, 16)
+	rand.Read(e128)
+	session := sampleSession()
+	pt, _ := session.MarshalBinary()
+	sealed, err := r.Keystore.Seal(ctx, pt)
+	if err != nil {
+		return nil, err
+	}
+	w := base.Wire()
+	return []Primitive{
+		{"token DH derive (SoftHSM, CKM_DH_PKCS_DERIVE)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.Keystore.Derive(ctx, x.KeyID(), base); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"256-bit constant-time exponentiation (B^r)", func(b *testing.B) {
+			for b.Loop() {
+				group.ExpScalar(base, s).Zero()
+			}
+		}},
+		{"128-bit exponentiation (C^d, B^e)", func(b *testing.B) {
+			for b.Loop() {
+				group.ExpPublic(base, e128)
+			}
+		}},
+		{"fixed-base g^r (comb table, constant time)", func(b *testing.B) {
+			for b.Loop() {
+				s.Public()
+			}
+		}},
+		{"public-key validation (decode, range, Jacobi)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := group.DecodeWire(w); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"ticket seal (token AES-256-GCM)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.Keystore.Seal(ctx, pt); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"ticket open (token AES-256-GCM)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.Keystore.Open(ctx, sealed); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+	}, nil
+}
+
+func sampleSession() *ticket.Session {
+	now := time.Now()
+	s := &ticket.Session{
+		Account: Account, CredentialKID: "MAM7Y-V6C6X-FM5QX-7JYGX-SIR3R-HQ52N",
+		IssuedAt: now, Expires: now.Add(time.Hour), RekeyExpires: now.Add(7 * 24 * time.Hour),
+		Encryption: exchange.DefaultSuite.Encryption, Authentication: exchange.DefaultSuite.Authentication,
+	}
+	rand.Read(s.AK[:])
+	rand.Read(s.EK[:])
+	rand.Read(s.RK[:])
+	return s
+}
+
+// SessionLoad is n live sessions and one signed whoami request for each.
+type SessionLoad struct {
+	requests []*http.Request
+}
+
+// NewSessionLoad seals n sessions with the rig's token and signs one
+// request per session. Nothing of it is in the service yet.
+func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
+	ctx := context.Background()
+	l := &SessionLoad{requests: make([]*http.Request, n)}
+	for i := range n {
+		s := sampleSession()
+		pt, _ := s.MarshalBinary()
+		t, err := r.Keystore.Seal(ctx, pt)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := jwc.Sign(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
+			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
+			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
+		})
+		if err != nil {
+			return nil, err
+		}
+		req := httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
+		req.Header.Set("Authorization", jwc.Scheme+" "+tok)
+		l.requests[i] = req
+	}
+	return l, nil
+}
+
+// Serve sends every request of the load to the service once and returns
+// the time per request. The first pass opens each ticket with the token;
+// a request signed once can be served once (replay protection), so a load
+// measures one pass.
+func (l *SessionLoad) Serve(svc http.Handler) (time.Duration, error) {
+	start := time.Now()
+	for _, req := range l.requests {
+		rec := httptest.NewRecorder()
+		svc.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			return 0, fmt.Errorf("whoami answered %d: %s", rec.Code, rec.Body)
+		}
+	}
+	return time.Since(start) / time.Duration(len(l.requests)), nil
+}
+
+// HeapInUse returns the live heap after a full collection.
+func HeapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}

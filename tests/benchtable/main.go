@@ -1,0 +1,400 @@
+// Command benchtable prints the table `make bench` shows: the primitives of
+// an exchange, the server-cost bound they add up to, the measured cost of a
+// whole exchange through the real handler and token, throughput and tail
+// latency against a running custosd at several concurrencies, the cost of
+// an authenticated request beside a plain one, token operations per
+// exchange and per request (from the service's metrics), memory per cached
+// session, and OpenSSL's ffdh2048 speed on the same machine, each beside
+// its target. Everything comes from one run on real parts.
+//
+//	go run ./tests/benchtable -bin bin [-d 4s]
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/custos-kx/custos/client/bench"
+	"github.com/custos-kx/custos/tests/benchkit"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory holding the custosd binary")
+	d := flag.Duration("d", 4*time.Second, "how long each load runs")
+	flag.Parse()
+	if err := run(*bin, *d); err != nil {
+		fmt.Fprintln(os.Stderr, "benchtable:", err)
+		os.Exit(1)
+	}
+}
+
+// table collects rows and prints them aligned.
+type table struct{ rows [][3]string }
+
+func (t *table) section(name string) {
+	t.rows = append(t.rows, [3]string{"", "", ""}, [3]string{name, "", ""})
+}
+func (t *table) row(name, value, target string) {
+	t.rows = append(t.rows, [3]string{"  " + name, value, target})
+}
+
+func (t *table) print(w io.Writer) {
+	width := [2]int{}
+	for _, r := range t.rows {
+		if r[1] != "" || r[2] != "" {
+			width[0] = max(width[0], len([]rune(r[0])))
+			width[1] = max(width[1], len([]rune(r[1])))
+		}
+	}
+	pad := func(s string, n int) string { return s + strings.Repeat(" ", max(0, n-len([]rune(s)))) }
+	for _, r := range t.rows {
+		if r[1] == "" && r[2] == "" {
+			fmt.Fprintln(w, r[0])
+			continue
+		}
+		fmt.Fprintf(w, "%s  %s  %s\n", pad(r[0], width[0]), pad(r[1], width[1]), r[2])
+	}
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.3f ms", float64(d)/1e6) }
+
+func verdict(ok bool, target string) string {
+	if ok {
+		return "meets " + target
+	}
+	return "MISSES " + target
+}
+
+func perOp(r testing.BenchmarkResult) time.Duration { return time.Duration(r.NsPerOp()) }
+
+func run(bin string, d time.Duration) error {
+	testing.Init()
+	dir, err := os.MkdirTemp("", "custos-bench-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	progress("setting up a SoftHSM2 token, its keys and a registry in %s", dir)
+	rig, err := benchkit.NewRig(dir)
+	if err != nil {
+		return err
+	}
+	defer rig.Close()
+
+	t := &table{}
+	host, _ := os.Hostname()
+	t.rows = append(t.rows, [3]string{fmt.Sprintf("Custos benchmark, %s, %s, %d CPUs, %s, SoftHSM2 in process",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), host, runtime.NumCPU(), runtime.Version()), "", ""})
+
+	// Primitives.
+	t.section("primitives (one goroutine)")
+	prims, err := rig.Primitives()
+	if err != nil {
+		return err
+	}
+	cost := map[int]time.Duration{}
+	for i, p := range prims {
+		progress("primitive: %s", p.Name)
+		cost[i] = perOp(testing.Benchmark(p.Run))
+		t.row(p.Name, ms(cost[i]), "")
+	}
+	derive, exp256, exp128, validation, seal := cost[0], cost[1], cost[2], cost[4], cost[5]
+	bound := derive + seal + 2*exp256 + 2*exp128 + 2*validation
+
+	t.section("one exchange, server side")
+	t.row("server-cost bound¹", ms(bound), "")
+	progress("server CPU per exchange through the HTTP handler")
+	bodies, err := rig.ExchangeBodies(256)
+	if err != nil {
+		return err
+	}
+	hr := testing.Benchmark(rig.ExchangeHandler(bodies))
+	cpu := time.Duration(hr.Extra["cpu-ns/op"])
+	ratio := float64(cpu) / float64(bound)
+	t.row("server CPU per exchange²", ms(cpu), "")
+	t.row("  ratio to the bound", fmt.Sprintf("%.2f ×", ratio), verdict(ratio <= 1.25, "≤ 1.25 ×"))
+	progress("client side of an exchange")
+	client := perOp(testing.Benchmark(rig.ClientExchange))
+	t.row("client CPU per exchange³", ms(client), verdict(client <= 1200*time.Microsecond, "≤ 1.2 ms"))
+
+	// Against a running custosd.
+	svc, err := startCustosd(bin, rig, dir)
+	if err != nil {
+		return err
+	}
+	defer svc.stop()
+	before, err := svc.metrics()
+	if err != nil {
+		return err
+	}
+	t.section(fmt.Sprintf("custosd on loopback, full exchanges, client side precomputed, %s each", d))
+	var at32 *bench.Result
+	for _, c := range []int{1, 2, 8, 32, 128} {
+		progress("exchanges at concurrency %d", c)
+		res, err := bench.Run(context.Background(), bench.Config{Kind: bench.Exchange, URL: svc.url, Concurrency: c, Duration: d, Key: rig.Key, Precompute: true})
+		if err != nil {
+			return err
+		}
+		if c == 32 {
+			at32 = res
+		}
+		t.row(fmt.Sprintf("concurrency %3d", c), fmt.Sprintf("%6.0f /s  p50 %6.1f ms  p99 %6.1f ms  errors %d", res.Throughput, res.Latency.P50, res.Latency.P99, errorCount(res)), "")
+	}
+	t.row("at concurrency 32", "", verdict(at32.Throughput >= 1300 && at32.Latency.P99 <= 25 && errorCount(at32) == 0, "≥ 1,300 /s, p99 ≤ 25 ms, no errors"))
+	afterExchanges, err := svc.metrics()
+	if err != nil {
+		return err
+	}
+
+	t.section(fmt.Sprintf("custosd on loopback, requests, concurrency 16, %s each", d))
+	progress("authenticated requests")
+	auth, err := bench.Run(context.Background(), bench.Config{Kind: bench.Requests, URL: svc.url + "/v1/whoami", Concurrency: 16, Duration: d, Key: rig.Key})
+	if err != nil {
+		return err
+	}
+	afterRequests, err := svc.metrics()
+	if err != nil {
+		return err
+	}
+	progress("plain requests")
+	plain, err := bench.Run(context.Background(), bench.Config{Kind: bench.Plain, URL: svc.url + "/healthz", Concurrency: 16, Duration: d})
+	if err != nil {
+		return err
+	}
+	cores := float64(runtime.NumCPU())
+	t.row("authenticated GET /v1/whoami (ticket cached)", fmt.Sprintf("%6.0f /s  %5.1f µs CPU each  p99 %5.2f ms  errors %d", auth.Throughput, cores*1e6/auth.Throughput, auth.Latency.P99, errorCount(auth)),
+		verdict(auth.Throughput >= 15000, "≥ 15,000 /s"))
+	t.row("plain GET /healthz, same server", fmt.Sprintf("%6.0f /s  %5.1f µs CPU each  p99 %5.2f ms", plain.Throughput, cores*1e6/plain.Throughput, plain.Latency.P99), "")
+	rr := auth.Throughput / plain.Throughput
+	t.row("authenticated ÷ plain throughput", fmt.Sprintf("%.2f", rr), verdict(rr >= 0.6, "≥ 0.6"))
+
+	t.section("token operations, from custosd's metrics")
+	exOps := hsmOps(afterExchanges, "derive", "seal", "open") - hsmOps(before, "derive", "seal", "open")
+	exDerive := hsmOps(afterExchanges, "derive") - hsmOps(before, "derive")
+	exSeal := hsmOps(afterExchanges, "seal") - hsmOps(before, "seal")
+	exN := counter(afterExchanges, "custos_exchanges_total", map[string]string{"kind": "exchange", "result": "ok"}) -
+		counter(before, "custos_exchanges_total", map[string]string{"kind": "exchange", "result": "ok"})
+	// The load starts with one exchange (a derive and a seal) before the
+	// clock; after it, the only operation is opening the ticket once.
+	reqOps := hsmOps(afterRequests, "open") - hsmOps(afterExchanges, "open")
+	reqN := counter(afterRequests, "custos_authenticated_requests_total", map[string]string{"result": "ok"}) -
+		counter(afterExchanges, "custos_authenticated_requests_total", map[string]string{"result": "ok"})
+	perEx, perReq := exOps/exN, reqOps/reqN
+	t.row(fmt.Sprintf("per exchange (%.0f exchanges)", exN), fmt.Sprintf("%.3f  (derive %.3f, seal %.3f)", perEx, exDerive/exN, exSeal/exN), verdict(exDerive == exN && exSeal == exN && exOps == 2*exN, "= 2 (derive + seal)"))
+	t.row(fmt.Sprintf("per authenticated request (%.0f requests, one session)", reqN), fmt.Sprintf("%.5f", perReq), verdict(reqOps <= 1, "0 on a cache hit (the first opens the ticket)"))
+
+	t.section("memory of the service per cached session (in process, real token)")
+	// The sessions are added in batches to one service with an empty cache;
+	// the live heap is read after each batch. Every request is signed
+	// beforehand, so its own memory is in the baseline.
+	sizes := []int{1_000, 10_000, 100_000}
+	var loads []*benchkit.SessionLoad
+	for i, n := range sizes {
+		progress("sealing and signing %d sessions", n)
+		prev := 0
+		if i > 0 {
+			prev = sizes[i-1]
+		}
+		load, err := rig.NewSessionLoad(n - prev)
+		if err != nil {
+			return err
+		}
+		loads = append(loads, load)
+	}
+	memSvc := rig.NewService()
+	base := benchkit.HeapInUse()
+	for i, n := range sizes {
+		progress("%d live sessions", n)
+		perReq, err := loads[i].Serve(memSvc)
+		if err != nil {
+			return err
+		}
+		grown := float64(benchkit.HeapInUse()) - float64(base)
+		per := grown / float64(n)
+		t.row(fmt.Sprintf("%d live sessions", n), fmt.Sprintf("%5.0f B each (%.1f MiB); first request %.0f µs", per, grown/(1<<20), float64(perReq)/1e3),
+			verdict(per <= 2048, "≤ 2 KiB"))
+	}
+	runtime.KeepAlive(memSvc)
+	runtime.KeepAlive(loads)
+
+	t.section("OpenSSL on the same machine")
+	if speed, err := opensslFFDH(); err != nil {
+		t.row("openssl speed ffdh2048", "not measured: "+err.Error(), "")
+	} else {
+		t.row("openssl speed ffdh2048", fmt.Sprintf("%.0f ops/s (%.3f ms each)", speed, 1e3/speed), "")
+		t.row("server CPU per exchange, in ffdh2048 operations", fmt.Sprintf("%.1f", float64(cpu)/1e9*speed), "")
+		t.row("token derive, in ffdh2048 operations", fmt.Sprintf("%.1f", float64(derive)/1e9*speed), "")
+	}
+	fmt.Fprintln(os.Stderr)
+	t.print(os.Stdout)
+	fmt.Println(`
+¹ 1 token derive + 1 seal + 2 × 256-bit exponentiation (g^r, B^r) + 2 × 128-bit
+  (C^d, B^e) + 2 validations (C, N): what SPEC §3 makes every exchange do.
+  g^r actually uses the fixed-base table, which is why the ratio can be low.
+² process CPU time (all threads, SoftHSM's included) per POST through the
+  service's HTTP handler, real token and registry, requests built beforehand.
+³ nonce key and request, then the response's checks, σ and the witness.
+  CPU per loopback request counts client and server: both run on this machine.`)
+	return nil
+}
+
+func errorCount(r *bench.Result) int {
+	n := 0
+	for _, v := range r.Errors {
+		n += v
+	}
+	return n
+}
+
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "\r\033[K… "+format, args...)
+}
+
+// custosd is a custosd process serving the rig's token and registry.
+type custosd struct {
+	cmd *exec.Cmd
+	url string
+}
+
+func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(rig.SoftHSM.PIN), 0o600); err != nil {
+		return nil, err
+	}
+	logFile, err := os.Create(filepath.Join(dir, "custosd.log"))
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(filepath.Join(bin, "custosd"), "serve")
+	cmd.Env = append(os.Environ(),
+		"SOFTHSM2_CONF="+rig.SoftHSM.Conf,
+		"CUSTOS_PKCS11_MODULE="+rig.SoftHSM.Module,
+		"CUSTOS_TOKEN_LABEL="+rig.SoftHSM.Label,
+		"CUSTOS_PIN_FILE="+pinFile,
+		"CUSTOS_DB="+rig.DB,
+		"CUSTOS_LISTEN="+addr,
+	)
+	cmd.Stderr = logFile
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
+	}
+	c := &custosd{cmd: cmd, url: "http://" + addr}
+	for range 100 {
+		if resp, err := http.Get(c.url + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return c, nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	c.stop()
+	log, _ := os.ReadFile(logFile.Name())
+	return nil, fmt.Errorf("custosd did not become ready:\n%s", log)
+}
+
+func (c *custosd) stop() {
+	c.cmd.Process.Signal(os.Interrupt)
+	c.cmd.Wait()
+}
+
+func (c *custosd) metrics() (map[string][]sample, error) {
+	resp, err := http.Get(c.url + "/metrics")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	mfs, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]sample{}
+	for name, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			s := sample{labels: map[string]string{}}
+			for _, l := range m.GetLabel() {
+				s.labels[l.GetName()] = l.GetValue()
+			}
+			switch {
+			case m.Counter != nil:
+				s.value = m.GetCounter().GetValue()
+			case m.Histogram != nil:
+				s.value = float64(m.GetHistogram().GetSampleCount())
+			}
+			out[name] = append(out[name], s)
+		}
+	}
+	return out, nil
+}
+
+type sample struct {
+	labels map[string]string
+	value  float64
+}
+
+// counter sums the samples of name whose labels include want.
+func counter(m map[string][]sample, name string, want map[string]string) float64 {
+	var n float64
+outer:
+	for _, s := range m[name] {
+		for k, v := range want {
+			if s.labels[k] != v {
+				continue outer
+			}
+		}
+		n += s.value
+	}
+	return n
+}
+
+// hsmOps counts the token operations of the kinds named.
+func hsmOps(m map[string][]sample, ops ...string) float64 {
+	var n float64
+	for _, op := range ops {
+		n += counter(m, "custos_hsm_operation_duration_seconds", map[string]string{"op": op})
+	}
+	return n
+}
+
+// opensslFFDH runs `openssl speed ffdh2048` and returns its operations per second.
+func opensslFFDH() (float64, error) {
+	path, err := exec.LookPath("openssl")
+	if err != nil {
+		return 0, fmt.Errorf("openssl is not installed")
+	}
+	out, err := exec.Command(path, "speed", "-seconds", "2", "ffdh2048").Output()
+	if err != nil {
+		return 0, err
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) >= 4 && f[0] == "2048" && f[2] == "ffdh" {
+			return strconv.ParseFloat(f[len(f)-1], 64)
+		}
+	}
+	return 0, fmt.Errorf("could not read its output")
+}
