@@ -1,10 +1,10 @@
 package jwc
 
 import (
-	"errors"
 	"crypto/hmac"
 	"crypto/sha512"
 	"encoding/json"
+	"errors"
 	"strings"
 
 	"github.com/custos-kx/custos/exchange/wire"

@@ -34,7 +34,7 @@ func decodeFlatAll(data []byte) (map[string]flatMember, error) {
 func TestDecodeFlat(t *testing.T) {
 	good := map[string]string{
 		`{"alg":"HS512","kid":"abc","typ":"jwc-req"}`: "alg",
-		` { "iat" : -12 , "htu":"/a?b=\u00e9\n" } `:      "iat",
+		` { "iat" : -12 , "htu":"/a?b=\u00e9\n" } `:   "iat",
 		`{}`: "",
 	}
 	for in := range good {
