@@ -31,3 +31,7 @@ func BenchmarkExchangeHandler(b *testing.B) {
 func BenchmarkClientExchange(b *testing.B) {
 	newRig(b).ClientExchange(b)
 }
+
+func BenchmarkAuthenticatedHandler(b *testing.B) { newRig(b).AuthenticatedHandler(b) }
+
+func BenchmarkPlainHandler(b *testing.B) { newRig(b).PlainHandler(b) }

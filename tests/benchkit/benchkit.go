@@ -319,3 +319,41 @@ func HeapInUse() uint64 {
 	runtime.ReadMemStats(&m)
 	return m.HeapAlloc
 }
+
+// AuthenticatedHandler measures the service's handling of authenticated
+// whoami requests on one session whose ticket is already open, the
+// requests signed beforehand; PlainHandler measures /healthz beside it.
+func (r *Rig) AuthenticatedHandler(b *testing.B) {
+	ctx := context.Background()
+	s := sampleSession()
+	pt, _ := s.MarshalBinary()
+	t, err := r.Keystore.Seal(ctx, pt)
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc := r.NewService()
+	reqs := make([]*http.Request, b.N+1)
+	for i := range reqs {
+		tok, _ := jwc.Sign(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
+			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
+			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
+		})
+		reqs[i] = httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
+		reqs[i].Header.Set("Authorization", jwc.Scheme+" "+tok)
+	}
+	serve(b, svc, reqs[0]) // opens the ticket
+	ReportCPU(b, func(i int) { serve(b, svc, reqs[i+1]) })
+}
+
+func (r *Rig) PlainHandler(b *testing.B) {
+	svc := r.NewService()
+	ReportCPU(b, func(int) { serve(b, svc, httptest.NewRequest(http.MethodGet, "/healthz", nil)) })
+}
+
+func serve(b *testing.B, h http.Handler, req *http.Request) {
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, req)
+	if rec.Code != http.StatusOK {
+		b.Fatalf("%s answered %d: %s", req.URL.Path, rec.Code, rec.Body)
+	}
+}
