@@ -68,7 +68,7 @@ func (t *table) print(w io.Writer) {
 			fmt.Fprintln(w, r[0])
 			continue
 		}
-		fmt.Fprintf(w, "%s  %s  %s\n", pad(r[0], width[0]), pad(r[1], width[1]), r[2])
+		fmt.Fprintln(w, strings.TrimRight(pad(r[0], width[0])+"  "+pad(r[1], width[1])+"  "+r[2], " "))
 	}
 }
 
