@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"os"
@@ -120,6 +121,37 @@ func TestCLIContract(t *testing.T) {
 	if out, _, err := custos(append(common, "get", r.url+"/v1/whoami")...); err != nil || !strings.Contains(out, `"generation":1`) {
 		t.Fatalf("get after rekey: %v %s", err, out)
 	}
+	// custos bench --json prints exactly one object of this shape.
+	for _, args := range [][]string{
+		{"bench", "exchange", r.url, "-c", "2", "-d", "1s", "--precompute", "--json"},
+		{"bench", "exchange", r.url, "-c", "2", "-d", "1s", "--json"},
+		{"bench", "requests", r.url + "/v1/whoami", "-c", "2", "-d", "1s", "--json"},
+		{"bench", "requests", r.url, "-c", "2", "-d", "1s", "--encrypt", "--json"},
+	} {
+		out, stderr, err := custos(append(common, args...)...)
+		if err != nil {
+			t.Fatalf("%v: %v %s", args, err, stderr)
+		}
+		var res struct {
+			Kind        string             `json:"kind"`
+			Concurrency int                `json:"concurrency"`
+			DurationS   float64            `json:"duration_s"`
+			Completed   int                `json:"completed"`
+			Throughput  float64            `json:"throughput_per_s"`
+			Latency     map[string]float64 `json:"latency_ms"`
+			Errors      map[string]int     `json:"errors"`
+		}
+		dec := json.NewDecoder(strings.NewReader(out))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&res); err != nil || dec.More() {
+			t.Fatalf("%v printed %q: %v", args, out, err)
+		}
+		if res.Kind != args[1] || res.Concurrency != 2 || res.DurationS < 1 || res.Completed == 0 || res.Throughput <= 0 ||
+			len(res.Latency) != 4 || res.Latency["p50"] <= 0 || res.Latency["max"] < res.Latency["p99"] || res.Errors == nil || len(res.Errors) != 0 {
+			t.Fatalf("%v: %+v", args, res)
+		}
+	}
+
 	runCustosd(t, env, "account", "disable", "alice@example.com")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
