@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/custos-kx/custos/exchange/group"
 	"github.com/custos-kx/custos/exchange/wire"
@@ -56,7 +57,10 @@ func (c Code) Status() int {
 type Error struct {
 	Code        Code
 	Description string
-	cause       error
+	// RetryAfter, for RateLimited and KeystoreUnavailable, is when to try
+	// again; zero means a second.
+	RetryAfter time.Duration
+	cause      error
 }
 
 func (e *Error) Error() string { return string(e.Code) + ": " + e.Description }

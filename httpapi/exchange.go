@@ -38,16 +38,15 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		account, kid string
 		e            *exchange.Error
 	)
-	select {
-	case s.exchanges <- struct{}{}:
+	if ok, retry := s.byAddress.allow(clientAddress(r), start); !ok {
+		e = rateLimited("your address", retry)
+	} else if e = s.takeTurn(r); e == nil {
 		defer func() { <-s.exchanges }()
-	case <-r.Context().Done():
-		return
-	}
-	if kind == "rekey" {
-		account, kid, e = s.rekey(w, r)
-	} else {
-		account, kid, e = s.exchange(w, r)
+		if kind == "rekey" {
+			account, kid, e = s.rekey(w, r)
+		} else {
+			account, kid, e = s.exchange(w, r)
+		}
 	}
 	result := "ok"
 	if e != nil {
@@ -58,6 +57,31 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	exchangesTotal.WithLabelValues(kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
 	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration", d.Round(time.Microsecond))
+}
+
+// takeTurn waits, in arrival order, for one of the MaxExchanges places to
+// compute an exchange; the caller gives it back. When too many are
+// waiting already it refuses at once, so a flood queues nowhere.
+func (s *Service) takeTurn(r *http.Request) *exchange.Error {
+	if s.queued.Add(1) > int64(s.cfg.Limits.MaxQueued) {
+		s.queued.Add(-1)
+		return exchange.Errorf(exchange.RateLimited, "The service has too many exchanges waiting; retry in a second.")
+	}
+	defer s.queued.Add(-1)
+	select {
+	case s.exchanges <- struct{}{}:
+		return nil
+	case <-r.Context().Done():
+		return exchange.Errorf(exchange.KeystoreUnavailable, "The request ended while waiting for its turn.")
+	}
+}
+
+// accountTurn applies the per-account limit.
+func (s *Service) accountTurn(account string) *exchange.Error {
+	if ok, retry := s.byAccount.allow(account, s.cfg.Now()); !ok {
+		return rateLimited("account "+account, retry)
+	}
+	return nil
 }
 
 // exchange follows the SPEC's order of work: parse, validate both keys,
@@ -86,6 +110,9 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 	case disabled:
 		return account, kid, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
 	}
+	if e := s.accountTurn(account); e != nil {
+		return account, kid, e
+	}
 	resp, err := s.cfg.Engine.Exchange(r.Context(), req, account)
 	if err != nil {
 		s.logKeystore("exchange", err)
@@ -107,6 +134,9 @@ func (s *Service) rekey(w http.ResponseWriter, r *http.Request) (account, kid st
 		return "", "", e
 	}
 	account, kid = a.sess.Account, a.sess.CredentialKID
+	if e := s.accountTurn(account); e != nil {
+		return account, kid, e
+	}
 	var msg wire.ExchangeRequest
 	if err := wire.Unmarshal(body, &msg); err != nil {
 		return account, kid, exchange.AsError(err)

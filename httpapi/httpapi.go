@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -55,7 +56,9 @@ type Config struct {
 	// CPU-bound exchange gains nothing from more parallelism than there are
 	// cores, and without the queue the Go scheduler serves a backlog unfairly.
 	MaxExchanges int
-	Now          func() time.Time
+	// Limits bound exchanges and rekeys per client address and per account.
+	Limits Limits
+	Now    func() time.Time
 }
 
 // Service serves the Custos HTTP API.
@@ -67,8 +70,12 @@ type Service struct {
 	status  *statusCache
 	proxy   *httputil.ReverseProxy
 	mux     *http.ServeMux
-	// exchanges holds a token per exchange or rekey being computed.
+	// exchanges holds a token per exchange or rekey being computed; queued
+	// counts those waiting for one.
 	exchanges chan struct{}
+	queued    atomic.Int64
+	byAddress *buckets
+	byAccount *buckets
 }
 
 // WellKnown is the jwcexchange endpoint.
@@ -94,9 +101,12 @@ func New(cfg Config) *Service {
 	if cfg.MaxExchanges <= 0 {
 		cfg.MaxExchanges = 2 * runtime.GOMAXPROCS(0)
 	}
+	cfg.Limits = cfg.Limits.withDefaults(cfg.MaxExchanges)
 	s := &Service{
 		cfg:       cfg,
 		exchanges: make(chan struct{}, cfg.MaxExchanges),
+		byAddress: newBuckets(cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
+		byAccount: newBuckets(cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
 		log:       cfg.Logger,
 		tickets:   newTicketCache(cfg.TicketCacheSize),
 		replays:   newReplayCache(),
@@ -139,7 +149,25 @@ func New(cfg Config) *Service {
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// Nobody but Custos sets the account header an upstream trusts.
 	r.Header.Del(AccountHeader)
+	if n := headerSize(r.Header); n > MaxHeaderBytes {
+		writeError(w, exchange.Errorf(exchange.TooLarge, "The request's headers are %d bytes; the limit is %d.", n, MaxHeaderBytes), 0)
+		return
+	}
 	s.mux.ServeHTTP(w, r)
+}
+
+// MaxHeaderBytes bounds a request's headers. Larger headers up to the HTTP
+// server's own limit get a 413 TooLarge; beyond it the server answers 431.
+const MaxHeaderBytes = 16 << 10
+
+func headerSize(h http.Header) int {
+	n := 0
+	for k, vs := range h {
+		for _, v := range vs {
+			n += len(k) + len(v) + 4
+		}
+	}
+	return n
 }
 
 func (s *Service) methodNotAllowed(w http.ResponseWriter, r *http.Request) {
@@ -154,7 +182,7 @@ func writeError(w http.ResponseWriter, e *exchange.Error, status int) {
 		status = e.Code.Status()
 	}
 	if e.Code == exchange.KeystoreUnavailable || e.Code == exchange.RateLimited {
-		w.Header().Set("Retry-After", "1")
+		w.Header().Set("Retry-After", retryAfter(e.RetryAfter))
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `JWC error="`+string(e.Code)+`"`)

@@ -89,6 +89,9 @@ func newEnv(t *testing.T, dsn string, tune ...func(*httpapi.Config)) *env {
 		Now:      e.clock.Now,
 		Logger:   slog.New(slog.DiscardHandler),
 		Metrics:  e.metrics,
+		// Tests exchange far faster than any client; limits_test.go
+		// turns the limits on.
+		Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
 	}
 	for _, f := range tune {
 		f(&cfg)

@@ -46,6 +46,9 @@ func custosdEnv(st *softhsm.Token, dsn string, extra ...string) []string {
 		"CUSTOS_TOKEN_LABEL=" + st.Label,
 		"CUSTOS_PIN=" + st.PIN,
 		"CUSTOS_DB=" + dsn,
+		// Tests exchange faster than any client (limits_test.go checks the
+		// limits); a later entry in extra overrides these.
+		"CUSTOS_RATE_PER_ADDRESS=0", "CUSTOS_RATE_PER_ACCOUNT=0",
 	}, extra...)...)
 }
 

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -52,6 +53,8 @@ type config struct {
 	pruneWindow string
 	maxSessions string
 	maxExch     string
+	ratePerAddr string
+	ratePerAcct string
 	keyRefresh  string
 	logFormat   string
 	credential  string
@@ -84,6 +87,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("rekey-window", "CUSTOS_REKEY_WINDOW", "168h", "how long after an exchange a session may be rekeyed", &c.rekeyWindow),
 		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes inactive keys older than this (default: rekey window + session lifetime)", &c.pruneWindow),
 		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
+		opt("rate-per-address", "CUSTOS_RATE_PER_ADDRESS", "20/50", "exchanges and rekeys a second from one client address, and the burst allowed (0: no limit)", &c.ratePerAddr),
+		opt("rate-per-account", "CUSTOS_RATE_PER_ACCOUNT", "5/20", "exchanges and rekeys a second for one account, and the burst allowed (0: no limit)", &c.ratePerAcct),
 		opt("max-exchanges", "CUSTOS_MAX_EXCHANGES", "0", "exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs)", &c.maxExch),
 		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
 		opt("key-refresh", "CUSTOS_KEY_REFRESH", "30s", "how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)", &c.keyRefresh),
@@ -195,6 +200,26 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	hc.MaxSessions = n
 	hc.Logger = log
 	return hc, nil
+}
+
+// rateSetting parses "RATE/BURST" (or "RATE", burst = rate); 0 is no limit,
+// which httpapi spells as a negative rate.
+func rateSetting(name, value string) (float64, int, error) {
+	r, b, hasBurst := strings.Cut(value, "/")
+	perSecond, err := strconv.ParseFloat(r, 64)
+	if err != nil || perSecond < 0 {
+		return 0, 0, usageError(fmt.Sprintf("--%s %q is not RATE/BURST with RATE a number of requests a second", name, value))
+	}
+	if perSecond == 0 {
+		return -1, 0, nil
+	}
+	burst := int(max(1, perSecond))
+	if hasBurst {
+		if burst, err = count(name, b, 1); err != nil {
+			return 0, 0, err
+		}
+	}
+	return perSecond, burst, nil
 }
 
 // count parses a whole-number setting of at least least.

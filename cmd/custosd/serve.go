@@ -77,8 +77,16 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	var limits httpapi.Limits
+	if limits.PerAddress, limits.AddressBurst, err = rateSetting("rate-per-address", c.ratePerAddr); err != nil {
+		return err
+	}
+	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.ratePerAcct); err != nil {
+		return err
+	}
 	svc := httpapi.New(httpapi.Config{
 		MaxExchanges: maxExchanges,
+		Limits:       limits,
 		Engine:       &exchange.Server{Keystore: ks, SessionLifetime: session, RekeyWindow: rekey},
 		Accounts:     reg,
 		Ready:        tok.Healthy,
@@ -96,7 +104,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      60 * time.Second,
 		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    16 << 10,
+		MaxHeaderBytes:    64 << 10, // above httpapi.MaxHeaderBytes, which answers 413 in SPEC form
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
 	}
 	scheme := "http"

@@ -295,6 +295,8 @@ func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
 		"CUSTOS_PIN_FILE="+pinFile,
 		"CUSTOS_DB="+rig.DB,
 		"CUSTOS_LISTEN="+addr,
+		// One load generator is one address and one account.
+		"CUSTOS_RATE_PER_ADDRESS=0", "CUSTOS_RATE_PER_ACCOUNT=0",
 	)
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
