@@ -26,6 +26,9 @@ test: vet unit fuzz
 
 unit:
 	$(GO) test -race -count=1 ./...
+	# Tests that measure latency under load, again without the race
+	# detector, whose scheduling they would otherwise measure.
+	$(GO) test -count=1 -run 'Flood|UnderLoad' ./tests
 
 fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2s

@@ -159,7 +159,7 @@ func TestExchangeFloodDoesNotStarveRequests(t *testing.T) {
 	}
 	rq, ex := med(requestTimes), med(exchangeTimes)
 	t.Logf("during the flood: median request %s, median exchange %s (%d exchanges)", rq, ex, len(exchangeTimes))
-	if rq*4 > ex {
+	if !raceEnabled && rq*4 > ex {
 		t.Errorf("authenticated requests (median %s) are not served ahead of the flood (median exchange %s)", rq, ex)
 	}
 }
