@@ -217,3 +217,30 @@ func BenchmarkRequestToken(b *testing.B) {
 		}
 	})
 }
+
+// FuzzRequestToken feeds arbitrary Authorization tokens and JWE bodies to
+// the verifier. It must never panic, and a token must verify only under
+// the key it was made with.
+func FuzzRequestToken(f *testing.F) {
+	good, _ := Sign(ak, tkt, TypeRequest, claims())
+	f.Add(good, "")
+	rekey, _ := Sign(ak, tkt, TypeRekey, claims())
+	f.Add(rekey, "")
+	enc, _ := Encrypt(ek, tkt, []byte(`{"a":1}`))
+	f.Add("", enc)
+	f.Add("a.b.c", "a.b.c.d.e")
+	f.Fuzz(func(t *testing.T, token, jwe string) {
+		if r, err := Parse(token); err == nil {
+			if len(r.Ticket) == 0 || (r.Type != TypeRequest && r.Type != TypeRekey) {
+				t.Fatalf("parsed %q as ticket %x type %q", token, r.Ticket, r.Type)
+			}
+			if _, err := r.Verify(ek); err == nil {
+				t.Fatalf("%q verified under a key it was not made with", token)
+			}
+			r.Verify(ak)
+		}
+		VerifyResponse(ak, token)
+		Decrypt(ek, tkt, jwe)
+		Decrypt(ak, tkt, jwe)
+	})
+}

@@ -56,3 +56,23 @@ func TestFrame(t *testing.T) {
 		}
 	}
 }
+
+// FuzzSessionUnmarshal feeds arbitrary plaintexts to the session decoder:
+// it must never panic, and what it accepts must encode back to itself.
+func FuzzSessionUnmarshal(f *testing.F) {
+	s := &Session{Account: "alice@example.com", CredentialKID: "KID", Encryption: "A256CBC-HS512", Authentication: "HS512",
+		IssuedAt: time.Unix(1700000000, 0), Expires: time.Unix(1700003600, 0), RekeyExpires: time.Unix(1700600000, 0), Generation: 3}
+	good, _ := s.MarshalBinary()
+	f.Add(good)
+	f.Add([]byte{plaintextVersion})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var s Session
+		if s.UnmarshalBinary(b) != nil {
+			return
+		}
+		again, err := s.MarshalBinary()
+		if err != nil || string(again) != string(b) {
+			t.Fatalf("decoded %x, which encodes to %x (%v)", b, again, err)
+		}
+	})
+}
