@@ -14,14 +14,14 @@ import (
 // TestConstantTimeWitness checks the client's witness comparison: a right
 // witness (class 0) against a random one (class 1).
 func TestConstantTimeWitness(t *testing.T) {
-	const n = 20000
+	const n = 10000
 	wk := make([]byte, 64)
 	rand.Read(wk)
 	tkt := make([]byte, 180)
 	rand.Read(tkt)
 	right := witness(wk, tkt, DefaultSuite, nil)
-	resps := make([]*wire.ExchangeResponse, 2*n)
-	res := dudect.Run(n, 8, func(class, i int) {
+	resps := make([]*wire.ExchangeResponse, 2*dudect.MaxScale*n)
+	res := dudect.Measure(0.01, n, 32, func(class, i int) {
 		w := append([]byte(nil), right...)
 		if class == 1 {
 			rand.Read(w)

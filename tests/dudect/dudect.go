@@ -35,6 +35,23 @@ type Result struct {
 // Leaks reports whether the classes' times differ.
 func (r Result) Leaks() bool { return math.Abs(r.T) > Threshold }
 
+// MaxScale is how many times the n given to Measure it may go up to: its
+// callers must accept input indexes below 2·MaxScale·n.
+const MaxScale = 4
+
+// Measure runs Run with n, then 2n, then 4n inputs per class, until the
+// samples can show a difference of target (a fraction of the mean) — a
+// noisy machine needs more of them.
+func Measure(target float64, n, repeat int, prepare func(class, i int), op func(i int)) Result {
+	var r Result
+	for scale := 1; scale <= MaxScale; scale *= 2 {
+		if r = Run(scale*n, repeat, prepare, op); r.Detectable <= target {
+			break
+		}
+	}
+	return r
+}
+
 // Run measures op on n inputs of each class. prepare(class, i) makes input
 // i of class 0 (fixed) or 1 (random) before any timing; op(i) runs the
 // operation on input i, repeat times per measurement.
