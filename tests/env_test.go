@@ -61,9 +61,19 @@ func sqliteDSN(t *testing.T) string { return filepath.Join(t.TempDir(), "custos.
 // newEnv starts a service on 127.0.0.1 with a fresh token and registry.
 func newEnv(t *testing.T, dsn string, tune ...func(*httpapi.Config)) *env {
 	t.Helper()
+	return newEnvToken(t, dsn, nil, tune...)
+}
+
+// newEnvToken is newEnv with a say in how the token is opened.
+func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...func(*httpapi.Config)) *env {
+	t.Helper()
 	ctx := context.Background()
 	st := softhsm.New(t)
-	tok, err := hsm.Open(ctx, hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN})
+	hc := hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN}
+	if tuneToken != nil {
+		tuneToken(&hc)
+	}
+	tok, err := hsm.Open(ctx, hc)
 	if err != nil {
 		t.Fatal(err)
 	}
