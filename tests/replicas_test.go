@@ -65,7 +65,12 @@ func runCustosd(t *testing.T, env []string, args ...string) string {
 
 func startReplica(t *testing.T, env []string) *replica {
 	t.Helper()
-	addr := freeAddr(t)
+	return startReplicaAt(t, env, freeAddr(t))
+}
+
+// startReplicaAt starts custosd serving on addr.
+func startReplicaAt(t *testing.T, env []string, addr string) *replica {
+	t.Helper()
 	r := &replica{url: "http://" + addr, logs: &bytes.Buffer{}}
 	r.cmd = exec.Command(bin(t, "custosd"), "serve")
 	r.cmd.Env = append(env, "CUSTOS_LISTEN="+addr, "CUSTOS_KEY_REFRESH=200ms")
