@@ -60,24 +60,6 @@ func goodKey(t *testing.T) *wire.PublicKey {
 	return exchange.EncodeKey(s.Public())
 }
 
-// leWire encodes a non-negative integer as the SPEC's Public (little-endian
-// two's complement, minimal).
-func leWire(v *big.Int) []byte {
-	be := v.Bytes()
-	n := len(be)
-	if n == 0 {
-		return []byte{0}
-	}
-	if be[0]&0x80 != 0 {
-		n++
-	}
-	out := make([]byte, n)
-	for i, c := range be {
-		out[len(be)-1-i] = c
-	}
-	return out
-}
-
 func nonResidue() *big.Int {
 	for v := int64(2); ; v++ {
 		if big.Jacobi(big.NewInt(v), group.P()) == -1 {
@@ -247,13 +229,13 @@ func hostileCases() []hostileCase {
 	// Every invalid public value of SPEC §1, as the nonce.
 	U := http.StatusUnprocessableEntity
 	for name, v := range map[string][]byte{
-		"Public 0":                       leWire(big.NewInt(0)),
-		"Public 1":                       leWire(one),
-		"Public p−1":                     leWire(new(big.Int).Sub(p, one)),
-		"Public p":                       leWire(p),
-		"Public p+1":                     leWire(new(big.Int).Add(p, one)),
-		"Public 2^2048":                  leWire(new(big.Int).Lsh(one, 2048)),
-		"Public a quadratic non-residue": leWire(nonResidue()),
+		"Public 0":                       group.ToWire(big.NewInt(0)),
+		"Public 1":                       group.ToWire(one),
+		"Public p−1":                     group.ToWire(new(big.Int).Sub(p, one)),
+		"Public p":                       group.ToWire(p),
+		"Public p+1":                     group.ToWire(new(big.Int).Add(p, one)),
+		"Public 2^2048":                  group.ToWire(new(big.Int).Lsh(one, 2048)),
+		"Public a quadratic non-residue": group.ToWire(nonResidue()),
 		"Public negative":                {0xff},
 		"Public negative, long":          append(bytes.Repeat([]byte{0x01}, 200), 0x80),
 		"Public 258 bytes":               tooLong,
@@ -265,7 +247,7 @@ func hostileCases() []hostileCase {
 		return f.withNonce(append(goodKey(t).Public, 0, 0))
 	})
 	add("credential Public p−1", U, exchange.InvalidPublicKey, func(t *testing.T, f *fixture) *http.Request {
-		return f.postJSON(exchangeBody(wireKey(leWire(new(big.Int).Sub(p, one))), goodKey(t)))
+		return f.postJSON(exchangeBody(wireKey(group.ToWire(new(big.Int).Sub(p, one))), goodKey(t)))
 	})
 	add("wrong Domain", U, exchange.UnsupportedDomain, func(t *testing.T, f *fixture) *http.Request {
 		k := goodKey(t)
@@ -328,7 +310,9 @@ func hostileCases() []hostileCase {
 		return f.rekey(func(_ *request, m *wire.ExchangeRequest) { m.ClientCredential = f.credKey() })
 	})
 	add("rekey with nonce p−1", U, exchange.InvalidPublicKey, func(t *testing.T, f *fixture) *http.Request {
-		return f.rekey(func(_ *request, m *wire.ExchangeRequest) { m.ClientNonce = wireKey(leWire(new(big.Int).Sub(p, one))) })
+		return f.rekey(func(_ *request, m *wire.ExchangeRequest) {
+			m.ClientNonce = wireKey(group.ToWire(new(big.Int).Sub(p, one)))
+		})
 	})
 	add("rekey of a garbage ticket", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
 		return f.rekey(func(r *request, _ *wire.ExchangeRequest) { r.ticket = randomBytes(120) })

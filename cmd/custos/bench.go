@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net/url"
 	"os/signal"
 	"slices"
 	"syscall"
@@ -16,17 +15,10 @@ import (
 )
 
 func cmdBench(o *options, kind, rawURL string, stdout, stderr io.Writer) error {
-	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
-	}
 	if kind != bench.Exchange && kind != bench.Requests {
 		return usageError(fmt.Sprintf("unknown bench %q: exchange or requests", kind))
 	}
-	if o.key == "" {
-		return usageError("no credential: give --key FILE (registered with the service)")
-	}
-	key, err := client.LoadKey(o.key)
+	u, key, err := o.target(rawURL)
 	if err != nil {
 		return err
 	}

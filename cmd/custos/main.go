@@ -19,6 +19,7 @@ import (
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/cmd/internal/cli"
+	"github.com/custos-kx/custos/exchange"
 )
 
 const usage = `usage: custos [flags] COMMAND [ARGS]
@@ -140,15 +141,21 @@ func defaultState() string {
 	return filepath.Join(dir, "custos")
 }
 
-func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
+// target parses a command's URL and loads the credential it needs.
+func (o *options) target(rawURL string) (*url.URL, *exchange.ClientKey, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
+		return nil, nil, usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
 	}
 	if o.key == "" {
-		return usageError("no credential: give --key FILE (make one with custos keygen --out FILE)")
+		return nil, nil, usageError("no credential: give --key FILE (make one with custos keygen --out FILE, and register it with the service)")
 	}
 	key, err := client.LoadKey(o.key)
+	return u, key, err
+}
+
+func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
+	u, key, err := o.target(rawURL)
 	if err != nil {
 		return err
 	}

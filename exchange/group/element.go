@@ -105,8 +105,12 @@ func (e *Element) Equal(o *Element) bool {
 	return subtle.ConstantTimeCompare(e.Bytes(), o.Bytes()) == 1
 }
 
-// toWire encodes a non-negative integer as .NET's BigInteger.ToByteArray:
-// little-endian, with a trailing zero byte when the top bit would read as a sign.
+// ToWire encodes any non-negative integer in the wire form, .NET's
+// BigInteger.ToByteArray: little-endian, with a trailing zero byte when the
+// top bit would read as a sign. It does not validate: tests use it to
+// craft values that must be refused.
+func ToWire(v *big.Int) []byte { return toWire(v) }
+
 func toWire(v *big.Int) []byte {
 	be := v.Bytes()
 	if len(be) == 0 {
