@@ -133,6 +133,7 @@ func run(bin string, d time.Duration) error {
 	if err != nil {
 		return err
 	}
+	runtime.GC() // start from the same heap whatever ran before
 	hr := testing.Benchmark(rig.ExchangeHandler(bodies))
 	perOp(hr)
 	cpu := time.Duration(hr.Extra["cpu-ns/op"])
