@@ -14,8 +14,10 @@ import (
 	"github.com/custos-kx/custos/exchange/ticket"
 )
 
-// authn is an authenticated request: its session and what it claimed.
+// authn is an authenticated request: its session and what it claimed. The
+// session is held from the ticket cache until done is called.
 type authn struct {
+	entry     *cacheEntry
 	sess      *ticket.Session
 	ticket    []byte
 	claims    *jwc.Claims
@@ -66,10 +68,17 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
 	}
 	tkey := ticketKey(req.Ticket)
-	sess, e := s.openTicket(r.Context(), req.Ticket, tkey)
+	entry, e := s.openTicket(r.Context(), req.Ticket, tkey)
 	if e != nil {
 		return nil, e
 	}
+	ok = false
+	defer func() {
+		if !ok {
+			s.tickets.release(entry)
+		}
+	}()
+	sess := entry.sess
 	key, deadline, what := sess.AK[:], sess.Expires, "session"
 	if typ == jwc.TypeRekey {
 		key, deadline, what = sess.RK[:], sess.RekeyExpires, "rekey window"
@@ -101,8 +110,12 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	if e := s.checkAccount(r.Context(), sess.Account, now); e != nil {
 		return nil, e
 	}
-	return &authn{sess: sess, ticket: req.Ticket, claims: claims}, nil
+	ok = true
+	return &authn{entry: entry, sess: sess, ticket: req.Ticket, claims: claims}, nil
 }
+
+// done ends the request's hold on its session.
+func (s *Service) done(a *authn) { s.tickets.release(a.entry) }
 
 func renewHint(typ string) string {
 	if typ == jwc.TypeRekey {
@@ -120,10 +133,10 @@ func clip(s string) string {
 
 // openTicket returns the session of a ticket, from memory when it has been
 // opened before, otherwise by the token.
-func (s *Service) openTicket(ctx context.Context, t []byte, key [32]byte) (*ticket.Session, *exchange.Error) {
-	if sess := s.tickets.get(key, s.cfg.Now()); sess != nil {
+func (s *Service) openTicket(ctx context.Context, t []byte, key [32]byte) (*cacheEntry, *exchange.Error) {
+	if e := s.tickets.get(key, s.cfg.Now()); e != nil {
 		ticketCacheHits.Inc()
-		return sess, nil
+		return e, nil
 	}
 	ticketCacheMisses.Inc()
 	sess, err := s.cfg.Engine.OpenTicket(ctx, t)
@@ -131,8 +144,7 @@ func (s *Service) openTicket(ctx context.Context, t []byte, key [32]byte) (*tick
 		s.logKeystore("open ticket", err)
 		return nil, exchange.AsError(err)
 	}
-	s.tickets.put(key, sess)
-	return sess, nil
+	return s.tickets.put(key, sess), nil
 }
 
 func (s *Service) checkAccount(ctx context.Context, account string, now time.Time) *exchange.Error {
@@ -159,7 +171,9 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 		body, e := s.readBody(w, r) // any media type: only application/jose means something here
 		var a *authn
 		if e == nil {
-			a, e = s.authenticate(r, body, jwc.TypeRequest)
+			if a, e = s.authenticate(r, body, jwc.TypeRequest); a != nil {
+				defer s.done(a)
+			}
 		}
 		if e == nil && isJOSE(r) {
 			pt, err := jwc.Decrypt(a.sess.EK[:], a.ticket, string(body))

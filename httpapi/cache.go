@@ -12,7 +12,9 @@ import (
 // ticketCache holds opened tickets so that a session's requests after the
 // first cost no token operation. It is keyed by a hash of the ticket (an
 // authentic ticket opened once is authentic forever), bounded, least
-// recently used first out, and forgets a session when it expires.
+// recently used first out, and forgets a session when it expires. A
+// session leaving the cache is zeroed once the last request using it is
+// done: requests hold their session from get (or put) to release.
 type ticketCache struct {
 	mu    sync.Mutex
 	max   int
@@ -21,8 +23,10 @@ type ticketCache struct {
 }
 
 type cacheEntry struct {
-	key  [32]byte
-	sess *ticket.Session
+	key     [32]byte
+	sess    *ticket.Session
+	users   int  // requests holding the session
+	retired bool // out of the cache: zero when users reaches 0
 }
 
 func newTicketCache(max int) *ticketCache {
@@ -31,7 +35,8 @@ func newTicketCache(max int) *ticketCache {
 
 func ticketKey(t []byte) [32]byte { return sha256.Sum256(t) }
 
-func (c *ticketCache) get(key [32]byte, now time.Time) *ticket.Session {
+// get returns the cached session of key, held for the caller, or nil.
+func (c *ticketCache) get(key [32]byte, now time.Time) *cacheEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	el, ok := c.items[key]
@@ -44,29 +49,51 @@ func (c *ticketCache) get(key [32]byte, now time.Time) *ticket.Session {
 		return nil
 	}
 	c.lru.MoveToFront(el)
-	return e.sess
+	e.users++
+	return e
 }
 
-func (c *ticketCache) put(key [32]byte, sess *ticket.Session) {
-	if c.max <= 0 {
-		return
-	}
+// put caches a session just opened and returns it held for the caller. If
+// another request cached the same ticket meanwhile, that entry is returned
+// and sess is zeroed.
+func (c *ticketCache) put(key [32]byte, sess *ticket.Session) *cacheEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if _, ok := c.items[key]; ok {
-		return
+	if el, ok := c.items[key]; ok {
+		sess.Zero()
+		e := el.Value.(*cacheEntry)
+		e.users++
+		return e
+	}
+	e := &cacheEntry{key: key, sess: sess, users: 1}
+	if c.max <= 0 {
+		e.retired = true // not cached: zeroed on release
+		return e
 	}
 	for c.lru.Len() >= c.max {
 		c.removeLocked(c.lru.Back())
 	}
-	c.items[key] = c.lru.PushFront(&cacheEntry{key: key, sess: sess})
+	c.items[key] = c.lru.PushFront(e)
 	ticketCacheSessions.Inc()
+	return e
+}
+
+// release ends a request's hold on e.
+func (c *ticketCache) release(e *cacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if e.users--; e.retired && e.users == 0 {
+		e.sess.Zero()
+	}
 }
 
 func (c *ticketCache) removeLocked(el *list.Element) {
 	e := c.lru.Remove(el).(*cacheEntry)
 	delete(c.items, e.key)
-	e.sess.Zero()
+	e.retired = true
+	if e.users == 0 {
+		e.sess.Zero()
+	}
 	ticketCacheSessions.Dec()
 }
 

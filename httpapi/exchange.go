@@ -133,6 +133,7 @@ func (s *Service) rekey(w http.ResponseWriter, r *http.Request) (account, kid st
 	if e != nil {
 		return "", "", e
 	}
+	defer s.done(a)
 	account, kid = a.sess.Account, a.sess.CredentialKID
 	if e := s.accountTurn(account); e != nil {
 		return account, kid, e

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -277,5 +278,34 @@ func TestDiscoveryAndHealth(t *testing.T) {
 		if r, err := http.Get(e.url + path); err != nil || r.StatusCode != 200 {
 			t.Fatalf("%s: %v %v", path, r, err)
 		}
+	}
+}
+
+// TestSmallTicketCacheUnderLoad runs more sessions than the ticket cache
+// holds, concurrently, so sessions are evicted while requests use them:
+// not one request may fail.
+func TestSmallTicketCacheUnderLoad(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t), func(c *httpapi.Config) { c.TicketCacheSize = 2 })
+	key := e.register(t, "alice@example.com")
+	var wg sync.WaitGroup
+	failures := make(chan string, 100)
+	for g := range 6 {
+		wg.Go(func() {
+			tr := &client.Transport{Key: key}
+			hc := &http.Client{Transport: tr}
+			for i := range 60 {
+				resp, err := hc.Get(e.url + "/v1/whoami")
+				if err != nil || resp.StatusCode != 200 {
+					failures <- fmt.Sprintf("session %d request %d: %v %v", g, i, err, resp)
+					return
+				}
+				resp.Body.Close()
+			}
+		})
+	}
+	wg.Wait()
+	close(failures)
+	for f := range failures {
+		t.Error(f)
 	}
 }
