@@ -146,7 +146,7 @@ func (t *Transport) exchange(ctx context.Context, origin string) (*session, erro
 		return nil, err
 	}
 	now := t.Now()
-	sess := &session{Session: s, Renewed: now, Exchanged: now}
+	sess := newSession(s, now, now)
 	return sess, t.State.setSession(origin, sess)
 }
 
@@ -177,7 +177,7 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 		return nil, err
 	}
 	body, _ := json.Marshal(msg)
-	token, err := jwc.Sign(sess.RK[:], sess.Ticket, jwc.TypeRekey, &jwc.Claims{
+	token, err := jwc.SignOnce(sess.RK[:], sess.Ticket, jwc.TypeRekey, &jwc.Claims{
 		Method: http.MethodPost, Target: WellKnown, IssuedAt: t.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body),
 	})
 	if err != nil {
@@ -195,7 +195,7 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 	if err != nil {
 		return nil, fmt.Errorf("client: the rekey response was refused: %w", err)
 	}
-	next := &session{Session: s, Renewed: t.Now(), Exchanged: sess.Exchanged}
+	next := newSession(s, t.Now(), sess.Exchanged)
 	return next, t.State.setSession(origin, next)
 }
 
@@ -333,14 +333,17 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 		Method: req.Method, Target: req.URL.RequestURI(), IssuedAt: t.Now().Unix(),
 		ID: jwc.NewID(), BodyHash: jwc.BodyHash(wireBody),
 	}
-	token, err := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, claims)
+	token, err := jwc.Sign(sess.ak, sess.header, claims)
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Authorization", jwc.Scheme+" "+token)
-	req.Body = io.NopCloser(bytes.NewReader(wireBody))
-	req.ContentLength = int64(len(wireBody))
-	req.Header.Set("Content-Length", strconv.Itoa(len(wireBody)))
+	// http.NoBody, not an empty reader: net/http would otherwise probe the
+	// body for its length on every request (a goroutine and a timer each).
+	req.Body, req.ContentLength = http.NoBody, 0
+	if len(wireBody) > 0 {
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(wireBody)), int64(len(wireBody))
+	}
 	resp, err := t.Base.RoundTrip(req)
 	if err != nil {
 		return nil, fmt.Errorf("client: the service did not answer: %w", err)
@@ -360,7 +363,7 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 		resp.Body = io.NopCloser(bytes.NewReader(respBody))
 		return resp, nil
 	}
-	rc, err := jwc.VerifyResponse(sess.AK[:], sig)
+	rc, err := jwc.VerifyResponse(sess.ak, sig)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}

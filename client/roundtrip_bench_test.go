@@ -14,7 +14,7 @@ import (
 
 // echoSigner answers every request as the service would: 200, a small
 // body, and a JWC-Signature over it under the session's AK.
-type echoSigner struct{ ak []byte }
+type echoSigner struct{ ak *jwc.MACKey }
 
 func (e echoSigner) RoundTrip(r *http.Request) (*http.Response, error) {
 	tok := strings.TrimPrefix(r.Header.Get("Authorization"), "JWC ")
@@ -32,9 +32,9 @@ func BenchmarkTransportRoundTrip(b *testing.B) {
 	s := &exchange.Session{Ticket: bytes.Repeat([]byte{7}, 200), Suite: exchange.DefaultSuite}
 	rand.Read(s.AK[:])
 	st := &State{}
-	tr := &Transport{Key: key, State: st, Base: echoSigner{s.AK[:]}}
+	tr := &Transport{Key: key, State: st, Base: echoSigner{jwc.NewMACKey(s.AK[:])}}
 	tr.init()
-	sess := &session{Session: s, Renewed: tr.Now(), Exchanged: tr.Now()}
+	sess := newSession(s, tr.Now(), tr.Now())
 	st.setSession("http://x", sess)
 	hc := &http.Client{Transport: tr}
 	b.ReportAllocs()

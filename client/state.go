@@ -12,6 +12,7 @@ import (
 
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/exchange/jwc"
 	"github.com/custos-kx/custos/exchange/ticket"
 )
 
@@ -33,10 +34,26 @@ type session struct {
 	Renewed   time.Time // last exchange or rekey: the session's start
 	Exchanged time.Time // last exchange: the rekey window's start
 
+	// What every request of the session signs with: AK prepared for
+	// HS512 and the tokens' header part, made once.
+	ak     *jwc.MACKey
+	header string
+
 	// A replaced session is zeroed only when the last request signed
 	// with it has verified its response; State.mu guards these.
 	users   int
 	retired bool
+}
+
+func newSession(s *exchange.Session, renewed, exchanged time.Time) *session {
+	return &session{Session: s, Renewed: renewed, Exchanged: exchanged,
+		ak: jwc.NewMACKey(s.AK[:]), header: jwc.Header(s.Ticket, jwc.TypeRequest)}
+}
+
+// Zero clears the session's keys.
+func (s *session) Zero() {
+	s.Session.Zero()
+	s.ak.Zero()
 }
 
 // hold marks sess as in use by one request.
@@ -129,15 +146,15 @@ func (s *State) session(origin string) (*session, error) {
 	if err != nil {
 		return nil, nil
 	}
-	sess := &session{Session: &exchange.Session{Ticket: st.Ticket, ServerCredential: x,
-		Suite: exchange.Suite{Encryption: st.Encryption, Authentication: st.Authentication}},
-		Renewed: st.Renewed, Exchanged: st.Exchanged}
-	copy(sess.AK[:], st.AK)
-	copy(sess.EK[:], st.EK)
-	copy(sess.RK[:], st.RK)
+	es := &exchange.Session{Ticket: st.Ticket, ServerCredential: x,
+		Suite: exchange.Suite{Encryption: st.Encryption, Authentication: st.Authentication}}
+	copy(es.AK[:], st.AK)
+	copy(es.EK[:], st.EK)
+	copy(es.RK[:], st.RK)
 	clear(st.AK)
 	clear(st.EK)
 	clear(st.RK)
+	sess := newSession(es, st.Renewed, st.Exchanged)
 	s.sessions[origin] = sess
 	return sess, nil
 }

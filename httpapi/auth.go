@@ -19,7 +19,8 @@ import (
 type authn struct {
 	entry     *cacheEntry
 	sess      *ticket.Session
-	ticket    []byte
+	token     string
+	ticket    []byte // nil until sessionTicket, for a token recognised by its header
 	claims    *jwc.Claims
 	expires   time.Time
 	encrypted bool
@@ -60,15 +61,7 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	if !ok {
 		return nil, badAuth("This endpoint needs an Authorization: JWC header; run an exchange first.")
 	}
-	req, err := jwc.Parse(token)
-	if err != nil {
-		return nil, badAuth("The Authorization token was refused: %v.", err)
-	}
-	if req.Type != typ {
-		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
-	}
-	tkey := ticketKey(req.Ticket)
-	entry, e := s.openTicket(r.Context(), req.Ticket, tkey)
+	entry, req, e := s.session(r.Context(), token)
 	if e != nil {
 		return nil, e
 	}
@@ -78,10 +71,14 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 			s.tickets.release(entry)
 		}
 	}()
+	if req.Type != typ {
+		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
+	}
 	sess := entry.sess
-	key, deadline, what := sess.AK[:], sess.Expires, "session"
+	key, deadline, what := entry.ak, sess.Expires, "session"
 	if typ == jwc.TypeRekey {
-		key, deadline, what = sess.RK[:], sess.RekeyExpires, "rekey window"
+		key, deadline, what = jwc.NewMACKey(sess.RK[:]), sess.RekeyExpires, "rekey window"
+		defer key.Zero()
 	}
 	claims, err := req.Verify(key)
 	if err != nil {
@@ -104,14 +101,60 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	if subtle.ConstantTimeCompare([]byte(claims.BodyHash), []byte(jwc.BodyHash(body))) != 1 {
 		return nil, badAuth("The body does not match the token's bdh.")
 	}
-	if !s.replays.add(newReplayKey(tkey, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
+	if !s.replays.add(newReplayKey(entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
 		return nil, badAuth("This request (jti %s) was already received; sign each request afresh.", clip(claims.ID))
 	}
 	if e := s.checkAccount(r.Context(), sess.Account, now); e != nil {
 		return nil, e
 	}
 	ok = true
-	return &authn{entry: entry, sess: sess, ticket: req.Ticket, claims: claims}, nil
+	return &authn{entry: entry, sess: sess, token: token, ticket: req.Ticket, claims: claims}, nil
+}
+
+// session finds the session a token names, held for the caller, and parses
+// the token. A token whose header part is the one every request of a cached
+// session carries (the cache key is its hash) is parsed without decoding
+// the header; any other is parsed in full and its ticket looked up, or
+// opened by the token.
+func (s *Service) session(ctx context.Context, token string) (*cacheEntry, *jwc.Request, *exchange.Error) {
+	now := s.cfg.Now()
+	if entry := s.tickets.get(headerKey(jwc.HeaderPart(token)), now); entry != nil {
+		ticketCacheHits.Inc()
+		req, err := jwc.ParseKnown(token, jwc.TypeRequest)
+		if err != nil {
+			s.tickets.release(entry)
+			return nil, nil, badAuth("The Authorization token was refused: %v.", err)
+		}
+		return entry, req, nil
+	}
+	req, err := jwc.Parse(token)
+	if err != nil {
+		return nil, nil, badAuth("The Authorization token was refused: %v.", err)
+	}
+	key := sessionKey(req.Ticket)
+	if entry := s.tickets.get(key, now); entry != nil {
+		ticketCacheHits.Inc()
+		return entry, req, nil
+	}
+	ticketCacheMisses.Inc()
+	sess, err := s.cfg.Engine.OpenTicket(ctx, req.Ticket)
+	if err != nil {
+		s.logKeystore("open ticket", err)
+		return nil, nil, exchange.AsError(err)
+	}
+	return s.tickets.put(key, sess), req, nil
+}
+
+// sessionTicket returns the session's ticket, which names it in JWE
+// bodies. A request recognised by its header did not decode the ticket;
+// the few that need it decode it here.
+func (a *authn) sessionTicket() []byte {
+	if a.ticket == nil {
+		if req, err := jwc.Parse(a.token); err == nil {
+			a.ticket = req.Ticket
+		}
+	}
+	return a.ticket
 }
 
 // done ends the request's hold on its session.
@@ -129,22 +172,6 @@ func clip(s string) string {
 		return s[:64] + "…"
 	}
 	return s
-}
-
-// openTicket returns the session of a ticket, from memory when it has been
-// opened before, otherwise by the token.
-func (s *Service) openTicket(ctx context.Context, t []byte, key [32]byte) (*cacheEntry, *exchange.Error) {
-	if e := s.tickets.get(key, s.cfg.Now()); e != nil {
-		ticketCacheHits.Inc()
-		return e, nil
-	}
-	ticketCacheMisses.Inc()
-	sess, err := s.cfg.Engine.OpenTicket(ctx, t)
-	if err != nil {
-		s.logKeystore("open ticket", err)
-		return nil, exchange.AsError(err)
-	}
-	return s.tickets.put(key, sess), nil
 }
 
 func (s *Service) checkAccount(ctx context.Context, account string, now time.Time) *exchange.Error {
@@ -176,7 +203,7 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 			}
 		}
 		if e == nil && isJOSE(r) {
-			pt, err := jwc.Decrypt(a.sess.EK[:], a.ticket, string(body))
+			pt, err := jwc.Decrypt(a.sess.EK[:], a.sessionTicket(), string(body))
 			if err != nil {
 				e = badAuth("The encrypted body was refused: %v.", err)
 			} else {
@@ -189,7 +216,7 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 			writeError(w, e, 0)
 			return
 		}
-		authRequests.WithLabelValues("ok").Inc()
+		authRequestsOK.Inc()
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, a))
 		r.Body = readCloser{bytes.NewReader(body)}
 		r.ContentLength = int64(len(body))
@@ -208,7 +235,7 @@ func isJOSE(r *http.Request) bool {
 func (s *Service) respond(w http.ResponseWriter, a *authn, rec *recorder) {
 	body := rec.body.Bytes()
 	if a.encrypted {
-		enc, err := jwc.Encrypt(a.sess.EK[:], a.ticket, body)
+		enc, err := jwc.Encrypt(a.sess.EK[:], a.sessionTicket(), body)
 		if err != nil {
 			http.Error(w, "encrypting the response failed", http.StatusInternalServerError)
 			return
@@ -216,7 +243,7 @@ func (s *Service) respond(w http.ResponseWriter, a *authn, rec *recorder) {
 		body = []byte(enc)
 		rec.header.Set("Content-Type", "application/jose")
 	}
-	sig, err := jwc.SignResponse(a.sess.AK[:], &jwc.ResponseClaims{ID: a.claims.ID, Status: rec.status, BodyHash: jwc.BodyHash(body)})
+	sig, err := jwc.SignResponse(a.entry.ak, &jwc.ResponseClaims{ID: a.claims.ID, Status: rec.status, BodyHash: jwc.BodyHash(body)})
 	if err != nil {
 		http.Error(w, "signing the response failed", http.StatusInternalServerError)
 		return

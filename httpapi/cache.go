@@ -6,12 +6,13 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custos-kx/custos/exchange/jwc"
 	"github.com/custos-kx/custos/exchange/ticket"
 )
 
 // ticketCache holds opened tickets so that a session's requests after the
-// first cost no token operation. It is keyed by a hash of the ticket (an
-// authentic ticket opened once is authentic forever), bounded, least
+// first cost no token operation. It is keyed by sessionKey (an authentic
+// ticket opened once is authentic forever), bounded, least
 // recently used first out, and forgets a session when it expires. A
 // session leaving the cache is zeroed once the last request using it is
 // done: requests hold their session from get (or put) to release.
@@ -25,15 +26,28 @@ type ticketCache struct {
 type cacheEntry struct {
 	key     [32]byte
 	sess    *ticket.Session
-	users   int  // requests holding the session
-	retired bool // out of the cache: zero when users reaches 0
+	ak      *jwc.MACKey // sess.AK prepared for the session's many MACs
+	users   int         // requests holding the session
+	retired bool        // out of the cache: zero when users reaches 0
+}
+
+func (e *cacheEntry) zero() {
+	e.sess.Zero()
+	e.ak.Zero()
 }
 
 func newTicketCache(max int) *ticketCache {
 	return &ticketCache{max: max, items: map[[32]byte]*list.Element{}, lru: list.New()}
 }
 
-func ticketKey(t []byte) [32]byte { return sha256.Sum256(t) }
+// sessionKey is what a session is cached under: the SHA-256 of the header
+// part of its request tokens, jwc.Header(t, jwc.TypeRequest), which names
+// the ticket t. A request whose header part hashes to a cached key is known
+// to carry exactly that header, so its header needs no decoding and its
+// ticket no hashing (see authenticate).
+func sessionKey(t []byte) [32]byte { return headerKey(jwc.Header(t, jwc.TypeRequest)) }
+
+func headerKey(h string) [32]byte { return sha256.Sum256([]byte(h)) }
 
 // get returns the cached session of key, held for the caller, or nil.
 func (c *ticketCache) get(key [32]byte, now time.Time) *cacheEntry {
@@ -65,7 +79,7 @@ func (c *ticketCache) put(key [32]byte, sess *ticket.Session) *cacheEntry {
 		e.users++
 		return e
 	}
-	e := &cacheEntry{key: key, sess: sess, users: 1}
+	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:]), users: 1}
 	if c.max <= 0 {
 		e.retired = true // not cached: zeroed on release
 		return e
@@ -83,7 +97,7 @@ func (c *ticketCache) release(e *cacheEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if e.users--; e.retired && e.users == 0 {
-		e.sess.Zero()
+		e.zero()
 	}
 }
 
@@ -92,7 +106,7 @@ func (c *ticketCache) removeLocked(el *list.Element) {
 	delete(c.items, e.key)
 	e.retired = true
 	if e.users == 0 {
-		e.sess.Zero()
+		e.zero()
 	}
 	ticketCacheSessions.Dec()
 }
@@ -105,7 +119,7 @@ func (c *ticketCache) len() int {
 
 // replayCache remembers every request within the skew window, so a
 // captured request cannot be sent again while its iat is still accepted.
-// Entries are 16 bytes of SHA-256(ticket hash ‖ jti), kept in a map for
+// Entries are 16 bytes of SHA-256(session key ‖ jti), kept in a map for
 // lookup and in arrival order for expiry: at tens of thousands of requests
 // a second the window holds millions, and sweeping the whole map (as a
 // first version did) cost more than the rest of the check.
@@ -125,12 +139,13 @@ type replayEntry struct {
 
 func newReplayCache() *replayCache { return &replayCache{seen: map[replayKey]struct{}{}} }
 
-func newReplayKey(ticket [32]byte, jti string) replayKey {
+func newReplayKey(session [32]byte, jti string) replayKey {
 	h := sha256.New()
-	h.Write(ticket[:])
+	h.Write(session[:])
 	h.Write([]byte(jti))
+	var sum [sha256.Size]byte
 	var k replayKey
-	copy(k[:], h.Sum(nil))
+	copy(k[:], h.Sum(sum[:0]))
 	return k
 }
 

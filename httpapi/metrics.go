@@ -16,6 +16,8 @@ var (
 		Name: "custos_authenticated_requests_total",
 		Help: "Requests under a session, by result (ok or the SPEC error code).",
 	}, []string{"result"})
+	// authRequestsOK is the counter of every successful request, looked up once.
+	authRequestsOK  = authRequests.WithLabelValues("ok")
 	ticketCacheHits = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "custos_ticket_cache_hits_total",
 		Help: "Authenticated requests whose ticket was already open in memory (no token operation).",

@@ -130,7 +130,7 @@ func TestAuthenticationRefusals(t *testing.T) {
 	}
 
 	// Replay: the very same token twice.
-	tok, _ := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	tok, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
 	if resp, _ := e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: tok}); resp.StatusCode != 200 {
 		t.Fatalf("first use: %d", resp.StatusCode)
 	}
@@ -142,7 +142,7 @@ func TestAuthenticationRefusals(t *testing.T) {
 	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", ticket: tampered})
 	wantRefusal(t, "tampered ticket", resp, b, 401, exchange.BadAuthentication)
 
-	good, _ := jwc.Sign(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	good, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
 	badMAC := good[:len(good)-2] + map[bool]string{true: "AA", false: "BB"}[!strings.HasSuffix(good, "AA")]
 	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: badMAC})
 	wantRefusal(t, "tampered MAC", resp, b, 401, exchange.BadAuthentication)

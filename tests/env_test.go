@@ -196,7 +196,7 @@ func (e *env) send(t *testing.T, sess *exchange.Session, r request) (*http.Respo
 	}
 	if r.token == "" {
 		var err error
-		if r.token, err = jwc.Sign(r.key, r.ticket, r.typ, r.claims); err != nil {
+		if r.token, err = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -99,7 +99,7 @@ func (f *fixture) authed(method, path string, body []byte, mutate func(r *reques
 		mutate(&r)
 	}
 	if r.token == "" {
-		r.token, _ = jwc.Sign(r.key, r.ticket, r.typ, r.claims)
+		r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
 	}
 	req, _ := http.NewRequest(method, f.e.url+path, bytes.NewReader(r.body))
 	req.Header.Set("Authorization", "JWC "+r.token)
@@ -124,7 +124,7 @@ func (f *fixture) rekey(mutate func(r *request, msg *wire.ExchangeRequest)) *htt
 		r.claims = &jwc.Claims{Method: http.MethodPost, Target: httpapi.WellKnown, IssuedAt: f.e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body)}
 	}
 	if r.token == "" {
-		r.token, _ = jwc.Sign(r.key, r.ticket, r.typ, r.claims)
+		r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
 	}
 	req := f.postJSON(body)
 	req.Header.Set("Authorization", "JWC "+r.token)
@@ -366,7 +366,7 @@ func hostileCases() []hostileCase {
 	}))
 	add("MAC under EK", A, exchange.BadAuthentication, get(func(f *fixture, r *request) { r.key = f.sess.EK[:] }))
 	add("MAC truncated", A, exchange.BadAuthentication, get(func(f *fixture, r *request) {
-		tok, _ := jwc.Sign(r.key, r.ticket, r.typ, r.claims)
+		tok, _ := jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
 		r.token = tok[:len(tok)-10]
 	}))
 	add("typ jwc-rekey on a request", A, exchange.BadAuthentication, get(func(f *fixture, r *request) { r.typ = jwc.TypeRekey }))

@@ -15,7 +15,7 @@ import (
 // right MAC (class 0) against the same token with a random MAC (class 1).
 func TestConstantTimeMAC(t *testing.T) {
 	const n = 10000
-	good, _ := Sign(ak, tkt, TypeRequest, claims())
+	good, _ := Sign(akm, Header(tkt, TypeRequest), claims())
 	cut := strings.LastIndexByte(good, '.')
 	reqs := make([]*Request, 2*dudect.MaxScale*n)
 	res := dudect.Measure(0.01, n, 32, func(class, i int) {
@@ -26,7 +26,7 @@ func TestConstantTimeMAC(t *testing.T) {
 			tok = good[:cut+1] + b64.EncodeToString(mac)
 		}
 		reqs[i], _ = Parse(tok)
-	}, func(i int) { reqs[i].jws.verify(ak) })
+	}, func(i int) { reqs[i].jws.verify(akm) })
 	t.Logf("|t| = %.2f over %d samples per class (mean %s); a difference of %.2f%% would show", math.Abs(res.T), res.Samples, res.Mean, 100*res.Detectable)
 	if res.Leaks() {
 		t.Errorf("MAC verification's time depends on the MAC: |t| = %.2f", math.Abs(res.T))

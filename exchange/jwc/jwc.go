@@ -14,6 +14,7 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"fmt"
+	"strings"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -92,6 +93,15 @@ var b64 = base64.RawURLEncoding
 
 // BodyHash returns b64u(SHA-512(body)).
 func BodyHash(body []byte) string {
+	if len(body) == 0 {
+		return emptyBodyHash // most requests are GETs
+	}
+	return bodyHash(body)
+}
+
+var emptyBodyHash = bodyHash(nil)
+
+func bodyHash(body []byte) string {
 	h := sha512.Sum512(body)
 	return b64.EncodeToString(h[:])
 }
@@ -103,10 +113,19 @@ func NewID() string {
 	return b64.EncodeToString(b[:])
 }
 
-// Sign makes a request token of type typ under key (AK, or RK for a rekey)
-// for the session whose ticket is t.
-func Sign(key, t []byte, typ string, c *Claims) (string, error) {
-	return signJWS(key, header{Alg: alg, Kid: b64.EncodeToString(t), Typ: typ}, c)
+// Sign makes a request token with the claims c under key (the session's
+// AK, or RK for a rekey); hdr is Header(ticket, type) of the session.
+func Sign(key *MACKey, hdr string, c *Claims) (string, error) {
+	return signJWS(key, hdr, c.appendJSON(make([]byte, 0, 256)))
+}
+
+// SignOnce makes a single token for the session whose ticket is t under
+// the raw key (RK for a rekey, which happens once per session). Sign is
+// for a session's many requests.
+func SignOnce(key, t []byte, typ string, c *Claims) (string, error) {
+	k := NewMACKey(key)
+	defer k.Zero()
+	return Sign(k, Header(t, typ), c)
 }
 
 // Error says why a token was refused.
@@ -122,7 +141,7 @@ func refuse(format string, args ...any) error { return &Error{Reason: fmt.Sprint
 // service must first open Ticket to learn the key.
 type Request struct {
 	jws    *jws
-	Ticket []byte
+	Ticket []byte // nil from ParseKnown
 	Type   string
 }
 
@@ -146,8 +165,27 @@ func Parse(token string) (*Request, error) {
 	return &Request{jws: j, Ticket: t, Type: j.header.Typ}, nil
 }
 
+// HeaderPart returns the first part of a compact token, its encoded
+// protected header.
+func HeaderPart(token string) string {
+	h, _, _ := strings.Cut(token, ".")
+	return h
+}
+
+// ParseKnown reads a request token whose header part the caller has
+// recognised as Header(t, typ) of a session it knows (by comparing it, or
+// its hash, with one it made): the header is not decoded again, and the
+// Request has no Ticket.
+func ParseKnown(token, typ string) (*Request, error) {
+	j, _, err := splitJWS(token, "token")
+	if err != nil {
+		return nil, err
+	}
+	return &Request{jws: j, Type: typ}, nil
+}
+
 // Verify checks the MAC under key (in constant time) and decodes the claims.
-func (r *Request) Verify(key []byte) (*Claims, error) {
+func (r *Request) Verify(key *MACKey) (*Claims, error) {
 	if !r.jws.verify(key) {
 		return nil, refuse("the token's MAC does not verify")
 	}
@@ -169,18 +207,22 @@ func clip(s string) string {
 }
 
 // SignResponse makes the JWC-Signature of a response.
-func SignResponse(key []byte, c *ResponseClaims) (string, error) {
-	return signJWS(key, header{Alg: alg, Typ: TypeResponse}, c)
+func SignResponse(key *MACKey, c *ResponseClaims) (string, error) {
+	return signJWS(key, responseHeader, c.appendJSON(make([]byte, 0, 160)))
 }
 
 // VerifyResponse checks a response signature under key and returns its claims.
-func VerifyResponse(key []byte, token string) (*ResponseClaims, error) {
-	j, err := parseJWS(token, "response signature")
+func VerifyResponse(key *MACKey, token string) (*ResponseClaims, error) {
+	const what = "response signature"
+	var j *jws
+	var err error
+	if HeaderPart(token) == responseHeader {
+		j, _, err = splitJWS(token, what) // the header every service sends
+	} else if j, err = parseJWS(token, what); err == nil && j.header.Typ != TypeResponse {
+		err = refuse("the response signature's typ is not %q", TypeResponse)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if j.header.Typ != TypeResponse {
-		return nil, refuse("the response signature's typ is not %q", TypeResponse)
 	}
 	if !j.verify(key) {
 		return nil, refuse("the response signature does not verify")

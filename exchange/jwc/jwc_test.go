@@ -17,6 +17,8 @@ var (
 	ak  = bytes.Repeat([]byte{1}, 64)
 	ek  = bytes.Repeat([]byte{2}, 64)
 	tkt = []byte("\x01sealed tkt bytes")
+	akm = NewMACKey(ak)
+	ekm = NewMACKey(ek)
 )
 
 func claims() *Claims {
@@ -25,7 +27,7 @@ func claims() *Claims {
 
 func TestRoundTrip(t *testing.T) {
 	c := claims()
-	tok, err := Sign(ak, tkt, TypeRequest, c)
+	tok, err := Sign(akm, Header(tkt, TypeRequest), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -36,11 +38,11 @@ func TestRoundTrip(t *testing.T) {
 	if !bytes.Equal(r.Ticket, tkt) || r.Type != TypeRequest {
 		t.Fatalf("parsed tkt %q type %q", r.Ticket, r.Type)
 	}
-	got, err := r.Verify(ak)
+	got, err := r.Verify(akm)
 	if err != nil || *got != *c {
 		t.Fatalf("verify: %+v %v", got, err)
 	}
-	if _, err := r.Verify(ek); err == nil {
+	if _, err := r.Verify(ekm); err == nil {
 		t.Fatal("verified under the wrong key")
 	}
 }
@@ -55,12 +57,12 @@ func forge(header, payload string, mac []byte) string {
 func TestRefusals(t *testing.T) {
 	kid := base64.RawURLEncoding.EncodeToString(tkt)
 	payload, _ := json.Marshal(claims())
-	good, _ := Sign(ak, tkt, TypeRequest, claims())
+	good, _ := Sign(akm, Header(tkt, TypeRequest), claims())
 	h256 := hmac.New(sha256.New, ak)
 	cases := map[string]string{
 		"alg none":  forge(`{"alg":"none","kid":"`+kid+`","typ":"jwc-req"}`, string(payload), nil),
 		"alg HS256": forge(`{"alg":"HS256","kid":"`+kid+`","typ":"jwc-req"}`, string(payload), h256.Sum(nil)),
-		"wrong typ": func() string { s, _ := Sign(ak, tkt, "JWT", claims()); return s }(),
+		"wrong typ": func() string { s, _ := Sign(akm, Header(tkt, "JWT"), claims()); return s }(),
 		"no kid":    forge(`{"alg":"HS512","typ":"jwc-req"}`, string(payload), make([]byte, 64)),
 		"garbage":   "not.a.jws",
 		"empty":     "",
@@ -79,7 +81,7 @@ func TestRefusals(t *testing.T) {
 		b[len(b)/2] ^= 0x01
 		bad[i] = string(b)
 		if r, err := Parse(strings.Join(bad, ".")); err == nil {
-			if _, err := r.Verify(ak); err == nil {
+			if _, err := r.Verify(akm); err == nil {
 				t.Errorf("part %d tampered: verified", i)
 			}
 		}
@@ -90,7 +92,7 @@ func TestRefusals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Verify(ak); err == nil {
+	if _, err := r.Verify(akm); err == nil {
 		t.Error("unknown claim accepted")
 	}
 }
@@ -105,19 +107,19 @@ func forgeHS512(header, payload string) string {
 
 func TestResponseSignature(t *testing.T) {
 	rc := &ResponseClaims{ID: "abc", Status: 200, BodyHash: BodyHash([]byte("ok"))}
-	sig, err := SignResponse(ak, rc)
+	sig, err := SignResponse(akm, rc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	got, err := VerifyResponse(ak, sig)
+	got, err := VerifyResponse(akm, sig)
 	if err != nil || *got != *rc {
 		t.Fatalf("%+v %v", got, err)
 	}
-	if _, err := VerifyResponse(ek, sig); err == nil {
+	if _, err := VerifyResponse(ekm, sig); err == nil {
 		t.Fatal("verified under the wrong key")
 	}
-	req, _ := Sign(ak, tkt, TypeRequest, claims())
-	if _, err := VerifyResponse(ak, req); err == nil {
+	req, _ := Sign(akm, Header(tkt, TypeRequest), claims())
+	if _, err := VerifyResponse(akm, req); err == nil {
 		t.Fatal("a request token passed as a response signature")
 	}
 }
@@ -153,7 +155,7 @@ func TestEncryption(t *testing.T) {
 // both directions, so other implementations built on a JOSE library agree.
 func TestInteropWithGoJose(t *testing.T) {
 	c := claims()
-	ours, err := Sign(ak, tkt, TypeRequest, c)
+	ours, err := Sign(akm, Header(tkt, TypeRequest), c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,12 +189,12 @@ func TestInteropWithGoJose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := r.Verify(ak); err != nil || *got != *c {
+	if got, err := r.Verify(akm); err != nil || *got != *c {
 		t.Fatalf("go-jose's token: %+v %v", got, err)
 	}
 
 	rc := &ResponseClaims{ID: "abc", Status: 201, BodyHash: BodyHash(nil)}
-	sig, _ := SignResponse(ak, rc)
+	sig, _ := SignResponse(akm, rc)
 	robj, err := jose.ParseSignedCompact(sig, []jose.SignatureAlgorithm{jose.HS512})
 	if err != nil {
 		t.Fatal(err)
@@ -206,14 +208,32 @@ func BenchmarkRequestToken(b *testing.B) {
 	c := claims()
 	b.Run("sign", func(b *testing.B) {
 		for b.Loop() {
-			Sign(ak, tkt, TypeRequest, c)
+			Sign(akm, Header(tkt, TypeRequest), c)
 		}
 	})
-	tok, _ := Sign(ak, tkt, TypeRequest, c)
+	tok, _ := Sign(akm, Header(tkt, TypeRequest), c)
 	b.Run("parse+verify", func(b *testing.B) {
 		for b.Loop() {
 			r, _ := Parse(tok)
-			r.Verify(ak)
+			r.Verify(akm)
+		}
+	})
+	b.Run("parse-known+verify", func(b *testing.B) {
+		for b.Loop() {
+			r, _ := ParseKnown(tok, TypeRequest)
+			r.Verify(akm)
+		}
+	})
+	rc := &ResponseClaims{ID: c.ID, Status: 200, BodyHash: BodyHash(nil)}
+	b.Run("sign-response", func(b *testing.B) {
+		for b.Loop() {
+			SignResponse(akm, rc)
+		}
+	})
+	sig, _ := SignResponse(akm, rc)
+	b.Run("verify-response", func(b *testing.B) {
+		for b.Loop() {
+			VerifyResponse(akm, sig)
 		}
 	})
 }
@@ -222,9 +242,9 @@ func BenchmarkRequestToken(b *testing.B) {
 // the verifier. It must never panic, and a token must verify only under
 // the key it was made with.
 func FuzzRequestToken(f *testing.F) {
-	good, _ := Sign(ak, tkt, TypeRequest, claims())
+	good, _ := Sign(akm, Header(tkt, TypeRequest), claims())
 	f.Add(good, "")
-	rekey, _ := Sign(ak, tkt, TypeRekey, claims())
+	rekey, _ := Sign(akm, Header(tkt, TypeRekey), claims())
 	f.Add(rekey, "")
 	enc, _ := Encrypt(ek, tkt, []byte(`{"a":1}`))
 	f.Add("", enc)
@@ -234,12 +254,18 @@ func FuzzRequestToken(f *testing.F) {
 			if len(r.Ticket) == 0 || (r.Type != TypeRequest && r.Type != TypeRekey) {
 				t.Fatalf("parsed %q as ticket %x type %q", token, r.Ticket, r.Type)
 			}
-			if _, err := r.Verify(ek); err == nil {
+			if _, err := r.Verify(ekm); err == nil {
 				t.Fatalf("%q verified under a key it was not made with", token)
 			}
-			r.Verify(ak)
+			r.Verify(akm)
 		}
-		VerifyResponse(ak, token)
+		if r, err := ParseKnown(token, TypeRequest); err == nil {
+			if _, err := r.Verify(ekm); err == nil {
+				t.Fatalf("%q verified under a key it was not made with", token)
+			}
+			r.Verify(akm)
+		}
+		VerifyResponse(akm, token)
 		Decrypt(ek, tkt, jwe)
 		Decrypt(ak, tkt, jwe)
 	})

@@ -5,6 +5,7 @@ import (
 	"crypto/sha512"
 	"encoding/json"
 	"errors"
+	"strconv"
 	"strings"
 
 	"github.com/custos-kx/custos/exchange/wire"
@@ -14,7 +15,13 @@ import (
 // go-jose: every authenticated request parses one and signs one, and
 // go-jose's general JOSE machinery (header maps, reflection over its own
 // JSON fork, re-serialisation on verify) was 40% of the service's CPU per
-// request. Interoperability with go-jose is tested in both directions.
+// request. What this package emits is byte for byte what encoding/json
+// would (tested), and interoperability with go-jose is tested in both
+// directions.
+//
+// A session's protected header never changes, so it is encoded once
+// (Header) and a service that has seen it can recognise it without
+// decoding it again (ParseKnown).
 
 // header is the protected header: exactly these members (SPEC §6).
 type header struct {
@@ -39,72 +46,145 @@ func (h *header) decode(b []byte) error {
 	})
 }
 
+// encode returns the header's first part of a compact JWS.
+func (h header) encode() string {
+	b := []byte(`{"alg":`)
+	b = appendString(b, h.Alg)
+	if h.Kid != "" {
+		b = append(b, `,"kid":`...)
+		b = appendString(b, h.Kid)
+	}
+	b = append(b, `,"typ":`...)
+	b = appendString(b, h.Typ)
+	b = append(b, '}')
+	return b64.EncodeToString(b)
+}
+
 var errUnknownMember = errors.New("is not allowed here")
 
 var strictB64 = b64.Strict()
 
-// signJWS returns the compact JWS of payload (marshalled to JSON) under key.
-func signJWS(key []byte, h header, payload any) (string, error) {
-	hb, err := json.Marshal(h)
-	if err != nil {
-		return "", err
-	}
-	pb, err := json.Marshal(payload)
-	if err != nil {
-		return "", err
-	}
-	n := b64.EncodedLen(len(hb)) + 1 + b64.EncodedLen(len(pb))
+// responseHeader is the first part of every response signature.
+var responseHeader = header{Alg: alg, Typ: TypeResponse}.encode()
+
+// Header returns the first part of the tokens of type typ (TypeRequest or
+// TypeRekey) for the session whose ticket is t: the encoded protected
+// header, the same for every token of the session.
+func Header(t []byte, typ string) string {
+	return header{Alg: alg, Kid: b64.EncodeToString(t), Typ: typ}.encode()
+}
+
+// signJWS returns the compact JWS with the encoded header hdr and payload
+// under key.
+func signJWS(key *MACKey, hdr string, payload []byte) (string, error) {
+	n := len(hdr) + 1 + b64.EncodedLen(len(payload))
 	buf := make([]byte, 0, n+1+b64.EncodedLen(sha512.Size))
-	buf = b64.AppendEncode(buf, hb)
+	buf = append(buf, hdr...)
 	buf = append(buf, '.')
-	buf = b64.AppendEncode(buf, pb)
-	mac := hmac.New(sha512.New, key)
-	mac.Write(buf)
+	buf = b64.AppendEncode(buf, payload)
+	mac, ok := key.sum(buf)
+	if !ok {
+		return "", errors.New("jwc: signing with a session key that was zeroed")
+	}
 	buf = append(buf, '.')
-	buf = b64.AppendEncode(buf, mac.Sum(nil))
+	buf = b64.AppendEncode(buf, mac[:])
 	return string(buf), nil
 }
 
 // jws is a parsed compact JWS whose MAC is not checked yet.
 type jws struct {
-	header       header
+	header       header // zero when the caller recognised the header part
 	signingInput string
 	payload      []byte
 	mac          []byte
 }
 
-// parseJWS splits and decodes a compact JWS, refusing anything but HS512.
-func parseJWS(token, what string) (*jws, error) {
+// splitJWS splits a compact JWS and decodes its payload and MAC, but not
+// its header: hdr is the header part, still encoded, for the caller to
+// decode or to compare with one it knows.
+func splitJWS(token, what string) (j *jws, hdr string, err error) {
 	if len(token) > MaxTokenSize {
-		return nil, refuse("the %s is longer than %d bytes", what, MaxTokenSize)
+		return nil, "", refuse("the %s is longer than %d bytes", what, MaxTokenSize)
 	}
 	h, rest, ok1 := strings.Cut(token, ".")
 	p, m, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.Contains(m, ".") {
-		return nil, refuse("the %s is not a JWS in compact form (three base64url parts)", what)
+		return nil, "", refuse("the %s is not a JWS in compact form (three base64url parts)", what)
 	}
-	hb, err1 := strictB64.DecodeString(h)
-	payload, err2 := strictB64.DecodeString(p)
-	mac, err3 := strictB64.DecodeString(m)
-	if err1 != nil || err2 != nil || err3 != nil || strings.ContainsAny(token, "\r\n") {
-		return nil, refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
-	}
-	var hdr header
-	if err := hdr.decode(hb); err != nil {
-		return nil, refuse("the %s's header is not {alg, kid, typ}: %v", what, err)
-	}
-	if hdr.Alg != alg {
-		return nil, refuse("the %s's alg is %q; only HS512 is accepted", what, clip(hdr.Alg))
+	// Go's decoder skips CR and LF even in strict mode; a canonical part
+	// has none.
+	payload, err1 := strictB64.DecodeString(p)
+	mac, err2 := strictB64.DecodeString(m)
+	if err1 != nil || err2 != nil || strings.ContainsAny(rest, "\r\n") {
+		return nil, "", refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
 	if len(mac) != sha512.Size {
-		return nil, refuse("the %s's MAC is %d bytes, not %d", what, len(mac), sha512.Size)
+		return nil, "", refuse("the %s's MAC is %d bytes, not %d", what, len(mac), sha512.Size)
 	}
-	return &jws{header: hdr, signingInput: token[:len(h)+1+len(p)], payload: payload, mac: mac}, nil
+	return &jws{signingInput: token[:len(h)+1+len(p)], payload: payload, mac: mac}, h, nil
+}
+
+// parseJWS splits and decodes a compact JWS, refusing anything but HS512.
+func parseJWS(token, what string) (*jws, error) {
+	j, h, err := splitJWS(token, what)
+	if err != nil {
+		return nil, err
+	}
+	hb, err := strictB64.DecodeString(h)
+	if err != nil || strings.ContainsAny(h, "\r\n") {
+		return nil, refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
+	}
+	if err := j.header.decode(hb); err != nil {
+		return nil, refuse("the %s's header is not {alg, kid, typ}: %v", what, err)
+	}
+	if j.header.Alg != alg {
+		return nil, refuse("the %s's alg is %q; only HS512 is accepted", what, clip(j.header.Alg))
+	}
+	return j, nil
 }
 
 // verify checks the MAC under key in constant time.
-func (j *jws) verify(key []byte) bool {
-	mac := hmac.New(sha512.New, key)
-	mac.Write([]byte(j.signingInput))
-	return hmac.Equal(mac.Sum(nil), j.mac)
+func (j *jws) verify(key *MACKey) bool {
+	mac, ok := key.sum([]byte(j.signingInput))
+	return ok && hmac.Equal(mac[:], j.mac)
+}
+
+// appendString appends s as a JSON string, as encoding/json writes it.
+// The strings of claims and headers are almost always plain ASCII, which
+// needs no escaping; anything else goes through encoding/json.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always marshals
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
+// appendJSON appends the claims as encoding/json would marshal them.
+func (c *Claims) appendJSON(b []byte) []byte {
+	b = append(b, `{"htm":`...)
+	b = appendString(b, c.Method)
+	b = append(b, `,"htu":`...)
+	b = appendString(b, c.Target)
+	b = append(b, `,"iat":`...)
+	b = strconv.AppendInt(b, c.IssuedAt, 10)
+	b = append(b, `,"jti":`...)
+	b = appendString(b, c.ID)
+	b = append(b, `,"bdh":`...)
+	b = appendString(b, c.BodyHash)
+	return append(b, '}')
+}
+
+func (c *ResponseClaims) appendJSON(b []byte) []byte {
+	b = append(b, `{"jti":`...)
+	b = appendString(b, c.ID)
+	b = append(b, `,"sts":`...)
+	b = strconv.AppendInt(b, int64(c.Status), 10)
+	b = append(b, `,"bdh":`...)
+	b = appendString(b, c.BodyHash)
+	return append(b, '}')
 }

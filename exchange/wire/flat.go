@@ -65,7 +65,8 @@ func DecodeFlat(data []byte, member func(name string, v FlatValue) error) error 
 	if !d.take('{') {
 		return &DecodeError{Reason: "not a JSON object"}
 	}
-	var seen []string
+	var seenArray [8]string // flat objects are small: no allocation for the names seen
+	seen := seenArray[:0]
 	d.space()
 	if d.take('}') {
 		return d.end()

@@ -283,7 +283,7 @@ func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
 		if err != nil {
 			return nil, err
 		}
-		tok, err := jwc.Sign(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
+		tok, err := jwc.SignOnce(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
 			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
 			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
 		})
@@ -336,7 +336,7 @@ func (r *Rig) AuthenticatedHandler(b *testing.B) {
 	svc := r.NewService()
 	reqs := make([]*http.Request, b.N+1)
 	for i := range reqs {
-		tok, _ := jwc.Sign(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
+		tok, _ := jwc.SignOnce(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
 			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
 			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
 		})
