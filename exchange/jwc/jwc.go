@@ -53,8 +53,8 @@ type ResponseClaims struct {
 }
 
 func (c *Claims) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name string, v wire.FlatValue) error {
-		switch name {
+	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+		switch string(name) {
 		case "htm":
 			return v.Text(&c.Method)
 		case "htu":
@@ -71,8 +71,8 @@ func (c *Claims) decode(b []byte) error {
 }
 
 func (c *ResponseClaims) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name string, v wire.FlatValue) error {
-		switch name {
+	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+		switch string(name) {
 		case "jti":
 			return v.Text(&c.ID)
 		case "sts":
@@ -177,11 +177,11 @@ func HeaderPart(token string) string {
 // its hash, with one it made): the header is not decoded again, and the
 // Request has no Ticket.
 func ParseKnown(token, typ string) (*Request, error) {
-	j, _, err := splitJWS(token, "token")
-	if err != nil {
+	r := &Request{jws: new(jws), Type: typ}
+	if _, err := r.jws.split(token, "token"); err != nil {
 		return nil, err
 	}
-	return &Request{jws: j, Type: typ}, nil
+	return r, nil
 }
 
 // Verify checks the MAC under key (in constant time) and decodes the claims.
@@ -217,7 +217,8 @@ func VerifyResponse(key *MACKey, token string) (*ResponseClaims, error) {
 	var j *jws
 	var err error
 	if HeaderPart(token) == responseHeader {
-		j, _, err = splitJWS(token, what) // the header every service sends
+		j = new(jws)
+		_, err = j.split(token, what) // the header every service sends
 	} else if j, err = parseJWS(token, what); err == nil && j.header.Typ != TypeResponse {
 		err = refuse("the response signature's typ is not %q", TypeResponse)
 	}

@@ -33,8 +33,8 @@ type header struct {
 const alg = "HS512"
 
 func (h *header) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name string, v wire.FlatValue) error {
-		switch name {
+	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+		switch string(name) {
 		case "alg":
 			return v.Text(&h.Alg)
 		case "kid":
@@ -96,37 +96,39 @@ type jws struct {
 	header       header // zero when the caller recognised the header part
 	signingInput string
 	payload      []byte
-	mac          []byte
+	mac          [sha512.Size]byte
 }
 
-// splitJWS splits a compact JWS and decodes its payload and MAC, but not
-// its header: hdr is the header part, still encoded, for the caller to
-// decode or to compare with one it knows.
-func splitJWS(token, what string) (j *jws, hdr string, err error) {
+// split splits a compact JWS into j and decodes its payload and MAC, but
+// not its header: hdr is the header part, still encoded, for the caller
+// to decode or to compare with one it knows.
+func (j *jws) split(token, what string) (hdr string, err error) {
 	if len(token) > MaxTokenSize {
-		return nil, "", refuse("the %s is longer than %d bytes", what, MaxTokenSize)
+		return "", refuse("the %s is longer than %d bytes", what, MaxTokenSize)
 	}
 	h, rest, ok1 := strings.Cut(token, ".")
 	p, m, ok2 := strings.Cut(rest, ".")
 	if !ok1 || !ok2 || strings.Contains(m, ".") {
-		return nil, "", refuse("the %s is not a JWS in compact form (three base64url parts)", what)
+		return "", refuse("the %s is not a JWS in compact form (three base64url parts)", what)
+	}
+	if len(m) != b64.EncodedLen(sha512.Size) {
+		return "", refuse("the %s's MAC is not %d bytes", what, sha512.Size)
 	}
 	// Go's decoder skips CR and LF even in strict mode; a canonical part
 	// has none.
 	payload, err1 := strictB64.DecodeString(p)
-	mac, err2 := strictB64.DecodeString(m)
-	if err1 != nil || err2 != nil || strings.ContainsAny(rest, "\r\n") {
-		return nil, "", refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
+	n, err2 := strictB64.Decode(j.mac[:], []byte(m))
+	if err1 != nil || err2 != nil || n != sha512.Size || strings.ContainsAny(rest, "\r\n") {
+		return "", refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
-	if len(mac) != sha512.Size {
-		return nil, "", refuse("the %s's MAC is %d bytes, not %d", what, len(mac), sha512.Size)
-	}
-	return &jws{signingInput: token[:len(h)+1+len(p)], payload: payload, mac: mac}, h, nil
+	j.signingInput, j.payload = token[:len(h)+1+len(p)], payload
+	return h, nil
 }
 
 // parseJWS splits and decodes a compact JWS, refusing anything but HS512.
 func parseJWS(token, what string) (*jws, error) {
-	j, h, err := splitJWS(token, what)
+	j := new(jws)
+	h, err := j.split(token, what)
 	if err != nil {
 		return nil, err
 	}
@@ -146,7 +148,7 @@ func parseJWS(token, what string) (*jws, error) {
 // verify checks the MAC under key in constant time.
 func (j *jws) verify(key *MACKey) bool {
 	mac, ok := key.sum([]byte(j.signingInput))
-	return ok && hmac.Equal(mac[:], j.mac)
+	return ok && hmac.Equal(mac[:], j.mac[:])
 }
 
 // appendString appends s as a JSON string, as encoding/json writes it.

@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"strconv"
@@ -57,15 +58,17 @@ func kind(raw []byte) string {
 }
 
 // DecodeFlat decodes a flat object, calling member for each member in
-// order. An error from member stops decoding and is returned with the
-// member's name.
-func DecodeFlat(data []byte, member func(name string, v FlatValue) error) error {
+// order with the member's name (unescaped; valid only during the call). An
+// error from member stops decoding and is returned with the member's name.
+func DecodeFlat(data []byte, member func(name []byte, v FlatValue) error) error {
 	d := flatDecoder{data: data}
 	d.space()
 	if !d.take('{') {
 		return &DecodeError{Reason: "not a JSON object"}
 	}
-	var seenArray [8]string // flat objects are small: no allocation for the names seen
+	// Flat objects are small: the names seen stay on the stack, and plain
+	// names (nearly all) are compared where they lie in data.
+	var seenArray [8][]byte
 	seen := seenArray[:0]
 	d.space()
 	if d.take('}') {
@@ -77,17 +80,20 @@ func DecodeFlat(data []byte, member func(name string, v FlatValue) error) error 
 		if err != nil {
 			return err
 		}
-		var name string
-		if err := (FlatValue{raw: nameTok, isText: true}).Text(&name); err != nil {
-			return &DecodeError{Reason: "a member name is not a valid string"}
+		name := nameTok[1 : len(nameTok)-1]
+		if bytes.IndexByte(name, '\\') >= 0 || !isPlainASCII(name) {
+			var s string
+			if err := (FlatValue{raw: nameTok, isText: true}).Text(&s); err != nil {
+				return &DecodeError{Reason: "a member name is not a valid string"}
+			}
+			name = []byte(s)
 		}
-		folded := strings.ToLower(name)
 		for _, s := range seen {
-			if s == folded {
+			if sameName(s, name) {
 				return &DecodeError{Reason: fmt.Sprintf("member %q appears more than once", name)}
 			}
 		}
-		seen = append(seen, folded)
+		seen = append(seen, name)
 		d.space()
 		if !d.take(':') {
 			return &DecodeError{Reason: "expected ':' after a member name"}
@@ -190,6 +196,15 @@ func (d *flatDecoder) str() ([]byte, error) {
 		}
 	}
 	return nil, &DecodeError{Reason: "the JSON ends inside a string"}
+}
+
+// sameName reports whether two member names are the same but for case, as
+// encoding/json would match both to one field.
+func sameName(a, b []byte) bool {
+	if isPlainASCII(a) && isPlainASCII(b) {
+		return bytes.EqualFold(a, b)
+	}
+	return strings.ToLower(string(a)) == strings.ToLower(string(b))
 }
 
 func isPlainASCII(b []byte) bool {

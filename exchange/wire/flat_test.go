@@ -16,16 +16,16 @@ type flatMember struct {
 
 func decodeFlatAll(data []byte) (map[string]flatMember, error) {
 	out := map[string]flatMember{}
-	err := DecodeFlat(data, func(name string, v FlatValue) error {
+	err := DecodeFlat(data, func(name []byte, v FlatValue) error {
 		if v.isText {
 			var s string
 			if err := v.Text(&s); err != nil {
 				return err
 			}
-			out[name] = flatMember{text: s}
+			out[string(name)] = flatMember{text: s}
 			return nil
 		}
-		out[name] = flatMember{num: string(v.raw), isNum: true}
+		out[string(name)] = flatMember{num: string(v.raw), isNum: true}
 		return nil
 	})
 	return out, err
