@@ -2,7 +2,10 @@ package tests
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha512"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -308,4 +311,49 @@ func TestSmallTicketCacheUnderLoad(t *testing.T) {
 	for f := range failures {
 		t.Error(f)
 	}
+}
+
+// TestHeaderLayouts: the service recognises a cached session by the hash
+// of the header part its own client writes. A token whose header says the
+// same in another layout (as another JOSE library may write it) is served
+// through the full parse; and a request seen in one layout is still a
+// replay in the other, because replays are keyed by session, not header.
+func TestHeaderLayouts(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t))
+	key := e.register(t, "alice@example.com")
+	sess := rawExchange(t, e.url, key)
+	kid := base64.RawURLEncoding.EncodeToString(sess.Ticket)
+	foreign := `{"typ":"jwc-req", "kid":"` + kid + `", "alg":"HS512"}`
+	claims := func(id string) *jwc.Claims {
+		return &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: id, BodyHash: jwc.BodyHash(nil)}
+	}
+	get := func(token string) (*http.Response, []byte) {
+		return e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: token})
+	}
+
+	if resp, b := get(signWithHeader(sess.AK[:], foreign, claims(jwc.NewID()))); resp.StatusCode != 200 {
+		t.Fatalf("a token in another header layout, first of its session: %d %s", resp.StatusCode, b)
+	}
+	id := jwc.NewID()
+	canonical, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, claims(id))
+	if resp, b := get(canonical); resp.StatusCode != 200 {
+		t.Fatalf("the client's own layout after another: %d %s", resp.StatusCode, b)
+	}
+	if resp, b := get(signWithHeader(sess.AK[:], foreign, claims(jwc.NewID()))); resp.StatusCode != 200 {
+		t.Fatalf("another layout, session cached: %d %s", resp.StatusCode, b)
+	}
+	resp, b := get(signWithHeader(sess.AK[:], foreign, claims(id)))
+	wantRefusal(t, "a jti already used, in another header layout", resp, b, 401, exchange.BadAuthentication)
+	resp, b = get(signWithHeader(sess.RK[:], foreign, claims(jwc.NewID())))
+	wantRefusal(t, "another layout under the wrong key", resp, b, 401, exchange.BadAuthentication)
+}
+
+// signWithHeader makes a compact HS512 JWS with the given header JSON.
+func signWithHeader(key []byte, header string, c *jwc.Claims) string {
+	payload, _ := json.Marshal(c)
+	enc := base64.RawURLEncoding
+	input := enc.EncodeToString([]byte(header)) + "." + enc.EncodeToString(payload)
+	m := hmac.New(sha512.New, key)
+	m.Write([]byte(input))
+	return input + "." + enc.EncodeToString(m.Sum(nil))
 }
