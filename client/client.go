@@ -333,7 +333,7 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 		Method: req.Method, Target: req.URL.RequestURI(), IssuedAt: t.Now().Unix(),
 		ID: jwc.NewID(), BodyHash: jwc.BodyHash(wireBody),
 	}
-	token, err := jwc.Sign(sess.ak, sess.header, claims)
+	token, err := sess.signer.Sign(claims)
 	if err != nil {
 		return nil, err
 	}
@@ -363,7 +363,7 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 		resp.Body = io.NopCloser(bytes.NewReader(respBody))
 		return resp, nil
 	}
-	rc, err := jwc.VerifyResponse(sess.ak, sig)
+	rc, err := jwc.VerifyResponse(sess.signer.Key(), sig)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}

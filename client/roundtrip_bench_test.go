@@ -32,7 +32,7 @@ func BenchmarkTransportRoundTrip(b *testing.B) {
 	s := &exchange.Session{Ticket: bytes.Repeat([]byte{7}, 200), Suite: exchange.DefaultSuite}
 	rand.Read(s.AK[:])
 	st := &State{}
-	tr := &Transport{Key: key, State: st, Base: echoSigner{jwc.NewMACKey(s.AK[:])}}
+	tr := &Transport{Key: key, State: st, Base: echoSigner{jwc.NewMACKey(s.AK[:], "")}}
 	tr.init()
 	sess := newSession(s, tr.Now(), tr.Now())
 	st.setSession("http://x", sess)

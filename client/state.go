@@ -34,10 +34,9 @@ type session struct {
 	Renewed   time.Time // last exchange or rekey: the session's start
 	Exchanged time.Time // last exchange: the rekey window's start
 
-	// What every request of the session signs with: AK prepared for
-	// HS512 and the tokens' header part, made once.
-	ak     *jwc.MACKey
-	header string
+	// What every request of the session signs with, made once: AK
+	// prepared for HS512 and the tokens' header part.
+	signer *jwc.Signer
 
 	// A replaced session is zeroed only when the last request signed
 	// with it has verified its response; State.mu guards these.
@@ -47,13 +46,13 @@ type session struct {
 
 func newSession(s *exchange.Session, renewed, exchanged time.Time) *session {
 	return &session{Session: s, Renewed: renewed, Exchanged: exchanged,
-		ak: jwc.NewMACKey(s.AK[:]), header: jwc.Header(s.Ticket, jwc.TypeRequest)}
+		signer: jwc.NewSigner(s.AK[:], s.Ticket, jwc.TypeRequest)}
 }
 
 // Zero clears the session's keys.
 func (s *session) Zero() {
 	s.Session.Zero()
-	s.ak.Zero()
+	s.signer.Zero()
 }
 
 // hold marks sess as in use by one request.

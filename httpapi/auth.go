@@ -77,7 +77,9 @@ func (s *Service) authenticate(r *http.Request, body []byte, typ string) (*authn
 	sess := entry.sess
 	key, deadline, what := entry.ak, sess.Expires, "session"
 	if typ == jwc.TypeRekey {
-		key, deadline, what = jwc.NewMACKey(sess.RK[:]), sess.RekeyExpires, "rekey window"
+		// A rekey token's header is not the session's request header, so
+		// the token was parsed in full and its MAC starts from the key.
+		key, deadline, what = jwc.NewMACKey(sess.RK[:], ""), sess.RekeyExpires, "rekey window"
 		defer key.Zero()
 	}
 	claims, err := req.Verify(key)
@@ -131,7 +133,8 @@ func (s *Service) session(ctx context.Context, token string) (*cacheEntry, *jwc.
 	if err != nil {
 		return nil, nil, badAuth("The Authorization token was refused: %v.", err)
 	}
-	key := sessionKey(req.Ticket)
+	hdr := jwc.Header(req.Ticket, jwc.TypeRequest)
+	key := headerKey(hdr)
 	if entry := s.tickets.get(key, now); entry != nil {
 		ticketCacheHits.Inc()
 		return entry, req, nil
@@ -142,7 +145,7 @@ func (s *Service) session(ctx context.Context, token string) (*cacheEntry, *jwc.
 		s.logKeystore("open ticket", err)
 		return nil, nil, exchange.AsError(err)
 	}
-	return s.tickets.put(key, sess), req, nil
+	return s.tickets.put(key, hdr, sess), req, nil
 }
 
 // sessionTicket returns the session's ticket, which names it in JWE

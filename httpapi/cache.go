@@ -26,7 +26,7 @@ type ticketCache struct {
 type cacheEntry struct {
 	key     [32]byte
 	sess    *ticket.Session
-	ak      *jwc.MACKey // sess.AK prepared for the session's many MACs
+	ak      *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
 	users   int         // requests holding the session
 	retired bool        // out of the cache: zero when users reaches 0
 }
@@ -40,13 +40,12 @@ func newTicketCache(max int) *ticketCache {
 	return &ticketCache{max: max, items: map[[32]byte]*list.Element{}, lru: list.New()}
 }
 
-// sessionKey is what a session is cached under: the SHA-256 of the header
+// headerKey is what a session is cached under: the SHA-256 of the header
 // part of its request tokens, jwc.Header(t, jwc.TypeRequest), which names
 // the ticket t. A request whose header part hashes to a cached key is known
-// to carry exactly that header, so its header needs no decoding and its
-// ticket no hashing (see authenticate).
-func sessionKey(t []byte) [32]byte { return headerKey(jwc.Header(t, jwc.TypeRequest)) }
-
+// to carry exactly that header, so its header needs no decoding, its
+// ticket no hashing, and its MAC starts from the state after the header
+// (see Service.session).
 func headerKey(h string) [32]byte { return sha256.Sum256([]byte(h)) }
 
 // get returns the cached session of key, held for the caller, or nil.
@@ -67,10 +66,11 @@ func (c *ticketCache) get(key [32]byte, now time.Time) *cacheEntry {
 	return e
 }
 
-// put caches a session just opened and returns it held for the caller. If
+// put caches a session just opened, whose request tokens' header part is
+// hdr (key is its headerKey), and returns it held for the caller. If
 // another request cached the same ticket meanwhile, that entry is returned
 // and sess is zeroed.
-func (c *ticketCache) put(key [32]byte, sess *ticket.Session) *cacheEntry {
+func (c *ticketCache) put(key [32]byte, hdr string, sess *ticket.Session) *cacheEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
@@ -79,7 +79,7 @@ func (c *ticketCache) put(key [32]byte, sess *ticket.Session) *cacheEntry {
 		e.users++
 		return e
 	}
-	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:]), users: 1}
+	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:], hdr), users: 1}
 	if c.max <= 0 {
 		e.retired = true // not cached: zeroed on release
 		return e

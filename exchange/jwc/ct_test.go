@@ -15,7 +15,7 @@ import (
 // right MAC (class 0) against the same token with a random MAC (class 1).
 func TestConstantTimeMAC(t *testing.T) {
 	const n = 10000
-	good, _ := Sign(akm, Header(tkt, TypeRequest), claims())
+	good, _ := SignOnce(ak, tkt, TypeRequest, claims())
 	cut := strings.LastIndexByte(good, '.')
 	reqs := make([]*Request, 2*dudect.MaxScale*n)
 	res := dudect.Measure(0.01, n, 32, func(class, i int) {

@@ -113,19 +113,41 @@ func NewID() string {
 	return b64.EncodeToString(b[:])
 }
 
-// Sign makes a request token with the claims c under key (the session's
-// AK, or RK for a rekey); hdr is Header(ticket, type) of the session.
-func Sign(key *MACKey, hdr string, c *Claims) (string, error) {
-	return signJWS(key, hdr, c.appendJSON(make([]byte, 0, 256)))
+// Signer makes the request tokens of one session (or its rekey token):
+// the session's key, prepared for the header part all of them carry, and
+// that header part.
+type Signer struct {
+	key *MACKey
+	hdr string
 }
 
+// NewSigner prepares key (the session's AK, or RK for a rekey) for the
+// tokens of type typ of the session whose ticket is t. The caller keeps
+// ownership of key.
+func NewSigner(key, t []byte, typ string) *Signer {
+	hdr := Header(t, typ)
+	return &Signer{key: NewMACKey(key, hdr), hdr: hdr}
+}
+
+// Sign makes a token with the claims c.
+func (s *Signer) Sign(c *Claims) (string, error) {
+	return signJWS(s.key, s.hdr, c.appendJSON(make([]byte, 0, 256)), true)
+}
+
+// Key returns the signer's prepared key, which also checks the session's
+// response signatures.
+func (s *Signer) Key() *MACKey { return s.key }
+
+// Zero clears the signer's key.
+func (s *Signer) Zero() { s.key.Zero() }
+
 // SignOnce makes a single token for the session whose ticket is t under
-// the raw key (RK for a rekey, which happens once per session). Sign is
-// for a session's many requests.
+// the raw key (RK for a rekey, which happens once per session). A Signer
+// is for a session's many requests.
 func SignOnce(key, t []byte, typ string, c *Claims) (string, error) {
-	k := NewMACKey(key)
-	defer k.Zero()
-	return Sign(k, Header(t, typ), c)
+	s := NewSigner(key, t, typ)
+	defer s.Zero()
+	return s.Sign(c)
 }
 
 // Error says why a token was refused.
@@ -174,17 +196,19 @@ func HeaderPart(token string) string {
 
 // ParseKnown reads a request token whose header part the caller has
 // recognised as Header(t, typ) of a session it knows (by comparing it, or
-// its hash, with one it made): the header is not decoded again, and the
-// Request has no Ticket.
+// its hash, with one it made): the header is not decoded again, the
+// Request has no Ticket, and Verify takes the key made for that header.
 func ParseKnown(token, typ string) (*Request, error) {
-	r := &Request{jws: new(jws), Type: typ}
+	r := &Request{jws: &jws{known: true}, Type: typ}
 	if _, err := r.jws.split(token, "token"); err != nil {
 		return nil, err
 	}
 	return r, nil
 }
 
-// Verify checks the MAC under key (in constant time) and decodes the claims.
+// Verify checks the MAC under key (in constant time) and decodes the
+// claims. A Request from ParseKnown must be verified with the key made
+// for the header it was recognised as.
 func (r *Request) Verify(key *MACKey) (*Claims, error) {
 	if !r.jws.verify(key) {
 		return nil, refuse("the token's MAC does not verify")
@@ -208,7 +232,7 @@ func clip(s string) string {
 
 // SignResponse makes the JWC-Signature of a response.
 func SignResponse(key *MACKey, c *ResponseClaims) (string, error) {
-	return signJWS(key, responseHeader, c.appendJSON(make([]byte, 0, 160)))
+	return signJWS(key, responseHeader, c.appendJSON(make([]byte, 0, 160)), false)
 }
 
 // VerifyResponse checks a response signature under key and returns its claims.

@@ -75,14 +75,20 @@ func Header(t []byte, typ string) string {
 }
 
 // signJWS returns the compact JWS with the encoded header hdr and payload
-// under key.
-func signJWS(key *MACKey, hdr string, payload []byte) (string, error) {
+// under key; keyHeader says that key was made for hdr.
+func signJWS(key *MACKey, hdr string, payload []byte, keyHeader bool) (string, error) {
 	n := len(hdr) + 1 + b64.EncodedLen(len(payload))
 	buf := make([]byte, 0, n+1+b64.EncodedLen(sha512.Size))
 	buf = append(buf, hdr...)
 	buf = append(buf, '.')
 	buf = b64.AppendEncode(buf, payload)
-	mac, ok := key.sum(buf)
+	var mac [sha512.Size]byte
+	var ok bool
+	if keyHeader {
+		mac, ok = key.sumAfterHeader(buf[len(hdr)+1:])
+	} else {
+		mac, ok = key.sum(buf)
+	}
 	if !ok {
 		return "", errors.New("jwc: signing with a session key that was zeroed")
 	}
@@ -94,7 +100,9 @@ func signJWS(key *MACKey, hdr string, payload []byte) (string, error) {
 // jws is a parsed compact JWS whose MAC is not checked yet.
 type jws struct {
 	header       header // zero when the caller recognised the header part
+	known        bool   // the caller recognised the header part as its key's
 	signingInput string
+	headerLen    int
 	payload      []byte
 	mac          [sha512.Size]byte
 }
@@ -121,7 +129,7 @@ func (j *jws) split(token, what string) (hdr string, err error) {
 	if err1 != nil || err2 != nil || n != sha512.Size || strings.ContainsAny(rest, "\r\n") {
 		return "", refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
-	j.signingInput, j.payload = token[:len(h)+1+len(p)], payload
+	j.signingInput, j.headerLen, j.payload = token[:len(h)+1+len(p)], len(h), payload
 	return h, nil
 }
 
@@ -147,7 +155,13 @@ func parseJWS(token, what string) (*jws, error) {
 
 // verify checks the MAC under key in constant time.
 func (j *jws) verify(key *MACKey) bool {
-	mac, ok := key.sum([]byte(j.signingInput))
+	var mac [sha512.Size]byte
+	var ok bool
+	if j.known {
+		mac, ok = key.sumAfterHeader([]byte(j.signingInput[j.headerLen+1:]))
+	} else {
+		mac, ok = key.sum([]byte(j.signingInput))
+	}
 	return ok && hmac.Equal(mac[:], j.mac[:])
 }
 

@@ -11,12 +11,21 @@ import (
 // computed once instead of on every request. FIPS 198-1 §6 allows this
 // precomputation and asks that the states be protected like the key; Zero
 // clears them.
+//
+// Every request token of a session starts with the same header part, which
+// names the ticket and is most of the token, so the key also keeps the
+// inner state after that header part and its ".": a request's MAC then
+// hashes only its payload (two SHA-512 blocks instead of eight).
 type MACKey struct {
-	inner, outer []byte // marshalled SHA-512 states
+	inner, outer []byte // marshalled SHA-512 states after the padded key block
+	afterHeader  []byte // inner, after also the header part and "."
 }
 
-// NewMACKey prepares key. The caller keeps ownership of key.
-func NewMACKey(key []byte) *MACKey {
+// NewMACKey prepares key for the tokens whose header part is hdr
+// (Header(t, typ) of the session), and for any other message; hdr is ""
+// for a key that makes or checks no such token. The caller keeps
+// ownership of key; hdr is not kept.
+func NewMACKey(key []byte, hdr string) *MACKey {
 	var pad [sha512.BlockSize]byte
 	defer clear(pad[:])
 	if len(key) > len(pad) {
@@ -26,35 +35,51 @@ func NewMACKey(key []byte) *MACKey {
 	} else {
 		copy(pad[:], key)
 	}
-	state := func(xor byte) []byte {
-		h := sha512.New()
+	h := sha512.New()
+	state := func(xor byte, prefix ...string) []byte {
+		h.Reset()
 		for i := range pad {
 			pad[i] ^= xor
 		}
 		h.Write(pad[:])
+		for _, p := range prefix {
+			h.Write([]byte(p))
+		}
 		b, err := h.(encoding.BinaryMarshaler).MarshalBinary()
 		if err != nil {
 			panic("jwc: SHA-512 state does not marshal: " + err.Error())
 		}
 		return b
 	}
-	inner := state(0x36)
-	outer := state(0x36 ^ 0x5c)
-	return &MACKey{inner: inner, outer: outer}
+	k := &MACKey{inner: state(0x36)}
+	k.afterHeader = state(0, hdr, ".")
+	k.outer = state(0x36 ^ 0x5c)
+	return k
 }
 
 // Zero clears the key's states. A zeroed key verifies nothing and signs
 // nothing.
 func (k *MACKey) Zero() {
 	clear(k.inner)
+	clear(k.afterHeader)
 	clear(k.outer)
 }
 
 // sum returns HMAC-SHA-512(key, msg); ok is false only for a key already
 // zeroed, which callers treat as a MAC that does not verify.
 func (k *MACKey) sum(msg []byte) (mac [sha512.Size]byte, ok bool) {
+	return k.sumFrom(k.inner, msg)
+}
+
+// sumAfterHeader returns HMAC-SHA-512(key, hdr || "." || rest), hdr being
+// the header part k was made for.
+func (k *MACKey) sumAfterHeader(rest []byte) (mac [sha512.Size]byte, ok bool) {
+	return k.sumFrom(k.afterHeader, rest)
+}
+
+func (k *MACKey) sumFrom(inner, msg []byte) (mac [sha512.Size]byte, ok bool) {
 	h := sha512.New()
-	if restore(h, k.inner) != nil {
+	if restore(h, inner) != nil {
 		return mac, false
 	}
 	h.Write(msg)
