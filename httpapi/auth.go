@@ -221,8 +221,10 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 		}
 		authRequestsOK.Inc()
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, a))
-		r.Body = readCloser{bytes.NewReader(body)}
-		r.ContentLength = int64(len(body))
+		r.Body, r.ContentLength = http.NoBody, 0
+		if len(body) > 0 {
+			r.Body, r.ContentLength = readCloser{bytes.NewReader(body)}, int64(len(body))
+		}
 		rec := &recorder{header: make(http.Header, 4), status: http.StatusOK}
 		rec.body.Grow(512) // most answers fit: one allocation instead of several
 		next.ServeHTTP(rec, r)

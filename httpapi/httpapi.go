@@ -216,6 +216,9 @@ func (s *Service) readBody(w http.ResponseWriter, r *http.Request, mediaTypes ..
 			return nil, exchange.Errorf(exchange.UnsupportedMediaType, "Send the body as %s.", mediaTypes[0])
 		}
 	}
+	if r.Body == http.NoBody { // what net/http gives a request without a body
+		return nil, nil
+	}
 	body, err := readAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	if err != nil {
 		var mbe *http.MaxBytesError
