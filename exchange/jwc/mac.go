@@ -26,22 +26,24 @@ type MACKey struct {
 // for a key that makes or checks no such token. The caller keeps
 // ownership of key; hdr is not kept.
 func NewMACKey(key []byte, hdr string) *MACKey {
-	var pad [sha512.BlockSize]byte
-	defer clear(pad[:])
-	if len(key) > len(pad) {
+	var k0 [sha512.BlockSize]byte // the key, padded to a block
+	if len(key) > len(k0) {
 		sum := sha512.Sum512(key)
-		copy(pad[:], sum[:])
+		copy(k0[:], sum[:])
 		clear(sum[:])
 	} else {
-		copy(pad[:], key)
+		copy(k0[:], key)
+	}
+	ipad, opad := k0, k0
+	for i := range k0 {
+		ipad[i] ^= 0x36
+		opad[i] ^= 0x5c
 	}
 	h := sha512.New()
-	state := func(xor byte, prefix ...string) []byte {
+	defer func() { clear(k0[:]); clear(ipad[:]); clear(opad[:]); h.Reset() }()
+	state := func(pad []byte, prefix ...string) []byte {
 		h.Reset()
-		for i := range pad {
-			pad[i] ^= xor
-		}
-		h.Write(pad[:])
+		h.Write(pad)
 		for _, p := range prefix {
 			h.Write([]byte(p))
 		}
@@ -51,10 +53,11 @@ func NewMACKey(key []byte, hdr string) *MACKey {
 		}
 		return b
 	}
-	k := &MACKey{inner: state(0x36)}
-	k.afterHeader = state(0, hdr, ".")
-	k.outer = state(0x36 ^ 0x5c)
-	return k
+	return &MACKey{
+		inner:       state(ipad[:]),
+		afterHeader: state(ipad[:], hdr, "."),
+		outer:       state(opad[:]),
+	}
 }
 
 // Zero clears the key's states. A zeroed key verifies nothing and signs
