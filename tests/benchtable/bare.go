@@ -5,13 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/tests/benchkit"
@@ -64,19 +62,18 @@ func (s wireSizes) authorize(base http.RoundTripper) http.RoundTripper {
 	})
 }
 
-// bareFlag makes this program the bare server (in a process of its own,
-// as custosd is): -bare ADDR,AUTH,SIG,BODY.
-var bareFlag = flag.String("bare", "", "internal: serve the bare net/http server")
+// The bare server runs as this program in a process of its own (as
+// custosd does): -bare ADDR with the sizes whoami's answer has.
+var (
+	bareAddr      = flag.String("bare", "", "internal: serve the bare net/http server on this address")
+	bareSignature = flag.Int("bare-signature", 0, "internal: the bare server's JWC-Signature size")
+	bareBody      = flag.Int("bare-body", 0, "internal: the bare server's body size")
+)
 
 // serveBare answers GET /plain with "ok" and GET /bytes with a
 // JWC-Signature and a body of the given sizes, as whoami would.
-func serveBare(spec string) error {
-	var addr string
-	var s wireSizes
-	if _, err := fmt.Sscanf(strings.ReplaceAll(spec, ",", " "), "%s %d %d %d", &addr, &s.Authorization, &s.Signature, &s.Body); err != nil {
-		return fmt.Errorf("-bare %q: %v", spec, err)
-	}
-	sig, body := strings.Repeat("s", s.Signature), []byte(strings.Repeat("b", s.Body))
+func serveBare(addr string, signature, bodySize int) error {
+	sig, body := strings.Repeat("s", signature), []byte(strings.Repeat("b", bodySize))
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /plain", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /bytes", func(w http.ResponseWriter, r *http.Request) {
@@ -95,31 +92,25 @@ type bareServer struct {
 }
 
 func startBare(s wireSizes) (*bareServer, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(self, "-bare", fmt.Sprintf("%s,%d,%d,%d", addr, s.Authorization, s.Signature, s.Body))
+	cmd := exec.Command(self, "-bare", addr, "-bare-signature", strconv.Itoa(s.Signature), "-bare-body", strconv.Itoa(s.Body))
 	cmd.Stderr = os.Stderr
 	if err := cmd.Start(); err != nil {
 		return nil, err
 	}
 	b := &bareServer{cmd: cmd, url: "http://" + addr}
-	for range 100 {
-		if resp, err := http.Get(b.url + "/plain"); err == nil {
-			resp.Body.Close()
-			return b, nil
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !waitOK(b.url + "/plain") {
+		b.stop()
+		return nil, errors.New("the bare net/http server did not start")
 	}
-	b.stop()
-	return nil, errors.New("the bare net/http server did not start")
+	return b, nil
 }
 
 func (b *bareServer) stop() {

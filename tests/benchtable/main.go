@@ -41,8 +41,8 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding the custosd binary")
 	d := flag.Duration("d", 4*time.Second, "how long each load runs")
 	flag.Parse()
-	if *bareFlag != "" {
-		fmt.Fprintln(os.Stderr, "benchtable:", serveBare(*bareFlag))
+	if *bareAddr != "" {
+		fmt.Fprintln(os.Stderr, "benchtable:", serveBare(*bareAddr, *bareSignature, *bareBody))
 		os.Exit(1)
 	}
 	if err := run(*bin, *d); err != nil {
@@ -354,12 +354,10 @@ type custosd struct {
 }
 
 func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeAddr()
 	if err != nil {
 		return nil, err
 	}
-	addr := ln.Addr().String()
-	ln.Close()
 	pinFile := filepath.Join(dir, "pin")
 	if err := os.WriteFile(pinFile, []byte(rig.SoftHSM.PIN), 0o600); err != nil {
 		return nil, err
@@ -384,18 +382,37 @@ func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
 		return nil, fmt.Errorf("starting %s: %w", cmd.Path, err)
 	}
 	c := &custosd{cmd: cmd, url: "http://" + addr}
-	for range 100 {
-		if resp, err := http.Get(c.url + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return c, nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+	if waitOK(c.url + "/readyz") {
+		return c, nil
 	}
 	c.stop()
 	log, _ := os.ReadFile(logFile.Name())
 	return nil, fmt.Errorf("custosd did not become ready:\n%s", log)
+}
+
+// freeAddr returns a loopback address no one listens on, for a server
+// process to take.
+func freeAddr() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer ln.Close()
+	return ln.Addr().String(), nil
+}
+
+// waitOK reports whether url answers 200 within five seconds.
+func waitOK(url string) bool {
+	for range 100 {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return true
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return false
 }
 
 func (c *custosd) stop() {
