@@ -63,16 +63,30 @@ func Create(dir, label string) (*Token, error) {
 	tok := &Token{Dir: dir, Label: label, PIN: PIN}
 	for _, line := range strings.Split(string(out), "\n") {
 		if v, ok := strings.CutPrefix(line, "export SOFTHSM2_CONF="); ok {
-			tok.Conf = v
+			tok.Conf = unquote(v)
 		}
 		if v, ok := strings.CutPrefix(line, "export CUSTOS_PKCS11_MODULE="); ok {
-			tok.Module = v
+			tok.Module = unquote(v)
 		}
 	}
 	if tok.Conf == "" || tok.Module == "" {
 		return nil, fmt.Errorf("softhsm/setup.sh printed no environment:\n%s", out)
 	}
 	return tok, nil
+}
+
+// unquote undoes the backslashes of bash's printf %q, which setup.sh uses
+// so that its output can be eval'd: a test's temporary directory is named
+// after the test and may hold spaces or commas.
+func unquote(v string) string {
+	var b strings.Builder
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' && i+1 < len(v) {
+			i++
+		}
+		b.WriteByte(v[i])
+	}
+	return b.String()
 }
 
 // Script returns the path of setup.sh.
