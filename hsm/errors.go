@@ -19,6 +19,7 @@ type recovery int
 const (
 	keep       recovery = iota // the error belongs to the operation; the session is fine
 	newSession                 // the session is gone: discard it and retry on another
+	transient                  // the call failed without a reason: retry once on another session
 	relogin                    // the application was logged out: log in and retry
 	reinit                     // the module was finalized: initialize it and retry
 	refind                     // an object handle went stale: find objects again and retry
@@ -41,6 +42,10 @@ func classify(err error) recovery {
 	switch e {
 	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED:
 		return newSession
+	case pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_FUNCTION_FAILED:
+		// SoftHSM answers so when the session is closed under a running
+		// call (C_CloseAllSessions from another thread).
+		return transient
 	case pkcs11.CKR_USER_NOT_LOGGED_IN:
 		return relogin
 	case pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED:

@@ -218,12 +218,14 @@ func (t *Token) ensureLogin(h pkcs11.SessionHandle) (bool, error) {
 	if info.State == pkcs11.CKS_RW_USER_FUNCTIONS || info.State == pkcs11.CKS_RO_USER_FUNCTIONS {
 		return false, nil
 	}
+	// Handles of private objects do not survive a logout on every token
+	// (SoftHSM renumbers them): they are found again. The epoch moves
+	// before the login, so that no caller can see the application logged
+	// in again and still hold the epoch of the old handles.
+	t.epoch.Add(1)
 	err = t.ck.Login(h, pkcs11.CKU_USER, t.cfg.PIN)
 	switch {
 	case err == nil:
-		// Handles of private objects do not survive a logout on every
-		// token (SoftHSM renumbers them): find them again.
-		t.epoch.Add(1)
 		return true, nil
 	case Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN):
 		return false, nil
@@ -255,9 +257,9 @@ func (s *Session) Cryptoki() Cryptoki { return s.t.ck }
 
 // Do runs fn on a session of its own and records its duration and errors
 // under op. Failures of the session, the login or the module are recovered
-// from and fn is tried once more; errors that belong to the operation itself
-// are returned as they are. If the token cannot be reached, Do returns an
-// error wrapping ErrUnavailable without waiting.
+// from and fn is tried again, up to twice; errors that belong to the
+// operation itself are returned as they are. If the token cannot be
+// reached, Do returns an error wrapping ErrUnavailable without waiting.
 //
 // fn must not call Do: it would hold two sessions, and a full pool deadlocks.
 func (t *Token) Do(ctx context.Context, op string, fn func(*Session) error) error {
@@ -272,7 +274,11 @@ func (t *Token) Do(ctx context.Context, op string, fn func(*Session) error) erro
 
 func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 	var err error
-	for attempt := 0; attempt < 2; attempt++ {
+	retried := false // a transient failure was tried again already
+	// One fault can take several recoveries, met one at a time by callers
+	// racing each other: C_CloseAllSessions kills the sessions, logs the
+	// application out and, on SoftHSM, renumbers every object handle.
+	for attempt := 0; attempt < 3; attempt++ {
 		var s *session
 		if s, err = t.acquire(ctx); err != nil {
 			return err
@@ -286,20 +292,33 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			t.release(s)
 			return err
 		case newSession:
-			// Sessions die together (C_CloseAllSessions, a token reset):
-			// retire the idle ones too rather than meet them one by one.
-			t.discard(s)
-			t.retirePool()
+			t.retire(s)
+		case transient:
+			// Tried once more; a second failure is the operation's own:
+			// retrying it more would let one bad request cost the token
+			// many calls. The session is kept: if it is gone, its next
+			// call says so, and closing the last one would log the
+			// application out.
+			t.release(s)
+			if retried {
+				return err
+			}
+			retried = true
 		case relogin, refind:
 			// A logged-out application sees its private objects vanish
 			// rather than being refused, so a missing object is also a
 			// reason to check the login before finding handles again.
 			t.epoch.Add(1)
 			loggedIn, lerr := t.ensureLogin(s.h)
-			t.release(s)
-			if lerr != nil {
+			switch {
+			case classify(lerr) == newSession:
+				t.retire(s) // closed while we looked
+				continue
+			case lerr != nil:
+				t.release(s)
 				return t.markDown(lerr)
 			}
+			t.release(s)
 			if loggedIn {
 				reconnects.Inc()
 				t.log.Warn("hsm: the application was logged out; logged in again", "token", t.cfg.TokenLabel)
@@ -319,16 +338,21 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			return t.markDown(err)
 		}
 	}
-	if classify(err) == refind {
-		return err // the object is really not there
+	if c := classify(err); c == refind || c == transient {
+		return err // the object is really not there, or the call really fails
 	}
 	return t.markDown(err)
 }
 
-func (t *Token) retirePool() {
+// retire drops a session that is gone. Sessions die together
+// (C_CloseAllSessions, a token reset), so the idle ones are retired too
+// rather than met one by one, and so are the handles seen through them.
+func (t *Token) retire(s *session) {
+	t.discard(s)
 	t.mu.Lock()
 	t.poolGen++
 	t.mu.Unlock()
+	t.epoch.Add(1)
 }
 
 // acquire lends a session: an idle one, a new one if the bound allows, or
@@ -378,7 +402,12 @@ func (t *Token) stale(s *session) bool {
 // it was finalized behind the pool's back.
 func (t *Token) openSession() (*session, error) {
 	s, err := t.newSession()
-	if classify(err) == reinit {
+	switch classify(err) {
+	case newSession, relogin:
+		// Sessions closed all at once (or a logout) can catch one opened
+		// a moment before, between its opening and its login check.
+		s, err = t.newSession()
+	case reinit:
 		t.mu.Lock()
 		gen := t.modGen
 		t.mu.Unlock()

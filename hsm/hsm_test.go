@@ -488,6 +488,102 @@ func TestUnreachableFailsFastAndRecovers(t *testing.T) {
 	}
 }
 
+// scriptedCryptoki fails calls with the errors queued for them, in order,
+// then lets them through to the real module.
+type scriptedCryptoki struct {
+	Cryptoki
+	mu          sync.Mutex
+	derive      []error
+	sessionInfo []error
+	derives     int // calls that reached DeriveKey
+}
+
+func (c *scriptedCryptoki) next(q *[]error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(*q) == 0 {
+		return nil
+	}
+	err := (*q)[0]
+	*q = (*q)[1:]
+	return err
+}
+
+func (c *scriptedCryptoki) DeriveKey(sh pkcs11.SessionHandle, m []*pkcs11.Mechanism, base pkcs11.ObjectHandle, a []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	c.mu.Lock()
+	c.derives++
+	c.mu.Unlock()
+	if err := c.next(&c.derive); err != nil {
+		return 0, err
+	}
+	return c.Cryptoki.DeriveKey(sh, m, base, a)
+}
+
+func (c *scriptedCryptoki) GetSessionInfo(sh pkcs11.SessionHandle) (pkcs11.SessionInfo, error) {
+	if err := c.next(&c.sessionInfo); err != nil {
+		return pkcs11.SessionInfo{}, err
+	}
+	return c.Cryptoki.GetSessionInfo(sh)
+}
+
+// TestRecoveryChains gives Do the failures callers racing a
+// C_CloseAllSessions meet, several in a row, and checks that it recovers
+// from each without taking the token down, and that a call failing twice
+// without a reason is returned as its own failure, not retried more.
+func TestRecoveryChains(t *testing.T) {
+	e := func(code uint) error { return pkcs11.Error(code) }
+	for _, c := range []struct {
+		name        string
+		derive      []error
+		sessionInfo []error
+		fails       bool // Do returns the injected error
+		calls       int  // DeriveKey calls made
+	}{
+		{"session gone, then a stale handle", []error{e(pkcs11.CKR_SESSION_HANDLE_INVALID), e(pkcs11.CKR_KEY_HANDLE_INVALID)}, nil, false, 3},
+		{"session gone, the next one gone before its login check", []error{e(pkcs11.CKR_SESSION_HANDLE_INVALID)}, []error{e(pkcs11.CKR_SESSION_HANDLE_INVALID)}, false, 2},
+		{"logged out, session gone while checking the login", []error{e(pkcs11.CKR_USER_NOT_LOGGED_IN)}, []error{e(pkcs11.CKR_SESSION_HANDLE_INVALID)}, false, 2},
+		{"stale handle, then logged out", []error{e(pkcs11.CKR_KEY_HANDLE_INVALID), e(pkcs11.CKR_USER_NOT_LOGGED_IN)}, nil, false, 3},
+		{"general error once", []error{e(pkcs11.CKR_GENERAL_ERROR)}, nil, false, 2},
+		{"function failed once", []error{e(pkcs11.CKR_FUNCTION_FAILED)}, nil, false, 2},
+		{"general error twice", []error{e(pkcs11.CKR_GENERAL_ERROR), e(pkcs11.CKR_GENERAL_ERROR)}, nil, true, 2},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var script *scriptedCryptoki
+			tok, _ := openToken(t, Config{MaxSessions: 2, Wrap: func(ck Cryptoki) Cryptoki {
+				script = &scriptedCryptoki{Cryptoki: ck}
+				return script
+			}})
+			genDH(t, tok)
+			script.mu.Lock()
+			script.derive, script.sessionInfo, script.derives = c.derive, c.sessionInfo, 0
+			script.mu.Unlock()
+			peer := big.NewInt(4).Bytes()
+			err := tok.Do(context.Background(), "derive", func(s *Session) error {
+				priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+				if err != nil {
+					return err
+				}
+				_, err = s.DeriveDH(priv, peer, 256)
+				return err
+			})
+			switch {
+			case c.fails && !Is(err, pkcs11.CKR_GENERAL_ERROR):
+				t.Errorf("Do = %v, want the call's own CKR_GENERAL_ERROR", err)
+			case c.fails && errors.Is(err, ErrUnavailable):
+				t.Errorf("Do = %v: a failing call took the token down", err)
+			case !c.fails && err != nil:
+				t.Errorf("Do = %v, want recovery", err)
+			}
+			if script.derives != c.calls {
+				t.Errorf("%d DeriveKey calls, want %d", script.derives, c.calls)
+			}
+			if err := tok.Healthy(context.Background()); err != nil {
+				t.Errorf("token not healthy after the faults: %v", err)
+			}
+		})
+	}
+}
+
 func TestMetrics(t *testing.T) {
 	tok, _ := openToken(t, Config{})
 	dh := genDH(t, tok)

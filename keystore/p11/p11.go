@@ -84,14 +84,18 @@ type handleCache struct {
 func (c *handleCache) get(s *hsm.Session, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.ok && c.epoch == s.Epoch() {
+	// The epoch is read before the search: if handles go stale while it
+	// runs, the handle found is filed under the old epoch and found again
+	// next time, never kept as current.
+	epoch := s.Epoch()
+	if c.ok && c.epoch == epoch {
 		return c.h, nil
 	}
 	h, err := s.FindOne(template)
 	if err != nil {
 		return 0, err
 	}
-	c.h, c.epoch, c.ok = h, s.Epoch(), true
+	c.h, c.epoch, c.ok = h, epoch, true
 	return h, nil
 }
 
