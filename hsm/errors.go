@@ -19,7 +19,7 @@ type recovery int
 const (
 	keep       recovery = iota // the error belongs to the operation; the session is fine
 	newSession                 // the session is gone: discard it and retry on another
-	transient                  // the call failed without a reason: retry once on another session
+	transient                  // the call failed without saying why: try it once more
 	relogin                    // the application was logged out: log in and retry
 	reinit                     // the module was finalized: initialize it and retry
 	refind                     // an object handle went stale: find objects again and retry
