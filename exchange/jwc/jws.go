@@ -82,13 +82,7 @@ func signJWS(key *MACKey, hdr string, payload []byte, keyHeader bool) (string, e
 	buf = append(buf, hdr...)
 	buf = append(buf, '.')
 	buf = b64.AppendEncode(buf, payload)
-	var mac [sha512.Size]byte
-	var ok bool
-	if keyHeader {
-		mac, ok = key.sumAfterHeader(buf[len(hdr)+1:])
-	} else {
-		mac, ok = key.sum(buf)
-	}
+	mac, ok := inputMAC(key, buf, len(hdr), keyHeader)
 	if !ok {
 		return "", errors.New("jwc: signing with a session key that was zeroed")
 	}
@@ -155,14 +149,19 @@ func parseJWS(token, what string) (*jws, error) {
 
 // verify checks the MAC under key in constant time.
 func (j *jws) verify(key *MACKey) bool {
-	var mac [sha512.Size]byte
-	var ok bool
-	if j.known {
-		mac, ok = key.sumAfterHeader([]byte(j.signingInput[j.headerLen+1:]))
-	} else {
-		mac, ok = key.sum([]byte(j.signingInput))
-	}
+	mac, ok := inputMAC(key, j.signingInput, j.headerLen, j.known)
 	return ok && hmac.Equal(mac[:], j.mac[:])
+}
+
+// inputMAC is the MAC of a JWS signing input whose header part is hdrLen
+// bytes; known says it is the header part key was made for, whose hashing
+// key has done already. Only the bytes hashed are converted, so a string
+// input costs a copy of its payload part alone.
+func inputMAC[T string | []byte](key *MACKey, input T, hdrLen int, known bool) ([sha512.Size]byte, bool) {
+	if known {
+		return key.sumAfterHeader([]byte(input[hdrLen+1:]))
+	}
+	return key.sum([]byte(input))
 }
 
 // appendString appends s as a JSON string, as encoding/json writes it.
