@@ -324,6 +324,9 @@ func hostileCases() []hostileCase {
 			m.ClientNonce = goodKey(t)
 		})
 	})
+	add("rekey with an empty body, signed as empty", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
+		return f.rekey(func(r *request, _ *wire.ExchangeRequest) { r.body = []byte{} })
+	})
 	add("rekey with Authorization of another scheme", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
 		_, msg, _ := f.sess.NewRekey(rand.Reader, nil)
 		r := f.postJSON(mustJSON(msg))
