@@ -37,9 +37,9 @@ fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzDecodeRequest$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzClientFinish$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzOpenTicket$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
-	$(GO) test ./exchange/ticket -run '^$$' -fuzz '^FuzzSessionUnmarshal$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
-	$(GO) test ./exchange/jwc -run '^$$' -fuzz '^FuzzRequestToken$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
-	$(GO) test ./exchange/wire -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/ticket -run '^$$' -fuzz '^FuzzSessionUnmarshal$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzRequestToken$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 
 # One table from one run: primitives, the server-cost bound, CPU per
 # exchange, throughput and p99 against a local custosd, authenticated vs
@@ -48,12 +48,12 @@ fuzz:
 bench: build
 	$(GO) run ./tests/benchtable -bin bin
 
-# Constant-time evidence (tests/dudect): fixed-vs-random secrets through
+# Constant-time evidence (internal/dudect): fixed-vs-random secrets through
 # B^r, the client's (n + d·c) exponentiation, g^r, the witness check and
 # MAC verification, |t| < 4.5 to pass; and math/big's Exp as a control
 # that must be caught.
 ct:
-	$(GO) test -tags ct -count=1 -run 'ConstantTime' -v ./exchange/... | grep -E '^(=== RUN|--- |\s+ct_test|ok|FAIL|PASS)'
+	$(GO) test -tags ct -count=1 -run 'ConstantTime' -v ./exchange/... ./internal/... | grep -E '^(=== RUN|--- |\s+ct_test|ok|FAIL|PASS)'
 
 bench-micro:
 	$(GO) test -run '^$$' -bench . -benchmem ./exchange/...

@@ -24,8 +24,8 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // WellKnown is the path of the jwcexchange endpoint.

@@ -8,8 +8,8 @@ import (
 	"os"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // keyFile is the on-disk form of a credential.

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/internal/jwc"
 )
 
 // echoSigner answers every request as the service would: 200, a small

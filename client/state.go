@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 // State keeps what a client learns across runs: the service credential it

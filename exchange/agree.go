@@ -5,7 +5,7 @@ import (
 	"crypto/sha512"
 	"errors"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 )
 
 // Transcript labels (SPEC §3, §7).

@@ -3,7 +3,7 @@ package exchange
 import (
 	"slices"
 
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // Algorithm identifiers (JOSE names).

@@ -6,7 +6,7 @@ import (
 	"math/big"
 	"testing"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/keystore"
 )
 

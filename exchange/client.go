@@ -7,9 +7,9 @@ import (
 	"io"
 	"slices"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // ClientKey is a client's long-term credential.

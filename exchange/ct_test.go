@@ -7,8 +7,8 @@ import (
 	"math"
 	"testing"
 
-	"github.com/custos-kx/custos/exchange/wire"
-	"github.com/custos-kx/custos/tests/dudect"
+	"github.com/custos-kx/custos/internal/dudect"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // TestConstantTimeWitness checks the client's witness comparison: a right

@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/udf"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/udf"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
 )
 

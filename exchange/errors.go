@@ -6,8 +6,8 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // Code is an error code of SPEC §2, sent as the Error member of a response.

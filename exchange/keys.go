@@ -4,8 +4,8 @@ import (
 	"crypto/subtle"
 	"fmt"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // ParseKey checks a received PublicKeyDH in the order SPEC §1 fixes —

@@ -10,8 +10,8 @@ import (
 
 	"golang.org/x/crypto/hkdf"
 
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // WitnessSize is the length of the witness, an HMAC-SHA-256.

@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // seedMessages returns the JSON bodies of testdata/jwcexchange-example.md with

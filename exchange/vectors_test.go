@@ -11,9 +11,9 @@ import (
 	"os"
 	"testing"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
 )
 

@@ -16,7 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/softhsm"
 )
 

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 // authn is an authenticated request: its session and what it claimed. The

@@ -6,8 +6,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 // ticketCache holds opened tickets so that a session's requests after the

@@ -4,7 +4,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 func session(b byte) *ticket.Session {

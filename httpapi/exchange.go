@@ -8,11 +8,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/wire"
-	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 func readAll(r io.Reader) ([]byte, error) {

@@ -22,7 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
 )
 

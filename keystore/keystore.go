@@ -11,7 +11,7 @@ import (
 	"errors"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 )
 
 // Keystore holds the service's private keys and performs the operations that

@@ -10,8 +10,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 // Software is a Keystore whose keys live in process memory. It exists so

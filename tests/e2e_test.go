@@ -18,9 +18,9 @@ import (
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/wire"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/tests/pgtest"
 )
 

@@ -18,12 +18,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/wire"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
-	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore/p11"
 	"github.com/custos-kx/custos/softhsm"
 )

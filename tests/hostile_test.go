@@ -19,12 +19,12 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/udf"
-	"github.com/custos-kx/custos/exchange/wire"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/udf"
+	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
 )
 

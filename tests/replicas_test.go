@@ -15,9 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/httpapi/accounts"
 	"github.com/custos-kx/custos/softhsm"
 	"github.com/custos-kx/custos/tests/pgtest"
 )

@@ -15,7 +15,7 @@ import (
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/client/bench"
-	"github.com/custos-kx/custos/exchange/jwc"
+	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/softhsm"
 )
 

@@ -22,7 +22,7 @@ import (
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // Kinds of load.

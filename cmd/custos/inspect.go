@@ -10,9 +10,9 @@ import (
 	"strings"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/udf"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/udf"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 func cmdInspect(args []string, stdin io.Reader, stdout, stderr io.Writer) int {

@@ -10,9 +10,9 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/wire"
-	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) error {

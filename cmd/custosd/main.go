@@ -17,9 +17,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/cmd/internal/cli"
 	"github.com/custos-kx/custos/hsm"
-	"github.com/custos-kx/custos/httpapi/accounts"
 	"github.com/custos-kx/custos/keystore/p11"
 )
 

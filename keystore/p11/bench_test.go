@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kx/custos/exchange/group"
 	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/softhsm"
 )

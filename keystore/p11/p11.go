@@ -22,9 +22,9 @@ import (
 
 	"github.com/miekg/pkcs11"
 
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
 	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore"
 )
 

@@ -14,9 +14,9 @@ import (
 	"github.com/miekg/pkcs11"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/ticket"
 	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/softhsm"
 )

@@ -22,13 +22,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/exchange/group"
-	"github.com/custos-kx/custos/exchange/jwc"
-	"github.com/custos-kx/custos/exchange/ticket"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
-	"github.com/custos-kx/custos/httpapi/accounts"
+	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore/p11"
 	"github.com/custos-kx/custos/softhsm"
 )

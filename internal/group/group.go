@@ -15,7 +15,7 @@ import (
 
 	"filippo.io/bigmod"
 
-	"github.com/custos-kx/custos/exchange/udf"
+	"github.com/custos-kx/custos/internal/udf"
 )
 
 // Size is the length in bytes of a group element in big-endian form.

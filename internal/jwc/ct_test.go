@@ -8,7 +8,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/custos-kx/custos/tests/dudect"
+	"github.com/custos-kx/custos/internal/dudect"
 )
 
 // TestConstantTimeMAC checks request MAC verification: a token with its

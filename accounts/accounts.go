@@ -22,7 +22,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 )
 
 // Account is one registered account.

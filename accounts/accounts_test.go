@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/custos-kx/custos/exchange/group"
+	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/tests/pgtest"
 )
 

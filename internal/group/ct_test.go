@@ -7,7 +7,7 @@ import (
 	"math/big"
 	"testing"
 
-	"github.com/custos-kx/custos/tests/dudect"
+	"github.com/custos-kx/custos/internal/dudect"
 )
 
 // make ct: the secret-dependent exponentiations, fixed against random

@@ -4,7 +4,7 @@ import (
 	"crypto/subtle"
 	"math/big"
 
-	"github.com/custos-kx/custos/exchange/udf"
+	"github.com/custos-kx/custos/internal/udf"
 )
 
 // Element is a validated public value: 2 ≤ y ≤ p−2 and y is in the order-q

@@ -19,8 +19,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 
-	"github.com/custos-kx/custos/exchange/ticket"
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // Token types (the JWS typ header).

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/custos-kx/custos/exchange/wire"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // Compact HS512 JWS, the only JWS jwc uses, is done here rather than by
