@@ -24,12 +24,11 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/wire"
 )
 
 // WellKnown is the path of the jwcexchange endpoint.
-const WellKnown = "/.well-known/jwcexchange/"
+const WellKnown = exchange.WellKnown
 
 // Transport authenticates requests with a jwcexchange session.
 type Transport struct {
@@ -177,9 +176,7 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 		return nil, err
 	}
 	body, _ := json.Marshal(msg)
-	token, err := jwc.SignOnce(sess.RK[:], sess.Ticket, jwc.TypeRekey, &jwc.Claims{
-		Method: http.MethodPost, Target: WellKnown, IssuedAt: t.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body),
-	})
+	token, err := sess.SignRekey(body, t.Now())
 	if err != nil {
 		return nil, err
 	}
@@ -210,7 +207,7 @@ func (t *Transport) post(ctx context.Context, origin string, msg *wire.ExchangeR
 
 // SendExchange posts an encoded ExchangeRequest to the jwcexchange endpoint
 // of origin through rt and decodes the answer; a refusal is a
-// *ServiceError. auth, if set, is the JWS of a rekey.
+// *ServiceError. auth, if set, is the Authorization of a rekey.
 func SendExchange(ctx context.Context, rt http.RoundTripper, origin string, body []byte, auth string) (*wire.ExchangeResponse, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, origin+WellKnown, bytes.NewReader(body))
 	if err != nil {
@@ -218,7 +215,7 @@ func SendExchange(ctx context.Context, rt http.RoundTripper, origin string, body
 	}
 	req.Header.Set("Content-Type", "application/json")
 	if auth != "" {
-		req.Header.Set("Authorization", jwc.Scheme+" "+auth)
+		req.Header.Set("Authorization", auth)
 	}
 	resp, err := rt.RoundTrip(req)
 	if err != nil {
@@ -263,7 +260,7 @@ func (t *Transport) acquire(ctx context.Context, origin string, refused *session
 	if err != nil {
 		return nil, err
 	}
-	t.State.hold(sess)
+	sess.Hold()
 	return sess, nil
 }
 
@@ -285,7 +282,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		return nil, err
 	}
 	resp, err := t.send(req, body, sess)
-	t.State.release(sess)
+	sess.Release()
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +295,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			if sess, err = t.acquire(req.Context(), o, sess); err != nil {
 				return nil, err
 			}
-			defer t.State.release(sess)
+			defer sess.Release()
 			return t.send(req, body, sess)
 		}
 	}
@@ -320,29 +317,19 @@ func AuthError(resp *http.Response) string {
 // send signs (and encrypts) one request and verifies (and decrypts) its response.
 func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.Response, error) {
 	req := orig.Clone(orig.Context())
-	wireBody := body
-	if t.Encrypt {
-		enc, err := jwc.Encrypt(sess.EK[:], sess.Ticket, body)
-		if err != nil {
-			return nil, err
-		}
-		wireBody = []byte(enc)
-		req.Header.Set("Content-Type", "application/jose")
-	}
-	claims := &jwc.Claims{
-		Method: req.Method, Target: req.URL.RequestURI(), IssuedAt: t.Now().Unix(),
-		ID: jwc.NewID(), BodyHash: jwc.BodyHash(wireBody),
-	}
-	token, err := sess.signer.Sign(claims)
+	out, err := sess.SignRequest(req.Method, req.URL.RequestURI(), body, t.Encrypt, t.Now())
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Authorization", jwc.Scheme+" "+token)
+	if out.Encrypted {
+		req.Header.Set("Content-Type", "application/jose")
+	}
+	req.Header.Set("Authorization", out.Authorization)
 	// http.NoBody, not an empty reader: net/http would otherwise probe the
 	// body for its length on every request (a goroutine and a timer each).
 	req.Body, req.ContentLength = http.NoBody, 0
-	if len(wireBody) > 0 {
-		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(wireBody)), int64(len(wireBody))
+	if len(out.Body) > 0 {
+		req.Body, req.ContentLength = io.NopCloser(bytes.NewReader(out.Body)), int64(len(out.Body))
 	}
 	resp, err := t.Base.RoundTrip(req)
 	if err != nil {
@@ -353,29 +340,12 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 	if err != nil {
 		return nil, err
 	}
-	sig := resp.Header.Get("JWC-Signature")
-	if sig == "" {
-		// Refusals by the service's middleware are not signed: no session
-		// key vouches for them, so they are only ever errors.
-		if resp.StatusCode < 400 {
-			return nil, errors.New("client: the response is not signed; it did not come through the service's authentication")
-		}
-		resp.Body = io.NopCloser(bytes.NewReader(respBody))
-		return resp, nil
-	}
-	rc, err := jwc.VerifyResponse(sess.signer.Key(), sig)
+	jose := resp.Header.Get("Content-Type") == "application/jose"
+	respBody, err = out.CheckResponse(resp.StatusCode, resp.Header.Get("JWC-Signature"), respBody, jose)
 	if err != nil {
 		return nil, fmt.Errorf("client: %w", err)
 	}
-	if rc.ID != claims.ID || rc.Status != resp.StatusCode || rc.BodyHash != jwc.BodyHash(respBody) {
-		return nil, errors.New("client: the response signature does not match the response (request id, status or body)")
-	}
-	if resp.Header.Get("Content-Type") == "application/jose" {
-		pt, err := jwc.Decrypt(sess.EK[:], sess.Ticket, string(respBody))
-		if err != nil {
-			return nil, fmt.Errorf("client: %w", err)
-		}
-		respBody = pt
+	if jose {
 		resp.Header.Del("Content-Type")
 	}
 	resp.Body = io.NopCloser(bytes.NewReader(respBody))

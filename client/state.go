@@ -12,7 +12,6 @@ import (
 
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/group"
-	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/ticket"
 )
 
@@ -33,43 +32,10 @@ type session struct {
 	*exchange.Session
 	Renewed   time.Time // last exchange or rekey: the session's start
 	Exchanged time.Time // last exchange: the rekey window's start
-
-	// What every request of the session signs with, made once: AK
-	// prepared for HS512 and the tokens' header part.
-	signer *jwc.Signer
-
-	// A replaced session is zeroed only when the last request signed
-	// with it has verified its response; State.mu guards these.
-	users   int
-	retired bool
 }
 
 func newSession(s *exchange.Session, renewed, exchanged time.Time) *session {
-	return &session{Session: s, Renewed: renewed, Exchanged: exchanged,
-		signer: jwc.NewSigner(s.AK[:], s.Ticket, jwc.TypeRequest)}
-}
-
-// Zero clears the session's keys.
-func (s *session) Zero() {
-	s.Session.Zero()
-	s.signer.Zero()
-}
-
-// hold marks sess as in use by one request.
-func (s *State) hold(sess *session) {
-	s.mu.Lock()
-	sess.users++
-	s.mu.Unlock()
-}
-
-// release ends one use of sess, zeroing it if it was replaced meanwhile.
-func (s *State) release(sess *session) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sess.users--
-	if sess.retired && sess.users == 0 {
-		sess.Zero()
-	}
+	return &session{Session: s, Renewed: renewed, Exchanged: exchanged}
 }
 
 type storedSession struct {
@@ -165,10 +131,7 @@ func (s *State) setSession(origin string, sess *session) error {
 		return err
 	}
 	if old := s.sessions[origin]; old != nil && old != sess {
-		old.retired = true
-		if old.users == 0 {
-			old.Zero()
-		}
+		old.Retire() // zeroed when the last request signed with it is done
 	}
 	if sess == nil {
 		delete(s.sessions, origin)

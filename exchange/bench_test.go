@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore"
 )
 
@@ -84,7 +85,7 @@ func BenchmarkSoftwareSeal(b *testing.B) {
 	ks, _ := keystore.NewSoftware(nil)
 	pt := make([]byte, 260)
 	for b.Loop() {
-		ks.Seal(context.Background(), pt)
+		ticket.Seal(context.Background(), ks, rand.Reader, pt)
 	}
 }
 

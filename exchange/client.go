@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 )
@@ -129,7 +131,10 @@ func witnessOK(wk []byte, resp *wire.ExchangeResponse, suite Suite, offer []wire
 	return hmac.Equal(witness(wk, resp.Ticket, suite, offer), resp.Witness)
 }
 
-// Session is a client's view of an established session.
+// Session is a client's view of an established session. Sign requests
+// with SignRequest; a session shared by concurrent requests is held by
+// each (Hold, Release) so that replacing it (Retire) zeroes its keys only
+// when the last is done.
 type Session struct {
 	Ticket []byte
 	Suite  Suite
@@ -137,13 +142,26 @@ type Session struct {
 	// rekeyed session keeps the one of the session it came from.
 	ServerCredential *group.Element
 	AK, EK, RK       [ticket.KeySize]byte
+
+	mu     sync.Mutex
+	signer *jwc.Signer // made on first use, from AK and Ticket
+	lease  lease
 }
 
 // Zero overwrites the session keys.
 func (s *Session) Zero() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.zeroLocked()
+}
+
+func (s *Session) zeroLocked() {
 	clear(s.AK[:])
 	clear(s.EK[:])
 	clear(s.RK[:])
+	if s.signer != nil {
+		s.signer.Zero()
+	}
 }
 
 // PendingRekey is a rekey request sent and not yet answered.

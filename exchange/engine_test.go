@@ -24,7 +24,7 @@ func newServer(t testing.TB) (*Server, *keystore.Software) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Server{Keystore: ks}, ks
+	return &Server{Keystore: ks, Accounts: enabledAccounts{}}, ks
 }
 
 // exchangeOnce runs a whole exchange through the engines, as bytes on the wire.
@@ -64,23 +64,26 @@ func mustRecode(t testing.TB, in, out any) {
 	}
 }
 
+// enabledAccounts is a registry in which every account is enabled.
+type enabledAccounts struct{}
+
+func (enabledAccounts) Disabled(context.Context, string) (bool, error) { return false, nil }
+
 func rekeyOnce(t testing.TB, srv *Server, sess *Session) *Session {
 	t.Helper()
 	pending, reqMsg, err := sess.NewRekey(rand.Reader, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var decoded wire.ExchangeRequest
-	mustRecode(t, reqMsg, &decoded)
-	req, err := ParseRekeyRequest(&decoded)
+	body, err := json.Marshal(reqMsg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	old, err := srv.OpenTicket(context.Background(), sess.Ticket)
+	auth, err := sess.SignRekey(body, srv.now())
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := srv.Rekey(context.Background(), req, old, sess.Ticket)
+	resp, _, err := srv.Rekey(context.Background(), &SignedRequest{Method: "POST", Target: WellKnown, Authorization: auth, Body: body}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +100,7 @@ func rekeyOnce(t testing.TB, srv *Server, sess *Session) *Session {
 // same keys as the client.
 func assertAgree(t testing.TB, srv *Server, sess *Session, generation uint32) {
 	t.Helper()
-	st, err := srv.OpenTicket(context.Background(), sess.Ticket)
+	st, err := srv.openTicket(context.Background(), sess.Ticket)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +139,7 @@ func TestSessionFields(t *testing.T) {
 	srv.SessionLifetime = 10 * time.Minute
 	key, _ := GenerateClientKey(rand.Reader)
 	sess, resp := exchangeOnce(t, srv, key, []wire.Suite{{Encryption: []string{"A128GCM", A256CBCHS512}, Authentication: []string{HS512}}})
-	st, _ := srv.OpenTicket(context.Background(), sess.Ticket)
+	st, _ := srv.openTicket(context.Background(), sess.Ticket)
 	if st.CredentialKID != key.Public().KeyID() || !st.IssuedAt.Equal(now) ||
 		!st.Expires.Equal(now.Add(10*time.Minute)) || !st.RekeyExpires.Equal(now.Add(DefaultRekeyWindow)) ||
 		st.Encryption != A256CBCHS512 || st.Authentication != HS512 {
@@ -148,7 +151,7 @@ func TestSessionFields(t *testing.T) {
 	}
 	now = now.Add(time.Hour)
 	next := rekeyOnce(t, srv, sess)
-	st2, _ := srv.OpenTicket(context.Background(), next.Ticket)
+	st2, _ := srv.openTicket(context.Background(), next.Ticket)
 	if !st2.RekeyExpires.Equal(st.RekeyExpires) || !st2.Expires.Equal(now.Add(10*time.Minute)) {
 		t.Fatal("a rekey must keep the rekey window of the exchange and renew the session")
 	}
@@ -385,12 +388,12 @@ func TestOpenTicketRefusals(t *testing.T) {
 	for i := range sess.Ticket {
 		bad := append([]byte(nil), sess.Ticket...)
 		bad[i] ^= 0x40
-		if _, err := srv.OpenTicket(context.Background(), bad); AsError(err).Code != BadAuthentication {
+		if _, err := srv.openTicket(context.Background(), bad); AsError(err).Code != BadAuthentication {
 			t.Fatalf("flipped byte %d: %v", i, err)
 		}
 	}
 	for _, bad := range [][]byte{nil, {1}, sess.Ticket[:ticket.HeaderSize+ticket.TagSize-1]} {
-		if _, err := srv.OpenTicket(context.Background(), bad); AsError(err).Code != BadAuthentication {
+		if _, err := srv.openTicket(context.Background(), bad); AsError(err).Code != BadAuthentication {
 			t.Fatalf("short ticket: %v", err)
 		}
 	}

@@ -3,7 +3,6 @@ package exchange
 import (
 	"errors"
 	"fmt"
-	"net/http"
 	"time"
 
 	"github.com/custos-kx/custos/internal/group"
@@ -26,28 +25,32 @@ const (
 	KidMismatch          Code = "KidMismatch"
 	UnsupportedDomain    Code = "UnsupportedDomain"
 	RateLimited          Code = "RateLimited"
+	Internal             Code = "Internal"
 	KeystoreUnavailable  Code = "KeystoreUnavailable"
+	RegistryUnavailable  Code = "RegistryUnavailable"
 )
 
 // Status returns the HTTP status the code is sent with.
 func (c Code) Status() int {
 	switch c {
 	case Malformed, NoCommonAlgorithm:
-		return http.StatusBadRequest
+		return 400
 	case BadAuthentication, TicketExpired:
-		return http.StatusUnauthorized
+		return 401
 	case UnknownCredential, AccountDisabled:
-		return http.StatusForbidden
+		return 403
 	case TooLarge:
-		return http.StatusRequestEntityTooLarge
+		return 413
 	case UnsupportedMediaType:
-		return http.StatusUnsupportedMediaType
+		return 415
 	case InvalidPublicKey, KidMismatch, UnsupportedDomain:
-		return http.StatusUnprocessableEntity
+		return 422
 	case RateLimited:
-		return http.StatusTooManyRequests
+		return 429
+	case KeystoreUnavailable, RegistryUnavailable:
+		return 503
 	default:
-		return http.StatusServiceUnavailable
+		return 500
 	}
 }
 
@@ -57,8 +60,8 @@ func (c Code) Status() int {
 type Error struct {
 	Code        Code
 	Description string
-	// RetryAfter, for RateLimited and KeystoreUnavailable, is when to try
-	// again; zero means a second.
+	// RetryAfter, for RateLimited and the 503s, is when to try again;
+	// zero means a second.
 	RetryAfter time.Duration
 	cause      error
 }
@@ -78,9 +81,10 @@ func (e *Error) Response() *wire.ExchangeResponse {
 	return &wire.ExchangeResponse{Status: e.Code.Status(), StatusDescription: e.Description, Error: string(e.Code)}
 }
 
-// AsError converts any error into the *Error to send. Errors that are not
-// already refusals of the input are reported as the keystore being
-// unavailable, with their cause kept for the log.
+// AsError converts any error into the *Error to send. Refusals of the
+// input keep their code; the keystore's unavailability is 503
+// KeystoreUnavailable; anything else is a fault of the service, 500
+// Internal, which says nothing of its cause (Unwrap keeps it for the log).
 func AsError(err error) *Error {
 	var e *Error
 	if errors.As(err, &e) {
@@ -94,5 +98,19 @@ func AsError(err error) *Error {
 	if errors.As(err, &ie) {
 		return &Error{Code: InvalidPublicKey, Description: "A public key was refused: " + ie.Reason + ".", cause: err}
 	}
-	return &Error{Code: KeystoreUnavailable, Description: "The service's key store is not available; try again shortly.", cause: err}
+	if errors.Is(err, ErrKeystoreUnavailable) {
+		return &Error{Code: KeystoreUnavailable, Description: "The service's key store is not available; try again shortly.", cause: err}
+	}
+	return &Error{Code: Internal, Description: "The service failed to answer this request; its operator can find the cause in the service's log.", cause: err}
+}
+
+// Unexpected reports whether e is a failure of the service (500) or of
+// what it depends on (503) rather than a refusal of the input: the kind an
+// operator must see in the log, with its cause.
+func (e *Error) Unexpected() bool { return e.Code.Status() >= 500 }
+
+// RegistryError is the refusal sent when the account registry (or another
+// store the service shares with its replicas) cannot answer.
+func RegistryError(cause error) *Error {
+	return &Error{Code: RegistryUnavailable, Description: "The account registry is not available; try again shortly.", cause: cause}
 }

@@ -72,7 +72,7 @@ func FuzzOpenTicket(f *testing.F) {
 	f.Add([]byte{1})
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, tkt []byte) {
-		s, err := srv.OpenTicket(context.Background(), tkt)
+		s, err := srv.openTicket(context.Background(), tkt)
 		if err == nil {
 			if string(tkt) != string(resp.Ticket) || s.Account == "" {
 				t.Fatalf("a ticket the service did not seal opened: %x", tkt)

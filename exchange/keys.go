@@ -24,17 +24,9 @@ func ParseKey(k *wire.PublicKey, role string) (*group.Element, error) {
 		return nil, Errorf(InvalidPublicKey, "The %s key's Public value was refused: %s.", role, err.(*group.InvalidError).Reason)
 	}
 	if kid := e.KeyID(); k.KID != kid {
-		return nil, Errorf(KidMismatch, "The %s key's kid %q does not match its Public value, whose kid is %s.", role, clip(k.KID), kid)
+		return nil, Errorf(KidMismatch, "The %s key's kid %q does not match its Public value, whose kid is %s.", role, wire.Clip(k.KID), kid)
 	}
 	return e, nil
-}
-
-// clip shortens a client-supplied string before it is echoed in an error.
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
 }
 
 // EncodeKey returns the PublicKeyDH object for e, with its kid.

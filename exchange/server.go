@@ -5,12 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
-	"github.com/custos-kx/custos/keystore"
 )
 
 // Default session lifetimes (SPEC §5).
@@ -19,19 +20,53 @@ const (
 	DefaultRekeyWindow     = 7 * 24 * time.Hour
 )
 
-// Server is the service side of the exchange. It holds no session state:
-// everything a session needs is in its ticket.
+// Server is the service side of the protocol: the exchange, rekeys, the
+// verification of requests made under a session, and discovery. It keeps
+// no state a replica must share: everything a session needs is in its
+// ticket, and what it holds in memory (opened tickets, recent jtis, account
+// status) is a cache.
 type Server struct {
-	Keystore keystore.Keystore
+	Keystore Keystore
+	// Accounts is checked by every verified request and rekey.
+	Accounts Accounts
 	// SessionLifetime is how long a session's keys authenticate requests.
 	SessionLifetime time.Duration
 	// RekeyWindow is how long after the exchange a session can be rekeyed;
 	// after it the client must exchange again with its credential.
 	RekeyWindow time.Duration
+	// TicketCacheSize bounds the opened tickets held in memory (default
+	// 100,000; negative holds none).
+	TicketCacheSize int
+	// StatusTTL is how long an account's enabled/disabled status is
+	// trusted (default 10 s).
+	StatusTTL time.Duration
 	// Now and Rand default to time.Now and crypto/rand.
 	Now  func() time.Time
 	Rand io.Reader
+
+	once    sync.Once
+	tickets *ticketCache
+	replays *replayCache
+	status  *statusCache
 }
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		size := s.TicketCacheSize
+		if size == 0 {
+			size = 100_000
+		}
+		ttl := s.StatusTTL
+		if ttl <= 0 {
+			ttl = 10 * time.Second
+		}
+		s.tickets = newTicketCache(size)
+		s.replays = newReplayCache()
+		s.status = &statusCache{ttl: ttl, entries: map[string]statusEntry{}}
+	})
+}
+
+var errNoAccounts = errors.New("exchange: Server.Accounts is not set")
 
 func (s *Server) now() time.Time {
 	if s.Now != nil {
@@ -102,10 +137,39 @@ func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*w
 	return resp, nil
 }
 
-// Rekey answers a validated rekey request for the session in old, whose
-// ticket was oldTicket. The caller has checked the request's signature under
-// old.RK and that the rekey window is open. It costs one seal.
-func (s *Server) Rekey(ctx context.Context, req *RekeyRequest, old *ticket.Session, oldTicket []byte) (*wire.ExchangeResponse, error) {
+// Rekey answers a rekey request (SPEC §7): it verifies the request's
+// token under the old session's RK, that the rekey window is open and that
+// the account may still use it, then admit(account) (a rate limit, say;
+// nil admits all), then parses the body. It costs one seal. The session
+// names the account and credential once the old ticket opened, also when
+// the rekey is refused after that.
+func (s *Server) Rekey(ctx context.Context, r *SignedRequest, admit func(account string) error) (*wire.ExchangeResponse, SessionInfo, error) {
+	v, err := s.verify(ctx, r, jwc.TypeRekey)
+	if err != nil {
+		return nil, SessionInfo{}, err
+	}
+	defer v.Done()
+	info := v.Session()
+	if admit != nil {
+		if err := admit(info.Account); err != nil {
+			return nil, info, err
+		}
+	}
+	var msg wire.ExchangeRequest
+	if err := wire.Unmarshal(r.Body, &msg); err != nil {
+		return nil, info, err
+	}
+	req, err := ParseRekeyRequest(&msg)
+	if err != nil {
+		return nil, info, err
+	}
+	resp, err := s.rekey(ctx, req, v.entry.sess, v.sessionTicket())
+	return resp, info, err
+}
+
+// rekey answers a validated rekey request for the session in old, whose
+// ticket was oldTicket and whose RK signed the request.
+func (s *Server) rekey(ctx context.Context, req *RekeyRequest, old *ticket.Session, oldTicket []byte) (*wire.ExchangeResponse, error) {
 	r, err := group.GenerateScalar(s.rand())
 	if err != nil {
 		return nil, err
@@ -148,7 +212,7 @@ func (s *Server) seal(ctx context.Context, sess *ticket.Session) ([]byte, error)
 		return nil, err
 	}
 	defer clear(pt)
-	return s.Keystore.Seal(ctx, pt)
+	return ticket.Seal(ctx, s.Keystore, s.rand(), pt)
 }
 
 func success(t, w []byte, rPub *group.Element, suite Suite) *wire.ExchangeResponse {
@@ -163,21 +227,17 @@ func success(t, w []byte, rPub *group.Element, suite Suite) *wire.ExchangeRespon
 	}
 }
 
-// OpenTicket opens a ticket and returns its session. It does not check
-// expiry: that depends on what the ticket is used for. A ticket that does not
-// open is BadAuthentication; a keystore failure is returned as it is.
-func (s *Server) OpenTicket(ctx context.Context, t []byte) (*ticket.Session, error) {
-	pt, err := s.Keystore.Open(ctx, t)
-	if errors.Is(err, ticket.ErrInvalid) {
-		return nil, Errorf(BadAuthentication, "The session ticket is not valid for this service; run a new exchange.")
-	}
+// Describe returns the discovery document (SPEC §8).
+func (s *Server) Describe(ctx context.Context) (*wire.ServiceDescription, error) {
+	x, err := s.Keystore.Credential(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer clear(pt)
-	sess := new(ticket.Session)
-	if err := sess.UnmarshalBinary(pt); err != nil {
-		return nil, Errorf(BadAuthentication, "The session ticket is not valid for this service; run a new exchange.")
-	}
-	return sess, nil
+	domain := group.Domain()
+	return &wire.ServiceDescription{
+		ServerCredential: EncodeKey(x),
+		Domain:           domain[:],
+		Encryption:       Supported.Encryption,
+		Authentication:   Supported.Authentication,
+	}, nil
 }

@@ -6,12 +6,9 @@ import (
 	"fmt"
 
 	"github.com/miekg/pkcs11"
-)
 
-// ErrUnavailable is returned, wrapped, whenever the token cannot be used:
-// it is unreachable, its sessions keep failing, or the pool is closed. Callers
-// answer 503 and retry later; the wrapped cause is for logs only.
-var ErrUnavailable = errors.New("hsm: token unavailable")
+	"github.com/custos-kx/custos/exchange"
+)
 
 // recovery is what the pool does after an operation failed.
 type recovery int
@@ -76,17 +73,21 @@ func reason(err error) string {
 		return "deadline"
 	case errors.Is(err, context.Canceled):
 		return "canceled"
-	case errors.Is(err, ErrUnavailable):
+	case errors.Is(err, exchange.ErrKeystoreUnavailable):
 		return "unavailable"
 	}
 	return "other"
 }
 
+// unavailable wraps the cause of an outage in the one sentinel callers
+// test for, exchange.ErrKeystoreUnavailable: the token is unreachable, its
+// sessions keep failing, it has no session to lend in time, or the pool is
+// closed. Callers answer 503 and retry later; the cause is for logs only.
 func unavailable(cause error) error {
-	if errors.Is(cause, ErrUnavailable) {
+	if errors.Is(cause, exchange.ErrKeystoreUnavailable) {
 		return cause
 	}
-	return fmt.Errorf("%w: %v", ErrUnavailable, cause)
+	return fmt.Errorf("%w: %v", exchange.ErrKeystoreUnavailable, cause)
 }
 
 // Is reports whether err is the PKCS#11 return value code.

@@ -6,7 +6,7 @@
 // The pool heals itself without a restart. A session that dies is replaced;
 // a logout triggers a login; a finalized module is initialised again and
 // object handles are found again. While the token does not answer, calls fail
-// at once with ErrUnavailable, and one call at a time probes it again.
+// at once with an error wrapping exchange.ErrKeystoreUnavailable, and one call at a time probes it again.
 //
 // This is the only package that talks to PKCS#11 (through cgo).
 package hsm
@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/custos-kx/custos/exchange"
 )
 
 // Config says which token to use and how.
@@ -244,22 +246,17 @@ type Session struct {
 	s *session
 }
 
-// Handle returns the raw PKCS#11 session handle.
-func (s *Session) Handle() pkcs11.SessionHandle { return s.s.h }
-
 // Epoch identifies the period in which object handles stay valid: it
 // changes when the module is initialised again or a handle was found stale.
 // Callers that cache handles key them by it.
 func (s *Session) Epoch() uint64 { return s.t.epoch.Load() }
 
-// Cryptoki returns the module's calls, to use with Handle.
-func (s *Session) Cryptoki() Cryptoki { return s.t.ck }
-
 // Do runs fn on a session of its own and records its duration and errors
 // under op. Failures of the session, the login or the module are recovered
 // from and fn is tried again, up to twice; errors that belong to the
 // operation itself are returned as they are. If the token cannot be
-// reached, Do returns an error wrapping ErrUnavailable without waiting.
+// reached, Do returns an error wrapping exchange.ErrKeystoreUnavailable
+// without waiting.
 //
 // fn must not call Do: it would hold two sessions, and a full pool deadlocks.
 func (t *Token) Do(ctx context.Context, op string, fn func(*Session) error) error {
@@ -378,7 +375,7 @@ func (t *Token) acquire(ctx context.Context) (*session, error) {
 				sessionsGauge.WithLabelValues("busy").Inc()
 				return s, nil
 			case <-ctx.Done():
-				return nil, ctx.Err()
+				return nil, fmt.Errorf("%w: no session free in time: %w", exchange.ErrKeystoreUnavailable, ctx.Err())
 			}
 		}
 		sessionsGauge.WithLabelValues("idle").Dec()
@@ -432,15 +429,15 @@ func (t *Token) admit() error {
 	defer t.mu.Unlock()
 	switch {
 	case t.closed:
-		return fmt.Errorf("%w: closed", ErrUnavailable)
+		return unavailable(errors.New("closed"))
 	case t.up:
 		return nil
 	case t.probing || time.Now().Before(t.nextTry):
-		return fmt.Errorf("%w: %v", ErrUnavailable, t.lastDown)
+		return unavailable(t.lastDown)
 	}
 	t.probing = true
 	go t.probe()
-	return fmt.Errorf("%w: %v", ErrUnavailable, t.lastDown)
+	return unavailable(t.lastDown)
 }
 
 // markDown records an outage: calls fail fast until a probe succeeds.
@@ -475,7 +472,7 @@ func (t *Token) probe() {
 	t.probing = false
 	if err == nil && t.closed {
 		t.ck.CloseSession(s.h)
-		err = ErrUnavailable
+		err = unavailable(errors.New("closed"))
 	}
 	if err != nil {
 		t.lastDown = err
@@ -515,7 +512,7 @@ func (t *Token) discard(s *session) {
 // costs one cheap call on an idle session.
 func (t *Token) Healthy(ctx context.Context) error {
 	return t.Do(ctx, "health", func(s *Session) error {
-		_, err := s.Cryptoki().GetSessionInfo(s.Handle())
+		_, err := s.t.ck.GetSessionInfo(s.s.h)
 		return err
 	})
 }

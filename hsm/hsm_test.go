@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/miekg/pkcs11"
+
+	"github.com/custos-kx/custos/exchange"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
@@ -36,8 +38,8 @@ var dhParams = DHParams{Prime: group.P().Bytes(), Base: []byte{group.Generator},
 
 type dhKey struct {
 	public []byte
-	pub    pkcs11.ObjectHandle
-	priv   pkcs11.ObjectHandle
+	pub    Object
+	priv   Object
 }
 
 func genDH(t *testing.T, tok *Token) dhKey {
@@ -53,9 +55,9 @@ func genDH(t *testing.T, tok *Token) dhKey {
 	return k
 }
 
-func genAES(t *testing.T, tok *Token) pkcs11.ObjectHandle {
+func genAES(t *testing.T, tok *Token) Object {
 	t.Helper()
-	var h pkcs11.ObjectHandle
+	var h Object
 	err := tok.Do(context.Background(), "generate", func(s *Session) (err error) {
 		h, err = s.GenerateAESKey("test aes", []byte{2})
 		return err
@@ -94,9 +96,9 @@ func TestPrivateKeysStayInside(t *testing.T) {
 	aes := genAES(t, tok)
 	ctx := context.Background()
 	err := tok.Do(ctx, "test", func(s *Session) error {
-		ck := s.Cryptoki()
+		ck := s.t.ck
 		// A key that may wrap, to try to take the others out with.
-		wrapper, err := ck.GenerateKey(s.Handle(), []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		wrapper, err := ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
 			pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 			pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
 			pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
@@ -106,15 +108,15 @@ func TestPrivateKeysStayInside(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for name, h := range map[string]pkcs11.ObjectHandle{"DH private key": dh.priv, "AES key": aes} {
-			if _, err := s.Attribute(h, pkcs11.CKA_VALUE); !Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+		for name, h := range map[string]Object{"DH private key": dh.priv, "AES key": aes} {
+			if _, err := s.attribute(pkcs11.ObjectHandle(h), pkcs11.CKA_VALUE); !Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
 				t.Errorf("%s: reading CKA_VALUE: %v", name, err)
 			}
 			for _, a := range []*pkcs11.Attribute{
 				pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),
 				pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
 			} {
-				if err := ck.SetAttributeValue(s.Handle(), h, []*pkcs11.Attribute{a}); err == nil {
+				if err := ck.SetAttributeValue(s.s.h, pkcs11.ObjectHandle(h), []*pkcs11.Attribute{a}); err == nil {
 					t.Errorf("%s: attribute 0x%x could be changed", name, a.Type)
 				}
 			}
@@ -123,22 +125,22 @@ func TestPrivateKeysStayInside(t *testing.T) {
 				if mech == pkcs11.CKM_AES_CBC_PAD {
 					m = pkcs11.NewMechanism(mech, make([]byte, 16))
 				}
-				if out, err := ck.WrapKey(s.Handle(), []*pkcs11.Mechanism{m}, wrapper, h); err == nil {
+				if out, err := ck.WrapKey(s.s.h, []*pkcs11.Mechanism{m}, wrapper, pkcs11.ObjectHandle(h)); err == nil {
 					t.Errorf("%s: wrapped out with mechanism 0x%x (%d bytes)", name, mech, len(out))
 				}
 			}
 			// The AES key may not wrap either.
-			if _, err := ck.WrapKey(s.Handle(), []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, aes, wrapper); err == nil {
+			if _, err := ck.WrapKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP, nil)}, pkcs11.ObjectHandle(aes), wrapper); err == nil {
 				t.Error("the sealing key can wrap")
 			}
 		}
 		for _, attr := range []uint{pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE} {
-			if v, err := s.Attribute(dh.priv, attr); err != nil || !bytes.Equal(v, []byte{0}) {
+			if v, err := s.attribute(pkcs11.ObjectHandle(dh.priv), attr); err != nil || !bytes.Equal(v, []byte{0}) {
 				t.Errorf("DH private key attribute 0x%x = %v, %v; want false", attr, v, err)
 			}
 		}
 		for _, attr := range []uint{pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_SIGN, pkcs11.CKA_DERIVE, pkcs11.CKA_EXTRACTABLE} {
-			if v, err := s.Attribute(aes, attr); err != nil || !bytes.Equal(v, []byte{0}) {
+			if v, err := s.attribute(pkcs11.ObjectHandle(aes), attr); err != nil || !bytes.Equal(v, []byte{0}) {
 				t.Errorf("AES key attribute 0x%x = %v, %v; want false", attr, v, err)
 			}
 		}
@@ -180,7 +182,7 @@ func TestDeriveMatchesMathBig(t *testing.T) {
 	}
 	// The derived secrets were session objects and are gone.
 	tok.Do(context.Background(), "find", func(s *Session) error {
-		hs, err := s.FindObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET)})
+		hs, err := s.findObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET)})
 		if err != nil || len(hs) != 0 {
 			t.Errorf("%d derived objects left behind (%v)", len(hs), err)
 		}
@@ -308,8 +310,8 @@ func TestContextDeadlineWhilePoolBusy(t *testing.T) {
 	defer cancel()
 	err := tok.Do(ctx, "wait", func(s *Session) error { return nil })
 	close(hold)
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("err = %v, want deadline exceeded", err)
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, exchange.ErrKeystoreUnavailable) {
+		t.Fatalf("err = %v, want deadline exceeded, the keystore unavailable", err)
 	}
 }
 
@@ -318,11 +320,11 @@ func TestContextDeadlineWhilePoolBusy(t *testing.T) {
 func faultOps(tok *Token) error {
 	peer := new(big.Int).Exp(big.NewInt(2), big.NewInt(987654321), group.P()).Bytes()
 	return tok.Do(context.Background(), "fault", func(s *Session) error {
-		priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+		priv, err := s.FindKey(DHPrivateKey, []byte{1})
 		if err != nil {
 			return err
 		}
-		key, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{2})})
+		key, err := s.FindKey(AESKey, []byte{2})
 		if err != nil {
 			return err
 		}
@@ -351,7 +353,7 @@ func TestRecovery(t *testing.T) {
 		}},
 		{"logout", func(t *testing.T, tok *Token) {
 			tok.Do(context.Background(), "logout", func(s *Session) error {
-				if err := s.Cryptoki().Logout(s.Handle()); err != nil {
+				if err := s.t.ck.Logout(s.s.h); err != nil {
 					t.Fatal(err)
 				}
 				return nil
@@ -441,7 +443,7 @@ func TestUnreachableFailsFastAndRecovers(t *testing.T) {
 	peer := big.NewInt(4).Bytes()
 	derive := func() error {
 		return tok.Do(context.Background(), "derive", func(s *Session) error {
-			priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+			priv, err := s.FindKey(DHPrivateKey, []byte{1})
 			if err != nil {
 				return err
 			}
@@ -455,7 +457,7 @@ func TestUnreachableFailsFastAndRecovers(t *testing.T) {
 	wrapper.mu.Lock()
 	wrapper.down = true
 	wrapper.mu.Unlock()
-	if err := derive(); !errors.Is(err, ErrUnavailable) {
+	if err := derive(); !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("while down: %v", err)
 	}
 	if testutil.ToFloat64(upGauge) != 0 {
@@ -463,7 +465,7 @@ func TestUnreachableFailsFastAndRecovers(t *testing.T) {
 	}
 	start := time.Now()
 	for i := 0; i < 100; i++ {
-		if err := derive(); !errors.Is(err, ErrUnavailable) {
+		if err := derive(); !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 			t.Fatalf("while down: %v", err)
 		}
 	}
@@ -559,7 +561,7 @@ func TestRecoveryChains(t *testing.T) {
 			script.mu.Unlock()
 			peer := big.NewInt(4).Bytes()
 			err := tok.Do(context.Background(), "derive", func(s *Session) error {
-				priv, err := s.FindOne([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, []byte{1})})
+				priv, err := s.FindKey(DHPrivateKey, []byte{1})
 				if err != nil {
 					return err
 				}
@@ -569,7 +571,7 @@ func TestRecoveryChains(t *testing.T) {
 			switch {
 			case c.fails && !Is(err, pkcs11.CKR_GENERAL_ERROR):
 				t.Errorf("Do = %v, want the call's own CKR_GENERAL_ERROR", err)
-			case c.fails && errors.Is(err, ErrUnavailable):
+			case c.fails && errors.Is(err, exchange.ErrKeystoreUnavailable):
 				t.Errorf("Do = %v: a failing call took the token down", err)
 			case !c.fails && err != nil:
 				t.Errorf("Do = %v, want recovery", err)

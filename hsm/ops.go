@@ -9,7 +9,92 @@ import (
 
 // Token operations. Every template sets every usage flag explicitly:
 // SoftHSM's defaults are permissive (an AES key may WRAP, UNWRAP and SIGN
-// unless told otherwise).
+// unless told otherwise). Callers name keys by kind and CKA_ID; the
+// PKCS#11 classes, types and attributes stay in this package.
+
+// Object is a handle to a token object. It is valid while the session's
+// Epoch is unchanged.
+type Object pkcs11.ObjectHandle
+
+// KeyKind is a kind of key object Custos keeps in a token.
+type KeyKind int
+
+const (
+	DHPrivateKey KeyKind = iota + 1
+	DHPublicKey
+	AESKey
+)
+
+func (k KeyKind) template() []*pkcs11.Attribute {
+	var class, keyType uint
+	switch k {
+	case DHPrivateKey:
+		class, keyType = pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH
+	case DHPublicKey:
+		class, keyType = pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH
+	case AESKey:
+		class, keyType = pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES
+	default:
+		panic("hsm: unknown key kind")
+	}
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
+	}
+}
+
+// KeyObject is a key found in the token, with the label and CKA_ID it was
+// stored under.
+type KeyObject struct {
+	Object Object
+	Label  string
+	ID     []byte
+}
+
+// FindKeys lists the keys of a kind that have a label and an id.
+func (s *Session) FindKeys(kind KeyKind) ([]KeyObject, error) {
+	hs, err := s.findObjects(kind.template())
+	if err != nil {
+		return nil, err
+	}
+	var out []KeyObject
+	for _, h := range hs {
+		attrs, err := s.t.ck.GetAttributeValue(s.s.h, h, []*pkcs11.Attribute{
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, nil),
+			pkcs11.NewAttribute(pkcs11.CKA_ID, nil),
+		})
+		if err != nil || len(attrs[0].Value) == 0 || len(attrs[1].Value) == 0 {
+			continue // not one of ours, or not readable: not a key to use
+		}
+		out = append(out, KeyObject{Object: Object(h), Label: string(attrs[0].Value), ID: attrs[1].Value})
+	}
+	return out, nil
+}
+
+// FindKey returns the one key of a kind with CKA_ID id, or ErrObjectNotFound.
+func (s *Session) FindKey(kind KeyKind, id []byte) (Object, error) {
+	h, err := s.findOne(append(kind.template(), pkcs11.NewAttribute(pkcs11.CKA_ID, id)))
+	return Object(h), err
+}
+
+// DestroyKeys deletes every key of a kind with CKA_ID id.
+func (s *Session) DestroyKeys(kind KeyKind, id []byte) error {
+	hs, err := s.findObjects(append(kind.template(), pkcs11.NewAttribute(pkcs11.CKA_ID, id)))
+	if err != nil {
+		return err
+	}
+	for _, h := range hs {
+		if err := s.t.ck.DestroyObject(s.s.h, h); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// PublicValue returns a public key's CKA_VALUE (for DH, y big-endian).
+func (s *Session) PublicValue(o Object) ([]byte, error) {
+	return s.attribute(pkcs11.ObjectHandle(o), pkcs11.CKA_VALUE)
+}
 
 // DHParams are the domain parameters of a Diffie-Hellman key.
 type DHParams struct {
@@ -21,8 +106,8 @@ type DHParams struct {
 
 // GenerateDHKeyPair creates a Diffie-Hellman key pair in the token. The
 // private key can only derive: it is sensitive, not extractable, and has no
-// other usage. It returns the public value (big-endian) and both handles.
-func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public []byte, pub, priv pkcs11.ObjectHandle, err error) {
+// other usage. It returns the public value (big-endian) and both objects.
+func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public []byte, pubObj, privObj Object, err error) {
 	pubT := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DH),
@@ -55,19 +140,19 @@ func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 	}
 	ck := s.t.ck
-	pub, priv, err = ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, nil)}, pubT, privT)
+	pub, priv, err := ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, nil)}, pubT, privT)
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	public, err = s.Attribute(pub, pkcs11.CKA_VALUE)
-	return public, pub, priv, err
+	public, err = s.attribute(pub, pkcs11.CKA_VALUE)
+	return public, Object(pub), Object(priv), err
 }
 
 // DeriveDH returns peer^x mod p for the private key priv as exactly size
 // big-endian bytes. The token does not validate peer: the caller must. The
 // derived secret exists in the token only as a session object, destroyed
 // before this returns. The caller zeroes the result.
-func (s *Session) DeriveDH(priv pkcs11.ObjectHandle, peer []byte, size int) ([]byte, error) {
+func (s *Session) DeriveDH(priv Object, peer []byte, size int) ([]byte, error) {
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
@@ -85,11 +170,11 @@ func (s *Session) DeriveDH(priv pkcs11.ObjectHandle, peer []byte, size int) ([]b
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
 	}
 	ck := s.t.ck
-	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer)}, priv, tmpl)
+	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer)}, pkcs11.ObjectHandle(priv), tmpl)
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.Attribute(h, pkcs11.CKA_VALUE)
+	v, err := s.attribute(h, pkcs11.CKA_VALUE)
 	if derr := ck.DestroyObject(s.s.h, h); err == nil {
 		err = derr
 	}
@@ -110,7 +195,7 @@ func (s *Session) DeriveDH(priv pkcs11.ObjectHandle, peer []byte, size int) ([]b
 // GenerateAESKey creates a 256-bit AES key in the token that can only
 // encrypt and decrypt: sensitive, not extractable, no wrap, unwrap, sign or
 // derive.
-func (s *Session) GenerateAESKey(label string, id []byte) (pkcs11.ObjectHandle, error) {
+func (s *Session) GenerateAESKey(label string, id []byte) (Object, error) {
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
@@ -130,7 +215,8 @@ func (s *Session) GenerateAESKey(label string, id []byte) (pkcs11.ObjectHandle, 
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
 	}
-	return s.t.ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	h, err := s.t.ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, tmpl)
+	return Object(h), err
 }
 
 // GCM sizes this package insists on, because tokens do not: SoftHSM
@@ -146,14 +232,14 @@ var ErrAuthentication = errors.New("hsm: ciphertext does not authenticate")
 
 // SealGCM encrypts plaintext with AES-GCM under key, with the caller's
 // 12-byte IV and a 128-bit tag, and returns ciphertext ‖ tag.
-func (s *Session) SealGCM(key pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([]byte, error) {
+func (s *Session) SealGCM(key Object, iv, aad, plaintext []byte) ([]byte, error) {
 	if len(iv) != GCMIVSize {
 		return nil, fmt.Errorf("hsm: GCM IV must be %d bytes, not %d", GCMIVSize, len(iv))
 	}
 	params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 	defer params.Free()
 	ck := s.t.ck
-	if err := ck.EncryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+	if err := ck.EncryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, err
 	}
 	out, err := ck.Encrypt(s.s.h, plaintext)
@@ -170,14 +256,14 @@ func (s *Session) SealGCM(key pkcs11.ObjectHandle, iv, aad, plaintext []byte) ([
 // authenticate gives ErrAuthentication; SoftHSM reports it as
 // CKR_GENERAL_ERROR, other tokens as CKR_ENCRYPTED_DATA_INVALID. The caller
 // zeroes the plaintext.
-func (s *Session) OpenGCM(key pkcs11.ObjectHandle, iv, aad, sealed []byte) ([]byte, error) {
+func (s *Session) OpenGCM(key Object, iv, aad, sealed []byte) ([]byte, error) {
 	if len(iv) != GCMIVSize || len(sealed) < GCMTagSize {
 		return nil, ErrAuthentication
 	}
 	params := pkcs11.NewGCMParams(iv, aad, GCMTagSize*8)
 	defer params.Free()
 	ck := s.t.ck
-	if err := ck.DecryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, key); err != nil {
+	if err := ck.DecryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_GCM, params)}, pkcs11.ObjectHandle(key)); err != nil {
 		return nil, err
 	}
 	out, err := ck.Decrypt(s.s.h, sealed)
@@ -194,8 +280,8 @@ func (s *Session) OpenGCM(key pkcs11.ObjectHandle, iv, aad, sealed []byte) ([]by
 // ckrAEADDecryptFailed is PKCS#11 3.0's CKR_AEAD_DECRYPT_FAILED.
 const ckrAEADDecryptFailed = 0x00000035
 
-// FindObjects returns the handles of every object matching the template.
-func (s *Session) FindObjects(template []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
+// findObjects returns the handles of every object matching the template.
+func (s *Session) findObjects(template []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
 	ck := s.t.ck
 	if err := ck.FindObjectsInit(s.s.h, template); err != nil {
 		return nil, err
@@ -215,10 +301,10 @@ func (s *Session) FindObjects(template []*pkcs11.Attribute) ([]pkcs11.ObjectHand
 	return all, ck.FindObjectsFinal(s.s.h)
 }
 
-// FindOne returns the handle of the one object matching the template, or
+// findOne returns the handle of the one object matching the template, or
 // ErrObjectNotFound.
-func (s *Session) FindOne(template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
-	hs, err := s.FindObjects(template)
+func (s *Session) findOne(template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+	hs, err := s.findObjects(template)
 	switch {
 	case err != nil:
 		return 0, err
@@ -230,8 +316,8 @@ func (s *Session) FindOne(template []*pkcs11.Attribute) (pkcs11.ObjectHandle, er
 	return hs[0], nil
 }
 
-// Attribute reads one attribute of an object.
-func (s *Session) Attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
+// attribute reads one attribute of an object.
+func (s *Session) attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
 	attrs, err := s.t.ck.GetAttributeValue(s.s.h, h, []*pkcs11.Attribute{pkcs11.NewAttribute(typ, nil)})
 	if err != nil {
 		return nil, err
@@ -239,7 +325,3 @@ func (s *Session) Attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
 	return attrs[0].Value, nil
 }
 
-// Destroy deletes an object from the token.
-func (s *Session) Destroy(h pkcs11.ObjectHandle) error {
-	return s.t.ck.DestroyObject(s.s.h, h)
-}

@@ -5,13 +5,10 @@ import (
 	"errors"
 	"io"
 	"net/http"
-	"strings"
 	"time"
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/internal/group"
-	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/wire"
 )
 
@@ -19,11 +16,6 @@ func readAll(r io.Reader) ([]byte, error) {
 	var buf bytes.Buffer
 	_, err := buf.ReadFrom(r)
 	return buf.Bytes(), err
-}
-
-func wireDomain() wire.Bytes {
-	d := group.Domain()
-	return d[:]
 }
 
 // handleExchange answers POST /.well-known/jwcexchange/: an exchange, or a
@@ -93,11 +85,11 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 	}
 	var msg wire.ExchangeRequest
 	if err := wire.Unmarshal(body, &msg); err != nil {
-		return "", "", exchange.AsError(err)
+		return "", "", s.refusal("exchange", err)
 	}
 	req, err := exchange.ParseRequest(&msg)
 	if err != nil {
-		return "", "", exchange.AsError(err)
+		return "", "", s.refusal("exchange", err)
 	}
 	kid = req.CredentialKID()
 	account, disabled, err := s.cfg.Accounts.Lookup(r.Context(), kid)
@@ -105,8 +97,7 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 	case errors.Is(err, accounts.ErrNotFound):
 		return "", kid, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", kid)
 	case err != nil:
-		s.log.Error("account registry unavailable", "error", err)
-		return "", kid, exchange.Errorf(exchange.KeystoreUnavailable, "The account registry is not available; try again shortly.")
+		return "", kid, s.refusal("exchange", exchange.RegistryError(err))
 	case disabled:
 		return account, kid, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
 	}
@@ -115,51 +106,29 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 	}
 	resp, err := s.cfg.Engine.Exchange(r.Context(), req, account)
 	if err != nil {
-		s.logKeystore("exchange", err)
-		return account, kid, exchange.AsError(err)
+		return account, kid, s.refusal("exchange", err)
 	}
 	writeJSON(w, http.StatusOK, resp)
 	return account, kid, nil
 }
 
-// rekey renews a session: the request is signed under the old session's RK
-// (typ jwc-rekey) and carries only a fresh ClientNonce.
+// rekey renews a session: the engine verifies the request, signed under
+// the old session's RK (typ jwc-rekey), and answers it.
 func (s *Service) rekey(w http.ResponseWriter, r *http.Request) (account, kid string, _ *exchange.Error) {
 	body, e := s.readBody(w, r, "application/json")
 	if e != nil {
 		return "", "", e
 	}
-	a, e := s.authenticate(r, body, jwc.TypeRekey)
-	if e != nil {
-		return "", "", e
-	}
-	defer s.done(a)
-	account, kid = a.sess.Account, a.sess.CredentialKID
-	if e := s.accountTurn(account); e != nil {
-		return account, kid, e
-	}
-	var msg wire.ExchangeRequest
-	if err := wire.Unmarshal(body, &msg); err != nil {
-		return account, kid, exchange.AsError(err)
-	}
-	req, err := exchange.ParseRekeyRequest(&msg)
+	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), signedRequest(r, body), func(account string) error {
+		if e := s.accountTurn(account); e != nil {
+			return e
+		}
+		return nil
+	})
 	if err != nil {
-		return account, kid, exchange.AsError(err)
-	}
-	resp, err := s.cfg.Engine.Rekey(r.Context(), req, a.sess, a.ticket)
-	if err != nil {
-		s.logKeystore("rekey", err)
-		return account, kid, exchange.AsError(err)
+		return sess.Account, sess.CredentialKID, s.refusal("rekey", err)
 	}
 	writeJSON(w, http.StatusOK, resp)
-	return account, kid, nil
+	return sess.Account, sess.CredentialKID, nil
 }
 
-// authHeader returns the token of an "Authorization: JWC …" header.
-func authHeader(r *http.Request) (string, bool) {
-	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
-	if !ok || !strings.EqualFold(scheme, jwc.Scheme) {
-		return "", false
-	}
-	return strings.TrimSpace(token), true
-}

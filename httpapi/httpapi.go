@@ -22,15 +22,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/internal/wire"
-	"github.com/custos-kx/custos/keystore"
 )
 
-// Accounts is what the service needs of the account registry
-// (*accounts.Registry). Lookup returns accounts.ErrNotFound for an unbound kid.
+// Accounts is what the exchange endpoint needs of the account registry
+// (*accounts.Registry): the account a credential belongs to. Lookup returns
+// accounts.ErrNotFound for an unbound kid.
 type Accounts interface {
 	Lookup(ctx context.Context, kid string) (account string, disabled bool, err error)
-	Disabled(ctx context.Context, account string) (bool, error)
 }
 
 // Config configures a Service.
@@ -47,10 +45,6 @@ type Config struct {
 	Logger  *slog.Logger
 	// MaxBody bounds request bodies (SPEC: 64 KiB for the exchange).
 	MaxBody int64
-	// TicketCacheSize bounds the opened tickets held in memory.
-	TicketCacheSize int
-	// StatusTTL is how long an account's enabled/disabled status is trusted.
-	StatusTTL time.Duration
 	// MaxExchanges bounds the exchanges and rekeys computed at once (default
 	// twice GOMAXPROCS). The rest wait their turn in arrival order: a
 	// CPU-bound exchange gains nothing from more parallelism than there are
@@ -63,13 +57,10 @@ type Config struct {
 
 // Service serves the Custos HTTP API.
 type Service struct {
-	cfg     Config
-	log     *slog.Logger
-	tickets *ticketCache
-	replays *replayCache
-	status  *statusCache
-	proxy   *httputil.ReverseProxy
-	mux     *http.ServeMux
+	cfg   Config
+	log   *slog.Logger
+	proxy *httputil.ReverseProxy
+	mux   *http.ServeMux
 	// exchanges holds a token per exchange or rekey being computed; queued
 	// counts those waiting for one.
 	exchanges chan struct{}
@@ -79,7 +70,7 @@ type Service struct {
 }
 
 // WellKnown is the jwcexchange endpoint.
-const WellKnown = "/.well-known/jwcexchange/"
+const WellKnown = exchange.WellKnown
 
 // AccountHeader carries the authenticated account to an upstream service.
 const AccountHeader = "Custos-Account"
@@ -88,12 +79,6 @@ const AccountHeader = "Custos-Account"
 func New(cfg Config) *Service {
 	if cfg.MaxBody <= 0 {
 		cfg.MaxBody = 64 << 10
-	}
-	if cfg.TicketCacheSize == 0 {
-		cfg.TicketCacheSize = 100_000
-	}
-	if cfg.StatusTTL <= 0 {
-		cfg.StatusTTL = 10 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -108,9 +93,6 @@ func New(cfg Config) *Service {
 		byAddress: newBuckets(cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
 		byAccount: newBuckets(cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
 		log:       cfg.Logger,
-		tickets:   newTicketCache(cfg.TicketCacheSize),
-		replays:   newReplayCache(),
-		status:    &statusCache{ttl: cfg.StatusTTL, entries: map[string]statusEntry{}},
 		mux:       http.NewServeMux(),
 	}
 	if s.log == nil {
@@ -181,7 +163,7 @@ func writeError(w http.ResponseWriter, e *exchange.Error, status int) {
 	if status == 0 {
 		status = e.Code.Status()
 	}
-	if e.Code == exchange.KeystoreUnavailable || e.Code == exchange.RateLimited {
+	if e.Code == exchange.KeystoreUnavailable || e.Code == exchange.RegistryUnavailable || e.Code == exchange.RateLimited {
 		w.Header().Set("Retry-After", retryAfter(e.RetryAfter))
 	}
 	if status == http.StatusUnauthorized {
@@ -231,19 +213,12 @@ func (s *Service) readBody(w http.ResponseWriter, r *http.Request, mediaTypes ..
 }
 
 func (s *Service) handleDiscovery(w http.ResponseWriter, r *http.Request) {
-	x, err := s.cfg.Engine.Keystore.Credential(r.Context())
+	d, err := s.cfg.Engine.Describe(r.Context())
 	if err != nil {
-		s.logKeystore("discovery", err)
-		writeError(w, exchange.AsError(err), 0)
+		writeError(w, s.refusal("discovery", err), 0)
 		return
 	}
-	domain := wireDomain()
-	writeJSON(w, http.StatusOK, wire.ServiceDescription{
-		ServerCredential: exchange.EncodeKey(x),
-		Domain:           domain,
-		Encryption:       exchange.Supported.Encryption,
-		Authentication:   exchange.Supported.Authentication,
-	})
+	writeJSON(w, http.StatusOK, d)
 }
 
 func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
@@ -259,10 +234,14 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-// logKeystore logs a failure of the key store for operators; clients see
-// only that it is unavailable.
-func (s *Service) logKeystore(what string, err error) {
-	if errors.Is(err, keystore.ErrUnavailable) || exchange.AsError(err).Code == exchange.KeystoreUnavailable {
-		s.log.Error(what+": key store unavailable", "error", err)
+// refusal turns an error of the engine (or of this package) into the
+// refusal to send. A failure of the service or of what it depends on is
+// logged here, once, with its cause; the client sees only its code and
+// sentence.
+func (s *Service) refusal(what string, err error) *exchange.Error {
+	e := exchange.AsError(err)
+	if e.Unexpected() {
+		s.log.Error(what+" failed", "code", string(e.Code), "error", errors.Unwrap(e))
 	}
+	return e
 }

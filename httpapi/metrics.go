@@ -1,6 +1,10 @@
 package httpapi
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/custos-kx/custos/exchange"
+)
 
 var (
 	exchangesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -18,18 +22,18 @@ var (
 	}, []string{"result"})
 	// authRequestsOK is the counter of every successful request, looked up once.
 	authRequestsOK  = authRequests.WithLabelValues("ok")
-	ticketCacheHits = prometheus.NewCounter(prometheus.CounterOpts{
+	ticketCacheHits = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "custos_ticket_cache_hits_total",
 		Help: "Authenticated requests whose ticket was already open in memory (no token operation).",
-	})
-	ticketCacheMisses = prometheus.NewCounter(prometheus.CounterOpts{
+	}, func() float64 { h, _, _ := exchange.TicketCacheStats(); return float64(h) })
+	ticketCacheMisses = prometheus.NewCounterFunc(prometheus.CounterOpts{
 		Name: "custos_ticket_cache_misses_total",
 		Help: "Authenticated requests whose ticket had to be opened by the token.",
-	})
-	ticketCacheSessions = prometheus.NewGauge(prometheus.GaugeOpts{
+	}, func() float64 { _, m, _ := exchange.TicketCacheStats(); return float64(m) })
+	ticketCacheSessions = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "custos_ticket_cache_sessions",
 		Help: "Sessions whose opened ticket is held in memory.",
-	})
+	}, func() float64 { _, _, n := exchange.TicketCacheStats(); return float64(n) })
 )
 
 // Collectors returns the service's own metrics.

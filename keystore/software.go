@@ -6,6 +6,7 @@ import (
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"sync"
 	"time"
@@ -14,7 +15,7 @@ import (
 	"github.com/custos-kx/custos/internal/ticket"
 )
 
-// Software is a Keystore whose keys live in process memory. It exists so
+// Software is an exchange.Keystore whose keys live in process memory. It exists so
 // that the engine can be tested, fuzzed and benchmarked without a token; a
 // service must not use it, since its whole point is that keys never leave one.
 type Software struct {
@@ -93,37 +94,37 @@ func (s *Software) Derive(ctx context.Context, kid string, peer *group.Element) 
 	x, ok := s.creds[kid]
 	s.mu.RUnlock()
 	if !ok {
-		return nil, ErrUnknownKey
+		return nil, fmt.Errorf("keystore: no credential %s", kid)
 	}
 	sec := group.ExpSecret(peer, x.Bytes())
 	defer sec.Zero()
 	return sec.Bytes(), nil
 }
 
-func (s *Software) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+func (s *Software) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 	s.mu.RLock()
-	id, aead := s.sealID, s.sealers[s.sealID]
-	s.mu.RUnlock()
-	f := &ticket.Frame{KeyID: id, IV: make([]byte, ticket.IVSize)}
-	if _, err := io.ReadFull(s.rand, f.IV); err != nil {
-		return nil, err
-	}
-	f.Sealed = aead.Seal(nil, f.IV, plaintext, ticket.AAD(id))
-	return f.Bytes(), nil
+	defer s.mu.RUnlock()
+	return s.sealID, nil
 }
 
-func (s *Software) Open(ctx context.Context, t []byte) ([]byte, error) {
-	f, err := ticket.Parse(t)
-	if err != nil {
-		return nil, err
-	}
+func (s *Software) SealWith(ctx context.Context, id ticket.KeyID, iv, aad, plaintext []byte) ([]byte, error) {
 	s.mu.RLock()
-	aead, ok := s.sealers[f.KeyID]
+	aead, ok := s.sealers[id]
+	s.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("keystore: no ticket key %x", id)
+	}
+	return aead.Seal(nil, iv, plaintext, aad), nil
+}
+
+func (s *Software) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, sealed []byte) ([]byte, error) {
+	s.mu.RLock()
+	aead, ok := s.sealers[id]
 	s.mu.RUnlock()
 	if !ok {
 		return nil, ticket.ErrInvalid
 	}
-	pt, err := aead.Open(nil, f.IV, f.Sealed, ticket.AAD(f.KeyID))
+	pt, err := aead.Open(nil, iv, sealed, aad)
 	if err != nil {
 		return nil, ticket.ErrInvalid
 	}

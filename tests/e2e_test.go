@@ -288,7 +288,7 @@ func TestDiscoveryAndHealth(t *testing.T) {
 // holds, concurrently, so sessions are evicted while requests use them:
 // not one request may fail.
 func TestSmallTicketCacheUnderLoad(t *testing.T) {
-	e := newEnv(t, sqliteDSN(t), func(c *httpapi.Config) { c.TicketCacheSize = 2 })
+	e := newEnv(t, sqliteDSN(t), func(c *httpapi.Config) { c.Engine.TicketCacheSize = 2 })
 	key := e.register(t, "alice@example.com")
 	var wg sync.WaitGroup
 	failures := make(chan string, 100)

@@ -93,7 +93,7 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 	e := &env{tok: tok, ks: ks, reg: reg, clock: &clock{}, metrics: prometheus.NewRegistry()}
 	e.metrics.MustRegister(httpapi.Collectors()...)
 	cfg := httpapi.Config{
-		Engine:   &exchange.Server{Keystore: ks, Now: e.clock.Now},
+		Engine:   &exchange.Server{Keystore: ks, Accounts: reg, Now: e.clock.Now},
 		Accounts: reg,
 		Ready:    tok.Healthy,
 		Now:      e.clock.Now,

@@ -404,7 +404,7 @@ func hostileCases() []hostileCase {
 			Expires: f.e.clock.Now().Add(time.Hour), RekeyExpires: f.e.clock.Now().Add(time.Hour),
 			Encryption: exchange.DefaultSuite.Encryption, Authentication: exchange.DefaultSuite.Authentication, AK: f.sess.AK}
 		pt, _ := s.MarshalBinary()
-		sealed, err := other.Seal(context.Background(), pt)
+		sealed, err := ticket.Seal(context.Background(), other, rand.Reader, pt)
 		if err != nil {
 			t.Fatal(err)
 		}

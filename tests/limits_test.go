@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"strconv"
@@ -116,6 +117,7 @@ func TestExchangeFloodDoesNotStarveRequests(t *testing.T) {
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var exchangeTimes []time.Duration
+	defer func() { stop(); wg.Wait() }() // a failure below ends the flood before the test ends
 	for range 48 {
 		wg.Go(func() {
 			for ctx.Err() == nil {
@@ -130,7 +132,18 @@ func TestExchangeFloodDoesNotStarveRequests(t *testing.T) {
 			}
 		})
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Measure once the flood is running: it has completed as many
+	// exchanges as it has workers, so every worker is looping and the
+	// exchanges queue for the service's MaxExchanges places.
+	waitFor(t, 10*time.Second, "the flood to complete 48 exchanges", func() error {
+		mu.Lock()
+		n := len(exchangeTimes)
+		mu.Unlock()
+		if n < 48 {
+			return fmt.Errorf("%d exchanges completed", n)
+		}
+		return nil
+	})
 	var requestTimes []time.Duration
 	for i := range 100 {
 		s := cached

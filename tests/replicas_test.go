@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -168,11 +170,34 @@ func TestReplicasShareTokenAndDatabase(t *testing.T) {
 		check(fmt.Sprintf("after rekey %d", round), 4)
 	}
 
+	// So far both replicas seal under the one ticket key init made.
+	oldKey := activeTicketKey(t, runCustosd(t, env, "keys", "list"))
+	for _, r := range []*replica{a, b} {
+		if got := sealingKey(t, rawExchange(t, r.url, key).Ticket); got != oldKey {
+			t.Fatalf("before rotation, %s sealed a ticket under %s, not the active key %s", r.url, got, oldKey)
+		}
+	}
+
 	// Rotate the ticket key from a third process; once the replicas have
-	// re-read the token, new tickets are sealed under the new key and both
-	// still accept each other's.
-	runCustosd(t, env, "keys", "rotate-ticket-key")
-	time.Sleep(600 * time.Millisecond)
+	// re-read the token (every CUSTOS_KEY_REFRESH), new tickets are sealed
+	// under the new key and both still accept each other's.
+	out := runCustosd(t, env, "keys", "rotate-ticket-key")
+	m := regexp.MustCompile(`new ticket key ([0-9a-f]{16}) is active`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("keys rotate-ticket-key printed %q", out)
+	}
+	newKey := m[1]
+	if newKey == oldKey {
+		t.Fatalf("the rotation made no new ticket key: %s", out)
+	}
+	for _, r := range []*replica{a, b} {
+		waitFor(t, 10*time.Second, r.url+" to seal a new ticket under the new key "+newKey, func() error {
+			if got := sealingKey(t, rawExchange(t, r.url, key).Ticket); got != newKey {
+				return fmt.Errorf("a ticket sealed under %s", got)
+			}
+			return nil
+		})
+	}
 	for round := 0; round < 4; round++ {
 		if err := tr.Exchange(ctx, origin); err != nil {
 			t.Fatal(err)
@@ -183,7 +208,40 @@ func TestReplicasShareTokenAndDatabase(t *testing.T) {
 		t.Fatalf("requests did not alternate: %d / %d", lb.hits[0].Load(), lb.hits[1].Load())
 	}
 	keys := runCustosd(t, env, "keys", "list")
-	if strings.Count(keys, "ticket") != 2 {
-		t.Fatalf("keys list after one rotation:\n%s", keys)
+	if strings.Count(keys, "ticket") != 2 || activeTicketKey(t, keys) != newKey {
+		t.Fatalf("keys list after one rotation to %s:\n%s", newKey, keys)
 	}
+	// A replica does not go back to the old key.
+	for _, r := range []*replica{a, b} {
+		if got := sealingKey(t, rawExchange(t, r.url, key).Ticket); got != newKey {
+			t.Fatalf("after rotation, %s sealed a ticket under %s, not %s", r.url, got, newKey)
+		}
+	}
+}
+
+// sealingKey is the hex id of the key ticket tk is sealed under. SPEC §5:
+// Ticket = 0x01 ‖ KeyID(8) ‖ IV(12) ‖ ciphertext‖tag(16).
+func sealingKey(t *testing.T, tk []byte) string {
+	t.Helper()
+	if len(tk) < 1+8+12+16 || tk[0] != 0x01 {
+		t.Fatalf("not a version 1 ticket: %x", tk)
+	}
+	return hex.EncodeToString(tk[1:9])
+}
+
+// activeTicketKey is the id of the one active ticket key in the output of
+// `custosd keys list` (columns KIND ID CREATED ACTIVE).
+func activeTicketKey(t *testing.T, list string) string {
+	t.Helper()
+	var active []string
+	for _, line := range strings.Split(list, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 4 && f[0] == "ticket" && f[3] == "true" {
+			active = append(active, f[1])
+		}
+	}
+	if len(active) != 1 {
+		t.Fatalf("keys list shows %d active ticket keys:\n%s", len(active), list)
+	}
+	return active[0]
 }

@@ -3,12 +3,15 @@ package tests
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -39,6 +42,7 @@ func TestRotationUnderLoad(t *testing.T) {
 	wg.Go(func() {
 		rq, rqErr = bench.Run(ctx, bench.Config{Kind: bench.Requests, URL: e.url + "/v1/whoami", Concurrency: 3, Duration: time.Minute, Key: key})
 	})
+	defer func() { stop(); wg.Wait() }() // a failure below ends the load before the test ends
 	rekeys, rekeyFailures := 0, 0
 	wg.Go(func() {
 		for ctx.Err() == nil {
@@ -56,8 +60,23 @@ func TestRotationUnderLoad(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	})
+	// Every rotation happens under load: the service has answered
+	// exchanges, rekeys and requests since the one before (and after the
+	// last, before the load stops).
+	underLoad := func(stage string) {
+		t.Helper()
+		since, err := readServed(e.url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "10 exchanges, 3 rekeys and 30 requests answered "+stage,
+			servedAtLeast(e.url, since, served{exchanges: 10, rekeys: 3, requests: 30}))
+	}
+	underLoad("before the first rotation")
 	for i := range 4 {
-		time.Sleep(400 * time.Millisecond)
+		if i > 0 {
+			underLoad(fmt.Sprintf("after rotation %d", i))
+		}
 		if i == 2 {
 			if _, err := e.ks.RotateCredential(context.Background()); err != nil {
 				t.Fatal(err)
@@ -68,7 +87,7 @@ func TestRotationUnderLoad(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(400 * time.Millisecond)
+	underLoad("after the last rotation")
 	stop()
 	wg.Wait()
 	if exErr != nil || rqErr != nil {
@@ -133,14 +152,20 @@ func TestShutdownUnderLoad(t *testing.T) {
 		resp.Body.Close()
 		slowDone <- answer{resp.StatusCode, string(b), resp.Header.Get("JWC-Signature"), nil}
 	}()
+	var sent atomic.Int64 // bytes of the slow body the client has taken
 	go func() {
 		for _, c := range body {
 			pw.Write([]byte{c})
+			sent.Add(1)
 			time.Sleep(100 * time.Millisecond)
 		}
 		pw.Close()
 	}()
 
+	before, err := readServed(r.url)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var wg sync.WaitGroup
 	var ex, rq *bench.Result
 	wg.Go(func() {
@@ -149,14 +174,39 @@ func TestShutdownUnderLoad(t *testing.T) {
 	wg.Go(func() {
 		rq, _ = bench.Run(context.Background(), bench.Config{Kind: bench.Requests, URL: r.url + "/v1/whoami", Concurrency: 4, Duration: 1500 * time.Millisecond, Key: key, State: state})
 	})
-	time.Sleep(500 * time.Millisecond)
+	// SIGTERM once the slow request is in flight and the load is being
+	// served. The client takes the first byte of the body only after it
+	// has flushed the request's headers, so custosd has the connection in
+	// its accept queue; answers to /metrics on connections made after
+	// that show custosd has accepted it (it accepts in order).
+	waitFor(t, 10*time.Second, "the client to start sending the slow request's body", func() error {
+		if sent.Load() == 0 {
+			return errors.New("no byte of the body taken yet")
+		}
+		return nil
+	})
+	waitFor(t, 10*time.Second, "custosd to answer 4 exchanges and 20 requests of the load",
+		servedAtLeast(r.url, before, served{exchanges: 4, requests: 20}))
+	if n := sent.Load(); n == int64(len(body)) {
+		t.Fatalf("the slow request was sent in full (%d bytes) before SIGTERM: nothing was in flight", n)
+	}
 	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(200 * time.Millisecond)
-	if c, err := net.DialTimeout("tcp", strings.TrimPrefix(r.url, "http://"), time.Second); err == nil {
-		c.Close()
-		t.Error("custosd still accepts connections after SIGTERM")
+	addr := strings.TrimPrefix(r.url, "http://")
+	waitFor(t, 10*time.Second, "custosd to refuse new connections after SIGTERM", func() error {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			c.Close()
+			return errors.New("a new connection was accepted")
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("dial: %v", err)
+		}
+		return nil
+	})
+	if n := sent.Load(); n == int64(len(body)) {
+		t.Errorf("custosd refused new connections only once the request in flight at SIGTERM was sent in full")
 	}
 	wg.Wait()
 	a := <-slowDone

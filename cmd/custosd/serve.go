@@ -87,7 +87,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	svc := httpapi.New(httpapi.Config{
 		MaxExchanges: maxExchanges,
 		Limits:       limits,
-		Engine:       &exchange.Server{Keystore: ks, SessionLifetime: session, RekeyWindow: rekey},
+		Engine:       &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
 		Accounts:     reg,
 		Ready:        tok.Healthy,
 		Upstream:     upstream,

@@ -182,7 +182,7 @@ func Parse(token string) (*Request, error) {
 		return nil, refuse("the token's kid is not a ticket")
 	}
 	if typ := j.header.Typ; typ != TypeRequest && typ != TypeRekey {
-		return nil, refuse("the token's typ is %q, not %q or %q", clip(typ), TypeRequest, TypeRekey)
+		return nil, refuse("the token's typ is %q, not %q or %q", wire.Clip(typ), TypeRequest, TypeRekey)
 	}
 	return &Request{jws: j, Ticket: t, Type: j.header.Typ}, nil
 }
@@ -221,13 +221,6 @@ func (r *Request) Verify(key *MACKey) (*Claims, error) {
 		return nil, refuse("the token lacks one of htm, htu, iat, jti, bdh")
 	}
 	return &c, nil
-}
-
-func clip(s string) string {
-	if len(s) > 32 {
-		return s[:32] + "…"
-	}
-	return s
 }
 
 // SignResponse makes the JWC-Signature of a response.

@@ -142,7 +142,7 @@ func parseJWS(token, what string) (*jws, error) {
 		return nil, refuse("the %s's header is not {alg, kid, typ}: %v", what, err)
 	}
 	if j.header.Alg != alg {
-		return nil, refuse("the %s's alg is %q; only HS512 is accepted", what, clip(j.header.Alg))
+		return nil, refuse("the %s's alg is %q; only HS512 is accepted", what, wire.Clip(j.header.Alg))
 	}
 	return j, nil
 }

@@ -1,5 +1,6 @@
-// Package ticket defines the service's session ticket: the framing every
-// sealer uses (SPEC §5) and the plaintext it protects. Tickets are opaque to
+// Package ticket defines the service's session ticket: its framing (SPEC
+// §5), written here once over the AEAD each keystore provides, and the
+// plaintext it protects. Tickets are opaque to
 // clients; only the service that sealed them, or a replica sharing its token,
 // can open them, so the service keeps no per-session state.
 //
@@ -7,8 +8,11 @@
 package ticket
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
+	"io"
 	"time"
 )
 
@@ -31,41 +35,72 @@ type KeyID [KeyIDSize]byte
 // to a client.
 var ErrInvalid = errors.New("ticket: not a valid ticket")
 
-// AAD returns the additional data sealed with a ticket under key id.
-func AAD(id KeyID) []byte {
+// Sealer is the AEAD a keystore provides for tickets: AES-256-GCM, or an
+// equivalent AEAD with a 12-byte IV and a 16-byte tag, under keys it keeps
+// and names by KeyID. It never sees the framing; Seal and Open below write
+// and read it, once for every keystore.
+type Sealer interface {
+	// SealingKey names the key new tickets are sealed under.
+	SealingKey(ctx context.Context) (KeyID, error)
+	// SealWith encrypts plaintext under key id with the 12-byte iv and aad,
+	// and returns the ciphertext with its 16-byte tag appended.
+	SealWith(ctx context.Context, id KeyID, iv, aad, plaintext []byte) ([]byte, error)
+	// OpenWith reverses SealWith. A key it does not hold, or a ciphertext
+	// that does not authenticate, gives ErrInvalid; any other error is the
+	// keystore's own failure.
+	OpenWith(ctx context.Context, id KeyID, iv, aad, sealed []byte) ([]byte, error)
+}
+
+// aad returns the additional data sealed with a ticket under key id.
+func aad(id KeyID) []byte {
 	return append([]byte{Version}, id[:]...)
 }
 
-// Frame is a parsed, still sealed ticket.
-type Frame struct {
-	KeyID KeyID
-	IV    []byte
-	// Sealed is the GCM ciphertext with its 16-byte tag appended.
-	Sealed []byte
+// Seal seals plaintext under s's active key, with a fresh IV from rand,
+// and returns the ticket.
+func Seal(ctx context.Context, s Sealer, rand io.Reader, plaintext []byte) ([]byte, error) {
+	id, err := s.SealingKey(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]byte, HeaderSize, HeaderSize+len(plaintext)+TagSize)
+	out[0] = Version
+	copy(out[1:], id[:])
+	iv := out[1+KeyIDSize : HeaderSize]
+	if _, err := io.ReadFull(rand, iv); err != nil {
+		return nil, err
+	}
+	sealed, err := s.SealWith(ctx, id, iv, aad(id), plaintext)
+	if err != nil {
+		return nil, err
+	}
+	if len(sealed) != len(plaintext)+TagSize {
+		return nil, fmt.Errorf("ticket: the sealer returned %d bytes for %d of plaintext", len(sealed), len(plaintext))
+	}
+	return append(out, sealed...), nil
 }
 
-// Parse splits a ticket into its parts, checking the version, the IV length
-// and that there is room for a full 128-bit tag, which a token would not.
-func Parse(t []byte) (*Frame, error) {
-	if len(t) < HeaderSize+TagSize || len(t) > MaxSize || t[0] != Version {
+// Open returns the plaintext of ticket t. Anything that is not a ticket
+// sealed by a key s still holds gives ErrInvalid, checked here for the
+// version, the IV length and room for a full 128-bit tag, which a token
+// would not check. The caller zeroes the plaintext.
+func Open(ctx context.Context, s Sealer, t []byte) ([]byte, error) {
+	id, ok := SealedBy(t)
+	if !ok || len(t) < HeaderSize+TagSize {
 		return nil, ErrInvalid
 	}
-	f := &Frame{IV: t[1+KeyIDSize : HeaderSize], Sealed: t[HeaderSize:]}
-	copy(f.KeyID[:], t[1:1+KeyIDSize])
-	return f, nil
+	return s.OpenWith(ctx, id, t[1+KeyIDSize:HeaderSize], aad(id), t[HeaderSize:])
 }
 
-// Bytes assembles the ticket. It panics on an IV or tag of the wrong size,
-// which would be a bug in the sealer.
-func (f *Frame) Bytes() []byte {
-	if len(f.IV) != IVSize || len(f.Sealed) < TagSize {
-		panic("ticket: frame with a bad IV or tag length")
+// SealedBy names the key a ticket says it was sealed under, without
+// checking that it was.
+func SealedBy(t []byte) (KeyID, bool) {
+	var id KeyID
+	if len(t) < HeaderSize || len(t) > MaxSize || t[0] != Version {
+		return id, false
 	}
-	out := make([]byte, 0, HeaderSize+len(f.Sealed))
-	out = append(out, Version)
-	out = append(out, f.KeyID[:]...)
-	out = append(out, f.IV...)
-	return append(out, f.Sealed...)
+	copy(id[:], t[1:1+KeyIDSize])
+	return id, true
 }
 
 // KeySize is the length of each session key.

@@ -2,6 +2,10 @@ package ticket
 
 import (
 	"bytes"
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
 	"testing"
 	"time"
 )
@@ -40,19 +44,59 @@ func TestSessionRoundTrip(t *testing.T) {
 	}
 }
 
+// gcmSealer is a Sealer over crypto/cipher with one key, for the framing tests.
+type gcmSealer struct {
+	id   KeyID
+	aead cipher.AEAD
+}
+
+func (g *gcmSealer) SealingKey(context.Context) (KeyID, error) { return g.id, nil }
+func (g *gcmSealer) SealWith(_ context.Context, id KeyID, iv, aad, pt []byte) ([]byte, error) {
+	return g.aead.Seal(nil, iv, pt, aad), nil
+}
+func (g *gcmSealer) OpenWith(_ context.Context, id KeyID, iv, aad, sealed []byte) ([]byte, error) {
+	if id != g.id {
+		return nil, ErrInvalid
+	}
+	pt, err := g.aead.Open(nil, iv, sealed, aad)
+	if err != nil {
+		return nil, ErrInvalid
+	}
+	return pt, nil
+}
+
 func TestFrame(t *testing.T) {
-	f := &Frame{KeyID: KeyID{1, 2, 3, 4, 5, 6, 7, 8}, IV: bytes.Repeat([]byte{9}, IVSize), Sealed: bytes.Repeat([]byte{7}, 40)}
-	b := f.Bytes()
-	g, err := Parse(b)
-	if err != nil || g.KeyID != f.KeyID || !bytes.Equal(g.IV, f.IV) || !bytes.Equal(g.Sealed, f.Sealed) {
-		t.Fatalf("parse: %v", err)
+	block, _ := aes.NewCipher(make([]byte, 32))
+	aead, _ := cipher.NewGCM(block)
+	s := &gcmSealer{id: KeyID{1, 2, 3, 4, 5, 6, 7, 8}, aead: aead}
+	ctx := context.Background()
+	b, err := Seal(ctx, s, rand.Reader, []byte("plaintext"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !bytes.Equal(AAD(f.KeyID), []byte{1, 1, 2, 3, 4, 5, 6, 7, 8}) {
-		t.Fatal("AAD")
+	if len(b) != HeaderSize+len("plaintext")+TagSize || b[0] != Version || !bytes.Equal(b[1:9], s.id[:]) {
+		t.Fatalf("frame %x", b)
 	}
-	for _, bad := range [][]byte{nil, b[:HeaderSize+TagSize-1], append([]byte{2}, b[1:]...), make([]byte, MaxSize+1)} {
-		if _, err := Parse(bad); err != ErrInvalid {
-			t.Errorf("accepted %d bytes", len(bad))
+	if id, ok := SealedBy(b); !ok || id != s.id {
+		t.Fatal("SealedBy")
+	}
+	pt, err := Open(ctx, s, b)
+	if err != nil || string(pt) != "plaintext" {
+		t.Fatalf("open: %q %v", pt, err)
+	}
+	// The AAD is the version and key id: a ticket relabelled as another
+	// version does not open even if an opener ignored the version byte.
+	iv := b[1+KeyIDSize : HeaderSize]
+	if _, err := aead.Open(nil, iv, b[HeaderSize:], []byte{1, 1, 2, 3, 4, 5, 6, 7, 8}); err != nil {
+		t.Fatal("AAD is not version ‖ key id")
+	}
+	flipped := bytes.Clone(b)
+	flipped[len(flipped)-1] ^= 1
+	other := bytes.Clone(b)
+	other[1] ^= 1
+	for _, bad := range [][]byte{nil, b[:HeaderSize+TagSize-1], append([]byte{2}, b[1:]...), make([]byte, MaxSize+1), flipped, other} {
+		if _, err := Open(ctx, s, bad); err != ErrInvalid {
+			t.Errorf("accepted %d bytes: %v", len(bad), err)
 		}
 	}
 }

@@ -317,3 +317,11 @@ func DecodeBase64(s string) ([]byte, error) {
 	}
 	return v, nil
 }
+
+// Clip shortens a string a peer sent before an error message echoes it.
+func Clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
+}

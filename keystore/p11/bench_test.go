@@ -12,7 +12,7 @@ import (
 
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
-	"github.com/custos-kx/custos/keystore"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/softhsm"
 )
 
@@ -39,15 +39,15 @@ func BenchmarkToken(b *testing.B) {
 	k, _ := group.GenerateScalar(rand.Reader)
 	peer := k.Public()
 	plaintext := make([]byte, 260) // the size of a ticket's plaintext
-	sealed, _ := ks.Seal(ctx, plaintext)
+	sealed, _ := ticket.Seal(ctx, ks, rand.Reader, plaintext)
 
 	ops := []struct {
 		name string
 		fn   func() error
 	}{
 		{"derive", func() error { _, err := ks.Derive(ctx, X.KeyID(), peer); return err }},
-		{"seal", func() error { _, err := ks.Seal(ctx, plaintext); return err }},
-		{"open", func() error { _, err := ks.Open(ctx, sealed); return err }},
+		{"seal", func() error { _, err := ticket.Seal(ctx, ks, rand.Reader, plaintext); return err }},
+		{"open", func() error { _, err := ticket.Open(ctx, ks, sealed); return err }},
 	}
 	for _, op := range ops {
 		for _, g := range []int{1, 2, 8} {
@@ -58,7 +58,7 @@ func BenchmarkToken(b *testing.B) {
 	}
 }
 
-var _ keystore.Keystore = (*Keystore)(nil)
+
 
 // concurrent runs b.N calls of fn spread over g goroutines and reports
 // latency percentiles and throughput.

@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/miekg/pkcs11"
-
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
@@ -67,7 +65,7 @@ func (k *Keystore) RotateCredential(ctx context.Context) (keystore.KeyInfo, erro
 		return err
 	})
 	if err != nil {
-		return keystore.KeyInfo{}, unavailable(err)
+		return keystore.KeyInfo{}, err
 	}
 	pub, err := group.NewElement(public)
 	if err != nil {
@@ -92,7 +90,7 @@ func (k *Keystore) RotateTicketKey(ctx context.Context) (keystore.KeyInfo, error
 		return err
 	})
 	if err != nil {
-		return keystore.KeyInfo{}, unavailable(err)
+		return keystore.KeyInfo{}, err
 	}
 	if err := k.Refresh(ctx); err != nil {
 		return keystore.KeyInfo{}, err
@@ -109,8 +107,9 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration) ([]keystore.
 	}
 	cutoff := k.now().Add(-window)
 	type victim struct {
-		info     keystore.KeyInfo
-		template [][]*pkcs11.Attribute
+		info  keystore.KeyInfo
+		id    []byte
+		kinds []hsm.KeyKind
 	}
 	var victims []victim
 	k.mu.RLock()
@@ -118,39 +117,29 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration) ([]keystore.
 		if c != k.activeCred && c.created.Before(cutoff) {
 			victims = append(victims, victim{
 				keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created},
-				[][]*pkcs11.Attribute{
-					withID(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH), c.id),
-					withID(classAttrs(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH), c.id),
-				}})
+				c.id, []hsm.KeyKind{hsm.DHPrivateKey, hsm.DHPublicKey}})
 		}
 	}
 	for _, tk := range k.tickets {
 		if tk != k.activeTicket && tk.created.Before(cutoff) {
 			victims = append(victims, victim{
 				keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created},
-				[][]*pkcs11.Attribute{withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:])},
-			})
+				tk.id[:], []hsm.KeyKind{hsm.AESKey}})
 		}
 	}
 	k.mu.RUnlock()
 	var pruned []keystore.KeyInfo
 	for _, v := range victims {
 		err := k.tok.Do(ctx, "destroy", func(s *hsm.Session) error {
-			for _, t := range v.template {
-				hs, err := s.FindObjects(t)
-				if err != nil {
+			for _, kind := range v.kinds {
+				if err := s.DestroyKeys(kind, v.id); err != nil {
 					return err
-				}
-				for _, h := range hs {
-					if err := s.Destroy(h); err != nil {
-						return err
-					}
 				}
 			}
 			return nil
 		})
 		if err != nil {
-			return pruned, unavailable(err)
+			return pruned, err
 		}
 		pruned = append(pruned, v.info)
 	}

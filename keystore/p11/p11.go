@@ -1,4 +1,4 @@
-// Package p11 is the Keystore that keeps the service's keys in a PKCS#11
+// Package p11 is the exchange.Keystore that keeps the service's keys in a PKCS#11
 // token: the credential's private key and the ticket-sealing keys are
 // generated there, cannot leave, and are only used there.
 //
@@ -10,7 +10,6 @@ package p11
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -20,8 +19,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/miekg/pkcs11"
-
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
@@ -36,7 +34,7 @@ const (
 	labelTime = time.RFC3339Nano
 )
 
-// Keystore is a keystore.Keystore backed by a PKCS#11 token.
+// Keystore is an exchange.Keystore backed by a PKCS#11 token.
 type Keystore struct {
 	tok *hsm.Token
 	// RefreshInterval is how often the inventory is read again, so that
@@ -77,11 +75,11 @@ type ticketKey struct {
 type handleCache struct {
 	mu    sync.Mutex
 	epoch uint64
-	h     pkcs11.ObjectHandle
+	h     hsm.Object
 	ok    bool
 }
 
-func (c *handleCache) get(s *hsm.Session, template []*pkcs11.Attribute) (pkcs11.ObjectHandle, error) {
+func (c *handleCache) get(s *hsm.Session, kind hsm.KeyKind, id []byte) (hsm.Object, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	// The epoch is read before the search: if handles go stale while it
@@ -91,7 +89,7 @@ func (c *handleCache) get(s *hsm.Session, template []*pkcs11.Attribute) (pkcs11.
 	if c.ok && c.epoch == epoch {
 		return c.h, nil
 	}
-	h, err := s.FindOne(template)
+	h, err := s.FindKey(kind, id)
 	if err != nil {
 		return 0, err
 	}
@@ -99,7 +97,7 @@ func (c *handleCache) get(s *hsm.Session, template []*pkcs11.Attribute) (pkcs11.
 	return h, nil
 }
 
-var _ keystore.Keystore = (*Keystore)(nil)
+var _ exchange.Keystore = (*Keystore)(nil)
 
 // Open reads the token's key inventory. A token without keys is fine here;
 // Init creates them.
@@ -125,20 +123,10 @@ func (k *Keystore) log() *slog.Logger {
 	return slog.Default()
 }
 
-func unavailable(err error) error {
-	return fmt.Errorf("%w: %w", keystore.ErrUnavailable, err)
-}
-
-func classAttrs(class, keyType uint) []*pkcs11.Attribute {
-	return []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, class),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
-	}
-}
-
-func withID(t []*pkcs11.Attribute, id []byte) []*pkcs11.Attribute {
-	return append(t[:len(t):len(t)], pkcs11.NewAttribute(pkcs11.CKA_ID, id))
-}
+// ErrNoKeys means the token has not been initialised for Custos. The
+// service cannot serve without keys, so it counts as the keystore being
+// unavailable.
+var ErrNoKeys = fmt.Errorf("%w: the token holds no Custos keys; run `custosd init`", exchange.ErrKeystoreUnavailable)
 
 // Refresh reads the inventory from the token.
 func (k *Keystore) Refresh(ctx context.Context) error {
@@ -147,48 +135,48 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 	err := k.tok.Do(ctx, "inventory", func(s *hsm.Session) error {
 		clear(creds)
 		clear(tickets)
-		privs, err := s.FindObjects(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH))
+		privs, err := s.FindKeys(hsm.DHPrivateKey)
 		if err != nil {
 			return err
 		}
-		for _, h := range privs {
-			label, id, created, ok := readLabelled(s, h, credentialPrefix)
+		for _, o := range privs {
+			created, ok := labelled(o, credentialPrefix)
 			if !ok {
 				continue
 			}
-			pubH, err := s.FindOne(withID(classAttrs(pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH), id))
+			pubH, err := s.FindKey(hsm.DHPublicKey, o.ID)
 			if err != nil {
-				k.log().Warn("p11: credential without its public key; ignored", "label", label)
+				k.log().Warn("p11: credential without its public key; ignored", "label", o.Label)
 				continue
 			}
-			v, err := s.Attribute(pubH, pkcs11.CKA_VALUE)
+			v, err := s.PublicValue(pubH)
 			if err != nil {
 				return err
 			}
 			pub, err := group.NewElement(v)
 			if err != nil {
-				k.log().Warn("p11: credential public value is not a group element; ignored", "label", label, "reason", err)
+				k.log().Warn("p11: credential public value is not a group element; ignored", "label", o.Label, "reason", err)
 				continue
 			}
-			c := &credentialKey{id: id, label: label, created: created, pub: pub, kid: pub.KeyID()}
+			c := &credentialKey{id: o.ID, label: o.Label, created: created, pub: pub, kid: pub.KeyID()}
 			creds[c.kid] = c
 		}
-		secrets, err := s.FindObjects(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES))
+		secrets, err := s.FindKeys(hsm.AESKey)
 		if err != nil {
 			return err
 		}
-		for _, h := range secrets {
-			label, id, created, ok := readLabelled(s, h, ticketPrefix)
-			if !ok || len(id) != ticket.KeyIDSize {
+		for _, o := range secrets {
+			created, ok := labelled(o, ticketPrefix)
+			if !ok || len(o.ID) != ticket.KeyIDSize {
 				continue
 			}
-			tk := &ticketKey{id: ticket.KeyID(id), label: label, created: created}
+			tk := &ticketKey{id: ticket.KeyID(o.ID), label: o.Label, created: created}
 			tickets[tk.id] = tk
 		}
 		return nil
 	})
 	if err != nil {
-		return unavailable(err)
+		return err
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -226,22 +214,14 @@ func newer(a time.Time, aID []byte, b time.Time, bID []byte) bool {
 	return hex.EncodeToString(aID) > hex.EncodeToString(bID)
 }
 
-// readLabelled reads the label and CKA_ID of an object and parses the
-// creation time from a label with the given prefix.
-func readLabelled(s *hsm.Session, h pkcs11.ObjectHandle, prefix string) (label string, id []byte, created time.Time, ok bool) {
-	lb, err := s.Attribute(h, pkcs11.CKA_LABEL)
-	if err != nil || !strings.HasPrefix(string(lb), prefix) {
-		return "", nil, time.Time{}, false
+// labelled parses the creation time from a key's label with the given
+// prefix; ok is false for keys that are not Custos's of that kind.
+func labelled(o hsm.KeyObject, prefix string) (created time.Time, ok bool) {
+	if !strings.HasPrefix(o.Label, prefix) {
+		return time.Time{}, false
 	}
-	created, err = time.Parse(labelTime, strings.TrimPrefix(string(lb), prefix))
-	if err != nil {
-		return "", nil, time.Time{}, false
-	}
-	id, err = s.Attribute(h, pkcs11.CKA_ID)
-	if err != nil || len(id) == 0 {
-		return "", nil, time.Time{}, false
-	}
-	return string(lb), id, created, true
+	created, err := time.Parse(labelTime, strings.TrimPrefix(o.Label, prefix))
+	return created, err == nil
 }
 
 // maybeRefresh reads the inventory again in the background once it is older
@@ -272,15 +252,12 @@ func (k *Keystore) maybeRefresh() {
 	}()
 }
 
-// ErrNoKeys means the token has not been initialised for Custos.
-var ErrNoKeys = errors.New("the token holds no Custos keys; run `custosd init`")
-
 func (k *Keystore) Credential(ctx context.Context) (*group.Element, error) {
 	k.maybeRefresh()
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.activeCred == nil {
-		return nil, unavailable(ErrNoKeys)
+		return nil, ErrNoKeys
 	}
 	return k.activeCred.pub, nil
 }
@@ -294,75 +271,69 @@ func (k *Keystore) credential(kid string) *credentialKey {
 func (k *Keystore) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
 	c := k.credential(kid)
 	if c == nil {
-		return nil, keystore.ErrUnknownKey
+		return nil, fmt.Errorf("p11: the token holds no credential %s", kid)
 	}
 	var out []byte
 	err := k.tok.Do(ctx, "derive", func(s *hsm.Session) error {
-		h, err := c.handle.get(s, withID(classAttrs(pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH), c.id))
+		h, err := c.handle.get(s, hsm.DHPrivateKey, c.id)
 		if err != nil {
 			return err
 		}
 		out, err = s.DeriveDH(h, peer.Bytes(), group.Size)
 		return err
 	})
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return out, nil
+	return out, err
 }
 
-func (k *Keystore) Seal(ctx context.Context, plaintext []byte) ([]byte, error) {
+func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 	k.maybeRefresh()
 	k.mu.RLock()
-	tk := k.activeTicket
+	defer k.mu.RUnlock()
+	if k.activeTicket == nil {
+		return ticket.KeyID{}, ErrNoKeys
+	}
+	return k.activeTicket.id, nil
+}
+
+func (k *Keystore) SealWith(ctx context.Context, id ticket.KeyID, iv, aad, plaintext []byte) ([]byte, error) {
+	k.mu.RLock()
+	tk := k.tickets[id]
 	k.mu.RUnlock()
 	if tk == nil {
-		return nil, unavailable(ErrNoKeys)
+		return nil, fmt.Errorf("p11: the token holds no ticket key %x", id)
 	}
-	f := &ticket.Frame{KeyID: tk.id, IV: make([]byte, ticket.IVSize)}
-	if _, err := rand.Read(f.IV); err != nil {
-		return nil, err
-	}
+	var out []byte
 	err := k.tok.Do(ctx, "seal", func(s *hsm.Session) error {
-		h, err := tk.handle.get(s, withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:]))
+		h, err := tk.handle.get(s, hsm.AESKey, tk.id[:])
 		if err != nil {
 			return err
 		}
-		f.Sealed, err = s.SealGCM(h, f.IV, ticket.AAD(tk.id), plaintext)
+		out, err = s.SealGCM(h, iv, aad, plaintext)
 		return err
 	})
-	if err != nil {
-		return nil, unavailable(err)
-	}
-	return f.Bytes(), nil
+	return out, err
 }
 
-func (k *Keystore) Open(ctx context.Context, t []byte) ([]byte, error) {
-	f, err := ticket.Parse(t)
-	if err != nil {
-		return nil, err
-	}
-	tk := k.ticketKey(ctx, f.KeyID)
+func (k *Keystore) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, sealed []byte) ([]byte, error) {
+	tk := k.ticketKey(ctx, id)
 	if tk == nil {
 		return nil, ticket.ErrInvalid
 	}
 	var out []byte
-	err = k.tok.Do(ctx, "open", func(s *hsm.Session) error {
-		h, err := tk.handle.get(s, withID(classAttrs(pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES), tk.id[:]))
+	err := k.tok.Do(ctx, "open", func(s *hsm.Session) error {
+		h, err := tk.handle.get(s, hsm.AESKey, tk.id[:])
 		if err != nil {
 			return err
 		}
-		out, err = s.OpenGCM(h, f.IV, ticket.AAD(f.KeyID), f.Sealed)
+		out, err = s.OpenGCM(h, iv, aad, sealed)
 		return err
 	})
 	switch {
-	case err == nil:
-		return out, nil
 	case errors.Is(err, hsm.ErrAuthentication), errors.Is(err, hsm.ErrObjectNotFound):
 		// A forged ticket, or one whose key another replica pruned.
 		return nil, ticket.ErrInvalid
 	}
-	return nil, unavailable(err)
+	return out, err
 }
 
 // ticketKey finds a sealing key by id. An unknown id may be a key another

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"sync"
@@ -17,7 +18,6 @@ import (
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
-	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/softhsm"
 )
 
@@ -25,11 +25,19 @@ type fixture struct {
 	st  *softhsm.Token
 	tok *hsm.Token
 	ks  *Keystore
+	// ck is the module's calls as the pool makes them: the tests use it
+	// as any other program on the machine could, on sessions of their own.
+	ck hsm.Cryptoki
 }
 
 func openTok(t *testing.T, st *softhsm.Token) *hsm.Token {
 	t.Helper()
-	tok, err := hsm.Open(context.Background(), hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN})
+	return openTokWith(t, st, nil)
+}
+
+func openTokWith(t *testing.T, st *softhsm.Token, wrap func(hsm.Cryptoki) hsm.Cryptoki) *hsm.Token {
+	t.Helper()
+	tok, err := hsm.Open(context.Background(), hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN, Wrap: wrap})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -40,15 +48,31 @@ func openTok(t *testing.T, st *softhsm.Token) *hsm.Token {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	st := softhsm.New(t)
-	tok := openTok(t, st)
-	ks, err := Open(context.Background(), tok)
+	f := &fixture{st: st}
+	f.tok = openTokWith(t, st, func(ck hsm.Cryptoki) hsm.Cryptoki { f.ck = ck; return ck })
+	ks, err := Open(context.Background(), f.tok)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, err := ks.Init(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return &fixture{st: st, tok: tok, ks: ks}
+	f.ks = ks
+	return f
+}
+
+// session opens a logged-in session of the test's own on the token, as a
+// program other than Custos holding the PIN would.
+func (f *fixture) session(t *testing.T) pkcs11.SessionHandle {
+	t.Helper()
+	sh, err := f.ck.OpenSession(f.tok.Slot(), pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.ck.Login(sh, pkcs11.CKU_USER, f.st.PIN); err != nil && !hsm.Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
+		t.Fatal(err)
+	}
+	return sh
 }
 
 func TestInitIsIdempotent(t *testing.T) {
@@ -80,10 +104,10 @@ func TestEmptyTokenSaysToInit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ks.Credential(context.Background()); !errors.Is(err, ErrNoKeys) || !errors.Is(err, keystore.ErrUnavailable) {
+	if _, err := ks.Credential(context.Background()); !errors.Is(err, ErrNoKeys) || !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
-	if _, err := ks.Seal(context.Background(), []byte("x")); !errors.Is(err, ErrNoKeys) {
+	if _, err := ticket.Seal(context.Background(), ks, rand.Reader, []byte("x")); !errors.Is(err, ErrNoKeys) {
 		t.Fatalf("err = %v", err)
 	}
 }
@@ -105,7 +129,7 @@ func TestDeriveMatchesPublicKey(t *testing.T) {
 			t.Fatalf("peer %d: derive differs from math/big", i)
 		}
 	}
-	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); !errors.Is(err, keystore.ErrUnknownKey) {
+	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("unknown kid: %v", err)
 	}
 }
@@ -115,7 +139,7 @@ func TestDeriveMatchesPublicKey(t *testing.T) {
 func TestEngineOnToken(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	srv := &exchange.Server{Keystore: f.ks}
+	srv := &exchange.Server{Keystore: f.ks, Accounts: enabledAccounts{}}
 	for i := 0; i < 20; i++ {
 		key, _ := exchange.GenerateClientKey(rand.Reader)
 		pending, msg, _ := key.NewExchange(rand.Reader, nil)
@@ -131,16 +155,14 @@ func TestEngineOnToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st, err := srv.OpenTicket(ctx, sess.Ticket)
-		if err != nil {
-			t.Fatal(err)
-		}
+		st := openSession(t, f.ks, sess.Ticket)
 		if !hmac.Equal(st.AK[:], sess.AK[:]) || !hmac.Equal(st.RK[:], sess.RK[:]) {
 			t.Fatal("client and token-backed server disagree")
 		}
 		pr, rmsg, _ := sess.NewRekey(rand.Reader, nil)
-		rreq, _ := exchange.ParseRekeyRequest(rmsg)
-		rresp, err := srv.Rekey(ctx, rreq, st, sess.Ticket)
+		body, _ := json.Marshal(rmsg)
+		auth, _ := sess.SignRekey(body, time.Now())
+		rresp, _, err := srv.Rekey(ctx, &exchange.SignedRequest{Method: "POST", Target: exchange.WellKnown, Authorization: auth, Body: body}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -148,28 +170,47 @@ func TestEngineOnToken(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		st2, _ := srv.OpenTicket(ctx, next.Ticket)
-		if st2 == nil || !hmac.Equal(st2.EK[:], next.EK[:]) || st2.Generation != 1 {
+		st2 := openSession(t, f.ks, next.Ticket)
+		if !hmac.Equal(st2.EK[:], next.EK[:]) || st2.Generation != 1 {
 			t.Fatal("rekey through the token disagrees")
 		}
 	}
+}
+
+// enabledAccounts is a registry in which every account is enabled.
+type enabledAccounts struct{}
+
+func (enabledAccounts) Disabled(context.Context, string) (bool, error) { return false, nil }
+
+// openSession opens a ticket with the token's key and decodes it.
+func openSession(t *testing.T, ks *Keystore, tk []byte) *ticket.Session {
+	t.Helper()
+	pt, err := ticket.Open(context.Background(), ks, tk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := new(ticket.Session)
+	if err := st.UnmarshalBinary(pt); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }
 
 func TestTicketTamper(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	pt := []byte("account, kid, times and session keys")
-	tk, err := f.ks.Seal(ctx, pt)
+	tk, err := ticket.Seal(ctx, f.ks, rand.Reader, pt)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := f.ks.Open(ctx, tk); err != nil || !bytes.Equal(got, pt) {
+	if got, err := ticket.Open(ctx, f.ks, tk); err != nil || !bytes.Equal(got, pt) {
 		t.Fatalf("open: %v", err)
 	}
 	for i := range tk {
 		bad := bytes.Clone(tk)
 		bad[i] ^= 0x80
-		if _, err := f.ks.Open(ctx, bad); !errors.Is(err, ticket.ErrInvalid) {
+		if _, err := ticket.Open(ctx, f.ks, bad); !errors.Is(err, ticket.ErrInvalid) {
 			t.Fatalf("byte %d flipped: %v", i, err)
 		}
 	}
@@ -183,7 +224,7 @@ func TestRotationAndPrune(t *testing.T) {
 	ctx := context.Background()
 	now := time.Now()
 	f.ks.Now = func() time.Time { return now }
-	oldTicket, _ := f.ks.Seal(ctx, []byte("old"))
+	oldTicket, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("old"))
 	oldCred, _ := f.ks.Credential(ctx)
 
 	now = now.Add(2 * time.Hour)
@@ -191,11 +232,11 @@ func TestRotationAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	newTicket, _ := f.ks.Seal(ctx, []byte("new"))
+	newTicket, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("new"))
 	if bytes.Equal(oldTicket[1:9], newTicket[1:9]) || info.ID == "" {
 		t.Fatal("rotation did not change the sealing key")
 	}
-	if _, err := f.ks.Open(ctx, oldTicket); err != nil {
+	if _, err := ticket.Open(ctx, f.ks, oldTicket); err != nil {
 		t.Fatalf("old ticket after rotation: %v", err)
 	}
 	cinfo, err := f.ks.RotateCredential(ctx)
@@ -220,13 +261,13 @@ func TestRotationAndPrune(t *testing.T) {
 	if err != nil || len(pruned) != 2 {
 		t.Fatalf("pruned %+v, %v; want the old credential and ticket key", pruned, err)
 	}
-	if _, err := f.ks.Open(ctx, oldTicket); !errors.Is(err, ticket.ErrInvalid) {
+	if _, err := ticket.Open(ctx, f.ks, oldTicket); !errors.Is(err, ticket.ErrInvalid) {
 		t.Fatalf("ticket of a pruned key: %v", err)
 	}
-	if _, err := f.ks.Open(ctx, newTicket); err != nil {
+	if _, err := ticket.Open(ctx, f.ks, newTicket); err != nil {
 		t.Fatalf("ticket of the active key: %v", err)
 	}
-	if _, err := f.ks.Derive(ctx, oldCred.KeyID(), newCred); !errors.Is(err, keystore.ErrUnknownKey) {
+	if _, err := f.ks.Derive(ctx, oldCred.KeyID(), newCred); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("pruned credential: %v", err)
 	}
 	keys, _ := f.ks.Keys(ctx)
@@ -252,11 +293,11 @@ func TestReplicasShareToken(t *testing.T) {
 	if _, err := f.ks.RotateTicketKey(ctx); err != nil {
 		t.Fatal(err)
 	}
-	tk, _ := f.ks.Seal(ctx, []byte("from replica one"))
+	tk, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("from replica one"))
 	other.mu.Lock()
 	other.refreshedAt = time.Now().Add(-2 * time.Second)
 	other.mu.Unlock()
-	if got, err := other.Open(ctx, tk); err != nil || string(got) != "from replica one" {
+	if got, err := ticket.Open(ctx, other, tk); err != nil || string(got) != "from replica one" {
 		t.Fatalf("replica two: %v", err)
 	}
 }
@@ -282,11 +323,11 @@ func TestConcurrentKeystore(t *testing.T) {
 				case 0:
 					_, err = f.ks.Derive(ctx, X.KeyID(), peer)
 				case 1:
-					_, err = f.ks.Seal(ctx, []byte("t"))
+					_, err = ticket.Seal(ctx, f.ks, rand.Reader, []byte("t"))
 				default:
 					var tk []byte
-					if tk, err = f.ks.Seal(ctx, []byte("t")); err == nil {
-						_, err = f.ks.Open(ctx, tk)
+					if tk, err = ticket.Seal(ctx, f.ks, rand.Reader, []byte("t")); err == nil {
+						_, err = ticket.Open(ctx, f.ks, tk)
 					}
 				}
 				if err != nil {
@@ -308,19 +349,17 @@ func TestConcurrentKeystore(t *testing.T) {
 func TestFaults(t *testing.T) {
 	faults := map[string]func(f *fixture) error{
 		"close all sessions": func(f *fixture) error {
-			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
-				return s.Cryptoki().CloseAllSessions(f.tok.Slot())
-			})
+			return f.ck.CloseAllSessions(f.tok.Slot())
 		},
 		"logout": func(f *fixture) error {
-			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
-				return s.Cryptoki().Logout(s.Handle())
-			})
+			sh, err := f.ck.OpenSession(f.tok.Slot(), pkcs11.CKF_SERIAL_SESSION)
+			if err != nil {
+				return err
+			}
+			return f.ck.Logout(sh)
 		},
 		"finalize": func(f *fixture) error {
-			return f.tok.Do(context.Background(), "fault", func(s *hsm.Session) error {
-				return s.Cryptoki().Finalize()
-			})
+			return f.ck.Finalize()
 		},
 	}
 	for name, fault := range faults {
@@ -328,7 +367,7 @@ func TestFaults(t *testing.T) {
 			f := newFixture(t)
 			ctx := context.Background()
 			X, _ := f.ks.Credential(ctx)
-			tk, _ := f.ks.Seal(ctx, []byte("before"))
+			tk, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("before"))
 			if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
 				t.Fatal(err)
 			}
@@ -337,10 +376,10 @@ func TestFaults(t *testing.T) {
 				if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
 					t.Fatalf("derive %d after %s: %v", i, name, err)
 				}
-				if _, err := f.ks.Open(ctx, tk); err != nil {
+				if _, err := ticket.Open(ctx, f.ks, tk); err != nil {
 					t.Fatalf("open %d after %s: %v", i, name, err)
 				}
-				if _, err := f.ks.Seal(ctx, []byte("after")); err != nil {
+				if _, err := ticket.Seal(ctx, f.ks, rand.Reader, []byte("after")); err != nil {
 					t.Fatalf("seal %d after %s: %v", i, name, err)
 				}
 			}
@@ -350,26 +389,24 @@ func TestFaults(t *testing.T) {
 
 func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
 	f := newFixture(t)
-	ctx := context.Background()
-	err := f.tok.Do(ctx, "check", func(s *hsm.Session) error {
-		for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_SECRET_KEY} {
-			hs, err := s.FindObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)})
-			if err != nil || len(hs) != 1 {
-				t.Fatalf("class %d: %d objects, %v", class, len(hs), err)
-			}
-			for attr, want := range map[uint]byte{pkcs11.CKA_SENSITIVE: 1, pkcs11.CKA_EXTRACTABLE: 0, pkcs11.CKA_TOKEN: 1, pkcs11.CKA_PRIVATE: 1} {
-				v, err := s.Attribute(hs[0], attr)
-				if err != nil || len(v) != 1 || v[0] != want {
-					t.Errorf("class %d attribute 0x%x = %v (%v)", class, attr, v, err)
-				}
-			}
-			if _, err := s.Attribute(hs[0], pkcs11.CKA_VALUE); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
-				t.Errorf("class %d: CKA_VALUE readable: %v", class, err)
+	sh := f.session(t)
+	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_SECRET_KEY} {
+		if err := f.ck.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}); err != nil {
+			t.Fatal(err)
+		}
+		hs, _, err := f.ck.FindObjects(sh, 10)
+		f.ck.FindObjectsFinal(sh)
+		if err != nil || len(hs) != 1 {
+			t.Fatalf("class %d: %d objects, %v", class, len(hs), err)
+		}
+		for attr, want := range map[uint]byte{pkcs11.CKA_SENSITIVE: 1, pkcs11.CKA_EXTRACTABLE: 0, pkcs11.CKA_TOKEN: 1, pkcs11.CKA_PRIVATE: 1} {
+			a, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(attr, nil)})
+			if err != nil || len(a[0].Value) != 1 || a[0].Value[0] != want {
+				t.Errorf("class %d attribute 0x%x = %v (%v)", class, attr, a, err)
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+		if _, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+			t.Errorf("class %d: CKA_VALUE readable: %v", class, err)
+		}
 	}
 }

@@ -77,13 +77,14 @@ func NewRig(dir string) (*Rig, error) {
 	if err := r.Registry.Add(ctx, Account, r.Key.Public()); err != nil {
 		return nil, err
 	}
-	r.Engine = &exchange.Server{Keystore: r.Keystore}
 	r.Service = r.NewService()
 	return r, nil
 }
 
-// NewService returns a service on the rig's parts with empty caches.
+// NewService returns a service on the rig's parts with empty caches; it
+// becomes the rig's Engine.
 func (r *Rig) NewService() *httpapi.Service {
+	r.Engine = &exchange.Server{Keystore: r.Keystore, Accounts: r.Registry}
 	return httpapi.New(httpapi.Config{
 		Engine:   r.Engine,
 		Accounts: r.Registry,
@@ -201,7 +202,7 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 	rand.Read(e128)
 	session := sampleSession()
 	pt, _ := session.MarshalBinary()
-	sealed, err := r.Keystore.Seal(ctx, pt)
+	sealed, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 	if err != nil {
 		return nil, err
 	}
@@ -238,14 +239,14 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 		}},
 		{"ticket seal (token AES-256-GCM)", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := r.Keystore.Seal(ctx, pt); err != nil {
+				if _, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
 		{"ticket open (token AES-256-GCM)", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := r.Keystore.Open(ctx, sealed); err != nil {
+				if _, err := ticket.Open(ctx, r.Keystore, sealed); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -279,7 +280,7 @@ func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
 	for i := range n {
 		s := sampleSession()
 		pt, _ := s.MarshalBinary()
-		t, err := r.Keystore.Seal(ctx, pt)
+		t, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 		if err != nil {
 			return nil, err
 		}
@@ -329,7 +330,7 @@ func (r *Rig) AuthenticatedHandler(b *testing.B) {
 	ctx := context.Background()
 	s := sampleSession()
 	pt, _ := s.MarshalBinary()
-	t, err := r.Keystore.Seal(ctx, pt)
+	t, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 	if err != nil {
 		b.Fatal(err)
 	}

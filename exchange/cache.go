@@ -1,9 +1,10 @@
-package httpapi
+package exchange
 
 import (
 	"container/list"
 	"crypto/sha256"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-kx/custos/internal/jwc"
@@ -24,11 +25,32 @@ type ticketCache struct {
 }
 
 type cacheEntry struct {
-	key     [32]byte
-	sess    *ticket.Session
-	ak      *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
-	users   int         // requests holding the session
-	retired bool        // out of the cache: zero when users reaches 0
+	key   [32]byte
+	sess  *ticket.Session
+	ak    *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
+	lease lease
+}
+
+// lease counts the requests holding a session's keys, which are zeroed
+// once the session is retired (replaced, evicted, expired) and the last
+// request has let go. The owner's mutex guards it.
+type lease struct {
+	users   int
+	retired bool
+}
+
+func (l *lease) hold() { l.users++ }
+
+// release ends one hold and reports whether the keys are to be zeroed now.
+func (l *lease) release() bool {
+	l.users--
+	return l.retired && l.users == 0
+}
+
+// retire reports whether the keys are to be zeroed now.
+func (l *lease) retire() bool {
+	l.retired = true
+	return l.users == 0
 }
 
 func (e *cacheEntry) zero() {
@@ -45,7 +67,7 @@ func newTicketCache(max int) *ticketCache {
 // the ticket t. A request whose header part hashes to a cached key is known
 // to carry exactly that header, so its header needs no decoding, its
 // ticket no hashing, and its MAC starts from the state after the header
-// (see Service.session).
+// (see Server.session).
 func headerKey(h string) [32]byte { return sha256.Sum256([]byte(h)) }
 
 // get returns the cached session of key, held for the caller, or nil.
@@ -62,7 +84,7 @@ func (c *ticketCache) get(key [32]byte, now time.Time) *cacheEntry {
 		return nil
 	}
 	c.lru.MoveToFront(el)
-	e.users++
+	e.lease.hold()
 	return e
 }
 
@@ -76,19 +98,19 @@ func (c *ticketCache) put(key [32]byte, hdr string, sess *ticket.Session) *cache
 	if el, ok := c.items[key]; ok {
 		sess.Zero()
 		e := el.Value.(*cacheEntry)
-		e.users++
+		e.lease.hold()
 		return e
 	}
-	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:], hdr), users: 1}
+	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:], hdr), lease: lease{users: 1}}
 	if c.max <= 0 {
-		e.retired = true // not cached: zeroed on release
+		e.lease.retired = true // not cached: zeroed on release
 		return e
 	}
 	for c.lru.Len() >= c.max {
 		c.removeLocked(c.lru.Back())
 	}
 	c.items[key] = c.lru.PushFront(e)
-	ticketCacheSessions.Inc()
+	cacheStats.sessions.Add(1)
 	return e
 }
 
@@ -96,7 +118,7 @@ func (c *ticketCache) put(key [32]byte, hdr string, sess *ticket.Session) *cache
 func (c *ticketCache) release(e *cacheEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if e.users--; e.retired && e.users == 0 {
+	if e.lease.release() {
 		e.zero()
 	}
 }
@@ -104,11 +126,24 @@ func (c *ticketCache) release(e *cacheEntry) {
 func (c *ticketCache) removeLocked(el *list.Element) {
 	e := c.lru.Remove(el).(*cacheEntry)
 	delete(c.items, e.key)
-	e.retired = true
-	if e.users == 0 {
+	if e.lease.retire() {
 		e.zero()
 	}
-	ticketCacheSessions.Dec()
+	cacheStats.sessions.Add(-1)
+}
+
+// cacheStats counts the ticket caches' work in the process, for metrics.
+var cacheStats struct {
+	hits, misses atomic.Uint64
+	sessions     atomic.Int64
+}
+
+// TicketCacheStats returns how many authenticated requests found their
+// session open in memory (hits) or had the keystore open its ticket
+// (misses), and how many sessions are held in memory, across every Server
+// in the process.
+func TicketCacheStats() (hits, misses uint64, sessions int64) {
+	return cacheStats.hits.Load(), cacheStats.misses.Load(), cacheStats.sessions.Load()
 }
 
 func (c *ticketCache) len() int {
