@@ -39,7 +39,7 @@ fuzz:
 	$(GO) test ./exchange -run '^$$' -fuzz '^FuzzOpenTicket$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/ticket -run '^$$' -fuzz '^FuzzSessionUnmarshal$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzRequestToken$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
-	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 
 # One table from one run: primitives, the server-cost bound, CPU per
 # exchange, throughput and p99 against a local custosd, authenticated vs

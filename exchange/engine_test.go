@@ -342,7 +342,9 @@ func TestDecodeRejections(t *testing.T) {
 	s := string(good)
 	cases := map[string]string{
 		"duplicate member":         strings.Replace(s, `"ClientNonce":`, `"ClientNonce":{"PublicKeyDH":{}},"ClientNonce":`, 1),
-		"duplicate differing case": strings.Replace(s, `"kid":`, `"KID":"x","kid":`, 1),
+		// SPEC v1.1 §2: names are exact, so "KID" would be another,
+		// unknown member; the same name spelt with an escape is a duplicate.
+		"duplicate spelt with an escape": strings.Replace(s, `"kid":`, `"k\u0069d":"x","kid":`, 1),
 		"duplicate tag":            `{"ExchangeRequest":{},` + s[1:],
 		"not JSON":                 "hello",
 		"truncated":                s[:len(s)/2],

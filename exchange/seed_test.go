@@ -25,7 +25,7 @@ func seedMessages(t testing.TB) []string {
 		if i < 0 || !strings.Contains(block, "Exchange") {
 			continue
 		}
-		out = append(out, UnwrapDisplay(block[i:]))
+		out = append(out, wire.UnwrapDisplay(block[i:]))
 	}
 	if len(out) != 2 {
 		t.Fatalf("found %d messages in the example, want 2", len(out))

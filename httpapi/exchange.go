@@ -87,6 +87,10 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 	if err := wire.Unmarshal(body, &msg); err != nil {
 		return "", "", s.refusal("exchange", err)
 	}
+	if msg.ClientCredential == nil && msg.ClientNonce != nil {
+		// SPEC §7: a request with only a nonce is a rekey, unsigned.
+		return "", "", exchange.Errorf(exchange.BadAuthentication, "A request without ClientCredential is a rekey, which needs an Authorization: JWC header signed under the session's rekey key; send ClientCredential to exchange.")
+	}
 	req, err := exchange.ParseRequest(&msg)
 	if err != nil {
 		return "", "", s.refusal("exchange", err)

@@ -82,7 +82,7 @@ func seedRequest(t *testing.T) []byte {
 		t.Fatal(err)
 	}
 	block := strings.Split(string(doc), "~~~~")[1]
-	return []byte(exchange.UnwrapDisplay(block[strings.Index(block, "{"):]))
+	return []byte(wire.UnwrapDisplay(block[strings.Index(block, "{"):]))
 }
 
 func TestSeedRequest(t *testing.T) {

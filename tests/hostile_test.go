@@ -187,10 +187,18 @@ func hostileCases() []hostileCase {
 		b = bytes.Replace(b, []byte(`"ClientNonce":`), append(append([]byte(`"ClientNonce":`), n...), []byte(`,"ClientNonce":`)...), 1)
 		return f.postJSON(b)
 	})
-	add("duplicate member in other case", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
+	// SPEC v1.1 §2: names are exact. A member in another case is another,
+	// unknown member, ignored; the same name spelt with an escape is a
+	// duplicate.
+	add("duplicate member spelt with an escape", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
 		n, _ := json.Marshal(goodKey(t))
 		b := exchangeBody(f.credKey(), goodKey(t))
-		b = bytes.Replace(b, []byte(`"ClientNonce":`), append(append([]byte(`"clientnonce":`), n...), []byte(`,"ClientNonce":`)...), 1)
+		b = bytes.Replace(b, []byte(`"ClientNonce":`), append(append([]byte(`"Client\u004eonce":`), n...), []byte(`,"ClientNonce":`)...), 1)
+		return f.postJSON(b)
+	})
+	add("ClientCredential in another case is not a ClientCredential: an unsigned rekey", http.StatusUnauthorized, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		b := exchangeBody(f.credKey(), goodKey(t))
+		b = bytes.Replace(b, []byte(`"ClientCredential":`), []byte(`"clientcredential":`), 1)
 		return f.postJSON(b)
 	})
 	add("wrong tag", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
@@ -207,7 +215,7 @@ func hostileCases() []hostileCase {
 			k.KID, base64.RawURLEncoding.EncodeToString(k.Domain), base64.RawURLEncoding.EncodeToString(k.Public))))
 	})
 	add("no ClientNonce", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request { return f.postJSON(exchangeBody(f.credKey(), nil)) })
-	add("no ClientCredential", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request { return f.postJSON(exchangeBody(nil, goodKey(t))) })
+	add("no ClientCredential: an unsigned rekey (SPEC §7)", http.StatusUnauthorized, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request { return f.postJSON(exchangeBody(nil, goodKey(t))) })
 	add("Public not base64url", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
 		b, _ := json.Marshal(f.credKey())
 		k := strings.Replace(string(b), `"Public":"`, `"Public":"!!`, 1)

@@ -50,7 +50,7 @@ func inspect(doc []byte, w io.Writer) (bool, error) {
 	if start < 0 {
 		return false, fmt.Errorf("no JSON object found")
 	}
-	unwrapped := exchange.UnwrapDisplay(string(doc[start:]))
+	unwrapped := wire.UnwrapDisplay(string(doc[start:]))
 	var raw json.RawMessage
 	if err := json.NewDecoder(strings.NewReader(unwrapped)).Decode(&raw); err != nil {
 		return false, fmt.Errorf("the message is not valid JSON: %v", err)

@@ -53,7 +53,7 @@ type ResponseClaims struct {
 }
 
 func (c *Claims) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+	return decodeFlat(b, func(name []byte, v flatValue) error {
 		switch string(name) {
 		case "htm":
 			return v.Text(&c.Method)
@@ -71,7 +71,7 @@ func (c *Claims) decode(b []byte) error {
 }
 
 func (c *ResponseClaims) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+	return decodeFlat(b, func(name []byte, v flatValue) error {
 		switch string(name) {
 		case "jti":
 			return v.Text(&c.ID)

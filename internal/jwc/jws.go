@@ -33,7 +33,7 @@ type header struct {
 const alg = "HS512"
 
 func (h *header) decode(b []byte) error {
-	return wire.DecodeFlat(b, func(name []byte, v wire.FlatValue) error {
+	return decodeFlat(b, func(name []byte, v flatValue) error {
 		switch string(name) {
 		case "alg":
 			return v.Text(&h.Alg)

@@ -4,9 +4,9 @@
 // little-endian two's-complement form.
 //
 // Decoding is strict where the protocol needs it to be: a member name that
-// appears twice in one object (compared without regard to case, because
-// encoding/json matches names that way) is refused rather than resolved, as
-// is nesting deeper than any message needs.
+// appears twice in one object (names are exact and case-sensitive, SPEC §2)
+// is refused rather than resolved, as is nesting deeper than any message
+// needs.
 package wire
 
 import (
@@ -15,7 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"reflect"
 	"strings"
 )
 
@@ -106,6 +106,11 @@ func (m *ServiceDescription) UnmarshalJSON(b []byte) error {
 	return untag(b, tagDescription, (*plainDescription)(m))
 }
 
+func (s *Suite) UnmarshalJSON(b []byte) error {
+	type plainSuite Suite
+	return exact(b, (*plainSuite)(s))
+}
+
 // untag decodes {tag: value} into v. Other members beside the tag are ignored.
 func untag(b []byte, tag string, v any) error {
 	var outer map[string]json.RawMessage
@@ -119,7 +124,35 @@ func untag(b []byte, tag string, v any) error {
 	if len(inner) == 0 || inner[0] != '{' {
 		return &DecodeError{Reason: fmt.Sprintf("the %s member is not an object", tag)}
 	}
-	return json.Unmarshal(inner, v)
+	return exact(inner, v)
+}
+
+// exact decodes a JSON object into the struct v, matching member names to
+// the fields' JSON names exactly (SPEC §2), where encoding/json would also
+// take a member whose name differs in case ("clientcredential") or folds
+// to it ("ſtatus"). Members that match no field are ignored.
+func exact(b []byte, v any) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(b, &members); err != nil {
+		return &DecodeError{Reason: "expected a JSON object"}
+	}
+	rv := reflect.ValueOf(v).Elem()
+	rt := rv.Type()
+	for i := range rt.NumField() {
+		name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
+		raw, ok := members[name]
+		if !ok {
+			continue
+		}
+		if err := json.Unmarshal(raw, rv.Field(i).Addr().Interface()); err != nil {
+			var de *DecodeError
+			if errors.As(err, &de) {
+				return de
+			}
+			return &DecodeError{Reason: fmt.Sprintf("member %s has the wrong type", name)}
+		}
+	}
+	return nil
 }
 
 // DecodeError says why a message could not be decoded.
@@ -153,17 +186,18 @@ func Unmarshal(data []byte, v any) error {
 // an ExchangeRequest's key, is 4 levels deep.
 const MaxDepth = 16
 
-// checkStructure refuses duplicate member names (compared without case, as
-// encoding/json matches them) and nesting deeper than MaxDepth. Valid JSON
-// is scanned byte by byte, which is several times faster than walking it
-// with json.Decoder.Token; invalid JSON takes the walk, for its error.
+// checkStructure refuses duplicate member names and nesting deeper than
+// MaxDepth. Valid JSON is scanned byte by byte, which is several times
+// faster than walking it with json.Decoder.Token; invalid JSON is refused
+// with encoding/json's reason.
 func checkStructure(data []byte) error {
 	if !json.Valid(data) {
-		return walkStructure(data)
+		var v any
+		return syntaxError(json.Unmarshal(data, &v))
 	}
 	type frame struct {
 		object bool
-		names  map[string]struct{}
+		names  Members
 	}
 	var stack []frame
 	expectName := false
@@ -189,19 +223,15 @@ func checkStructure(data []byte) error {
 				j++
 			}
 			if expectName {
-				top := &stack[len(stack)-1]
-				name := string(data[i+1 : j])
-				if bytes.IndexByte(data[i:j], '\\') >= 0 {
-					json.Unmarshal(data[i:j+1], &name)
+				name := data[i+1 : j]
+				if bytes.IndexByte(name, '\\') >= 0 {
+					var s string
+					json.Unmarshal(data[i:j+1], &s)
+					name = []byte(s)
 				}
-				folded := strings.ToLower(name)
-				if _, dup := top.names[folded]; dup {
-					return &DecodeError{Reason: fmt.Sprintf("member %q appears more than once in one object", name)}
+				if err := stack[len(stack)-1].names.Add(name); err != nil {
+					return err
 				}
-				if top.names == nil {
-					top.names = map[string]struct{}{}
-				}
-				top.names[folded] = struct{}{}
 				expectName = false
 			}
 			i = j
@@ -210,62 +240,49 @@ func checkStructure(data []byte) error {
 	return nil
 }
 
-func walkStructure(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.UseNumber()
-	if err := walk(dec, 0); err != nil {
-		return err
+// Members records the member names of one JSON object and refuses a name
+// seen before in it: the one duplicate-member check of every decoder here
+// (SPEC §2: names are exact and case-sensitive, so "Status" and "ſtatus",
+// "ClientNonce" and "clientNonce" are different members). The zero value
+// is empty; names added must stay unchanged while it is used.
+type Members struct {
+	few  [8][]byte
+	n    int
+	many map[string]struct{} // beyond len(few): hostile objects can be large
+}
+
+// Add records name, or refuses it if it was recorded before.
+func (m *Members) Add(name []byte) error {
+	if m.many == nil {
+		for _, seen := range m.few[:m.n] {
+			if bytes.Equal(seen, name) {
+				return duplicate(name)
+			}
+		}
+		if m.n < len(m.few) {
+			m.few[m.n] = name
+			m.n++
+			return nil
+		}
+		m.many = make(map[string]struct{}, 2*len(m.few))
+		for _, seen := range m.few {
+			m.many[string(seen)] = struct{}{}
+		}
 	}
-	if _, err := dec.Token(); err != io.EOF {
-		return &DecodeError{Reason: "unexpected data after the JSON value"}
+	if _, dup := m.many[string(name)]; dup {
+		return duplicate(name)
 	}
+	m.many[string(name)] = struct{}{}
 	return nil
 }
 
-func walk(dec *json.Decoder, depth int) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return syntaxError(err)
-	}
-	delim, ok := tok.(json.Delim)
-	if !ok {
-		return nil
-	}
-	if depth++; depth > MaxDepth {
-		return &DecodeError{Reason: fmt.Sprintf("the JSON is nested more than %d levels deep", MaxDepth)}
-	}
-	switch delim {
-	case '{':
-		seen := make(map[string]bool)
-		for dec.More() {
-			key, err := dec.Token()
-			if err != nil {
-				return syntaxError(err)
-			}
-			name := strings.ToLower(key.(string))
-			if seen[name] {
-				return &DecodeError{Reason: fmt.Sprintf("member %q appears more than once in one object", key)}
-			}
-			seen[name] = true
-			if err := walk(dec, depth); err != nil {
-				return err
-			}
-		}
-	case '[':
-		for dec.More() {
-			if err := walk(dec, depth); err != nil {
-				return err
-			}
-		}
-	}
-	if _, err := dec.Token(); err != nil { // the closing delimiter
-		return syntaxError(err)
-	}
-	return nil
+func duplicate(name []byte) error {
+	return &DecodeError{Reason: fmt.Sprintf("member %q appears more than once in one object", Clip(string(name)))}
 }
 
 func syntaxError(err error) error {
-	if err == io.EOF || err == io.ErrUnexpectedEOF {
+	var se *json.SyntaxError
+	if errors.As(err, &se) && strings.Contains(se.Error(), "unexpected end") {
 		return &DecodeError{Reason: "the JSON ends early"}
 	}
 	return &DecodeError{Reason: "the body is not valid JSON: " + err.Error()}

@@ -1,4 +1,4 @@
-package wire
+package jwc
 
 import (
 	"bytes"
@@ -6,24 +6,26 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // A flat object is a JSON object whose members are strings and integers:
 // the shape of a JWS header and of the claims of a request or response.
 // Every authenticated request decodes two of them on each side, so they
 // get a decoder of their own — no reflection, no second pass — that is as
-// strict as Unmarshal: duplicate names (compared without case) are
+// strict as wire.Unmarshal: a duplicate name (exact, SPEC §2) is
 // refused, and so is anything that is not one object of string and integer
 // members. A differential fuzz test holds it to encoding/json.
 
-// FlatValue is one member's value.
-type FlatValue struct {
+// flatValue is one member's value.
+type flatValue struct {
 	raw    []byte // the JSON token
 	isText bool
 }
 
 // Text stores the value in *s if it is a string.
-func (v FlatValue) Text(s *string) error {
+func (v flatValue) Text(s *string) error {
 	if !v.isText {
 		return fmt.Errorf("is %s, not a string", kind(v.raw))
 	}
@@ -36,7 +38,7 @@ func (v FlatValue) Text(s *string) error {
 }
 
 // Int stores the value in *n if it is an integer that fits.
-func (v FlatValue) Int(n *int64) error {
+func (v flatValue) Int(n *int64) error {
 	if v.isText {
 		return fmt.Errorf("is a string, not an integer")
 	}
@@ -57,19 +59,16 @@ func kind(raw []byte) string {
 	}
 }
 
-// DecodeFlat decodes a flat object, calling member for each member in
+// decodeFlat decodes a flat object, calling member for each member in
 // order with the member's name (unescaped; valid only during the call). An
 // error from member stops decoding and is returned with the member's name.
-func DecodeFlat(data []byte, member func(name []byte, v FlatValue) error) error {
+func decodeFlat(data []byte, member func(name []byte, v flatValue) error) error {
 	d := flatDecoder{data: data}
 	d.space()
 	if !d.take('{') {
-		return &DecodeError{Reason: "not a JSON object"}
+		return &wire.DecodeError{Reason: "not a JSON object"}
 	}
-	// Flat objects are small: the names seen stay on the stack, and plain
-	// names (nearly all) are compared where they lie in data.
-	var seenArray [8][]byte
-	seen := seenArray[:0]
+	var names wire.Members // flat objects are small: the names stay where they lie
 	d.space()
 	if d.take('}') {
 		return d.end()
@@ -83,48 +82,45 @@ func DecodeFlat(data []byte, member func(name []byte, v FlatValue) error) error 
 		name := nameTok[1 : len(nameTok)-1]
 		if bytes.IndexByte(name, '\\') >= 0 || !isPlainASCII(name) {
 			var s string
-			if err := (FlatValue{raw: nameTok, isText: true}).Text(&s); err != nil {
-				return &DecodeError{Reason: "a member name is not a valid string"}
+			if err := (flatValue{raw: nameTok, isText: true}).Text(&s); err != nil {
+				return &wire.DecodeError{Reason: "a member name is not a valid string"}
 			}
 			name = []byte(s)
 		}
-		for _, s := range seen {
-			if sameName(s, name) {
-				return &DecodeError{Reason: fmt.Sprintf("member %q appears more than once", name)}
-			}
+		if err := names.Add(name); err != nil {
+			return err
 		}
-		seen = append(seen, name)
 		d.space()
 		if !d.take(':') {
-			return &DecodeError{Reason: "expected ':' after a member name"}
+			return &wire.DecodeError{Reason: "expected ':' after a member name"}
 		}
 		d.space()
-		var v FlatValue
+		var v flatValue
 		switch {
 		case d.peek() == '"':
 			tok, err := d.str()
 			if err != nil {
 				return err
 			}
-			v = FlatValue{raw: tok, isText: true}
+			v = flatValue{raw: tok, isText: true}
 		case d.peek() == '-' || (d.peek() >= '0' && d.peek() <= '9'):
 			tok, err := d.integer()
 			if err != nil {
 				return err
 			}
-			v = FlatValue{raw: tok}
+			v = flatValue{raw: tok}
 		default:
-			return &DecodeError{Reason: fmt.Sprintf("member %q must be a string or an integer", name)}
+			return &wire.DecodeError{Reason: fmt.Sprintf("member %q must be a string or an integer", name)}
 		}
 		if err := member(name, v); err != nil {
-			return &DecodeError{Reason: fmt.Sprintf("member %q %v", name, err)}
+			return &wire.DecodeError{Reason: fmt.Sprintf("member %q %v", name, err)}
 		}
 		d.space()
 		if d.take('}') {
 			return d.end()
 		}
 		if !d.take(',') {
-			return &DecodeError{Reason: "expected ',' or '}' after a member"}
+			return &wire.DecodeError{Reason: "expected ',' or '}' after a member"}
 		}
 	}
 }
@@ -163,7 +159,7 @@ func (d *flatDecoder) space() {
 func (d *flatDecoder) end() error {
 	d.space()
 	if d.i != len(d.data) {
-		return &DecodeError{Reason: "unexpected data after the JSON object"}
+		return &wire.DecodeError{Reason: "unexpected data after the JSON object"}
 	}
 	return nil
 }
@@ -173,7 +169,7 @@ func (d *flatDecoder) end() error {
 func (d *flatDecoder) str() ([]byte, error) {
 	start := d.i
 	if !d.take('"') {
-		return nil, &DecodeError{Reason: "expected a string"}
+		return nil, &wire.DecodeError{Reason: "expected a string"}
 	}
 	escaped := false
 	for d.i < len(d.data) {
@@ -187,24 +183,15 @@ func (d *flatDecoder) str() ([]byte, error) {
 			tok := d.data[start:d.i]
 			if escaped || !isPlainASCII(tok) {
 				if !json.Valid(tok) {
-					return nil, &DecodeError{Reason: "a string is not valid JSON"}
+					return nil, &wire.DecodeError{Reason: "a string is not valid JSON"}
 				}
 			}
 			return tok, nil
 		case c < 0x20:
-			return nil, &DecodeError{Reason: "a string holds a control character"}
+			return nil, &wire.DecodeError{Reason: "a string holds a control character"}
 		}
 	}
-	return nil, &DecodeError{Reason: "the JSON ends inside a string"}
-}
-
-// sameName reports whether two member names are the same but for case, as
-// encoding/json would match both to one field.
-func sameName(a, b []byte) bool {
-	if isPlainASCII(a) && isPlainASCII(b) {
-		return bytes.EqualFold(a, b)
-	}
-	return strings.ToLower(string(a)) == strings.ToLower(string(b))
+	return nil, &wire.DecodeError{Reason: "the JSON ends inside a string"}
 }
 
 func isPlainASCII(b []byte) bool {
@@ -228,10 +215,10 @@ func (d *flatDecoder) integer() ([]byte, error) {
 			d.i++
 		}
 	default:
-		return nil, &DecodeError{Reason: "a number is malformed"}
+		return nil, &wire.DecodeError{Reason: "a number is malformed"}
 	}
 	if c := d.peek(); c == '.' || c == 'e' || c == 'E' || (c >= '0' && c <= '9') {
-		return nil, &DecodeError{Reason: "a number is not an integer in canonical form"}
+		return nil, &wire.DecodeError{Reason: "a number is not an integer in canonical form"}
 	}
 	return d.data[start:d.i], nil
 }

@@ -1,0 +1,66 @@
+package wire
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestMemberNamesAreExact(t *testing.T) {
+	for _, tc := range []struct {
+		in        string
+		nonce     bool // ClientNonce decoded
+		refused   bool
+		credIsNil bool
+	}{
+		{in: `{"ExchangeRequest":{"ClientNonce":{"PublicKeyDH":{"kid":"K","Domain":"AA","Public":"AQ"}}}}`, nonce: true, credIsNil: true},
+		// Another case is another, unknown, member: ignored, not matched.
+		{in: `{"ExchangeRequest":{"clientNonce":{"PublicKeyDH":{"kid":"K","Domain":"AA","Public":"AQ"}}}}`, credIsNil: true},
+		{in: `{"ExchangeRequest":{"clientcredential":{"PublicKeyDH":{"kid":"K","Domain":"AA","Public":"AQ"}}}}`, credIsNil: true},
+		// Two different names are not duplicates; the same name twice is.
+		{in: `{"ExchangeRequest":{"ClientNonce":null,"clientnonce":null}}`, credIsNil: true},
+		{in: `{"ExchangeRequest":{"ClientNonce":null,"ClientNonce":null}}`, refused: true},
+		{in: `{"ExchangeRequest":{"ClientNonce":null,"Client\u004eonce":null}}`, refused: true},
+	} {
+		var m ExchangeRequest
+		err := Unmarshal([]byte(tc.in), &m)
+		if (err != nil) != tc.refused {
+			t.Errorf("%s: err %v", tc.in, err)
+			continue
+		}
+		if tc.refused {
+			continue
+		}
+		if (m.ClientNonce != nil) != tc.nonce || (m.ClientCredential == nil) != tc.credIsNil {
+			t.Errorf("%s: decoded %+v", tc.in, m)
+		}
+	}
+	var resp ExchangeResponse
+	if err := Unmarshal([]byte(`{"ExchangeResponse":{"ſtatus":201,"Status":400}}`), &resp); err != nil || resp.Status != 400 {
+		t.Fatalf("ſtatus is not Status: %+v %v", resp, err)
+	}
+}
+
+func TestMembersManyNames(t *testing.T) {
+	var b strings.Builder
+	b.WriteString(`{`)
+	for i := range 100 {
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString(`"m` + strings.Repeat("x", i) + `":0`)
+	}
+	if err := checkStructure([]byte(b.String() + `}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := checkStructure([]byte(b.String() + `,"mxx":1}`)); err == nil {
+		t.Fatal("a duplicate after the first eight names was not refused")
+	}
+}
+
+func TestCanonicalBase64(t *testing.T) {
+	for in, ok := range map[string]bool{"AQ": true, "AR": false, "AQ==": false, "A+": false, "A Q": true} {
+		if _, err := DecodeBase64(in); (err == nil) != ok {
+			t.Errorf("%q: %v", in, err)
+		}
+	}
+}
