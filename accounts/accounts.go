@@ -1,7 +1,7 @@
 // Package accounts is the registry that binds account identifiers (such as
 // alice@example.com) to the credential keys that may act for them. The
-// service looks a credential up by kid on every exchange and checks an
-// account's status on every authenticated request.
+// service looks a credential up by kid on every exchange, and the engine
+// checks an account's status on every authenticated request and rekey.
 //
 // One SQL implementation serves the embedded default (SQLite, a file under
 // ./var) and PostgreSQL (selected by a postgres:// DSN), so that several
