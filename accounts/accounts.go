@@ -246,6 +246,17 @@ func (r *Registry) Lookup(ctx context.Context, kid string) (account string, disa
 	return account, disabled, err
 }
 
+// Owner returns the account a credential is bound to, "" if it is bound to
+// none, and whether that account is disabled: what the engine checks on
+// every request and rekey (exchange.Accounts).
+func (r *Registry) Owner(ctx context.Context, kid string) (account string, disabled bool, err error) {
+	account, disabled, err = r.Lookup(ctx, kid)
+	if errors.Is(err, ErrNotFound) {
+		return "", false, nil
+	}
+	return account, disabled, err
+}
+
 // Disabled reports whether an account is disabled. A removed account counts
 // as disabled.
 func (r *Registry) Disabled(ctx context.Context, account string) (bool, error) {
@@ -255,6 +266,20 @@ func (r *Registry) Disabled(ctx context.Context, account string) (bool, error) {
 		return true, nil
 	}
 	return disabled, err
+}
+
+// RemoveCredential unbinds one credential from an account: its sessions
+// stop (within the engine's status lifetime) and it can exchange no more.
+// The account stays, with its other credentials.
+func (r *Registry) RemoveCredential(ctx context.Context, account, kid string) error {
+	res, err := r.db.ExecContext(ctx, r.q(`DELETE FROM credentials WHERE account_id = ? AND kid = ?`), account, kid)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
 }
 
 // SetDisabled disables or enables an account.

@@ -212,35 +212,37 @@ func (c *replayCache) len() int {
 	return len(c.seen)
 }
 
-// statusCache remembers whether accounts are disabled for a short while, so
-// authenticated requests do not query the registry each time; a disabled
-// account's sessions stop within statusTTL.
+// statusCache remembers, for a short while, which account each credential
+// is registered to and whether that account is disabled, so that
+// authenticated requests do not query the registry each time; a change
+// reaches a session within its ttl.
 type statusCache struct {
 	mu      sync.Mutex
 	ttl     time.Duration
-	entries map[string]statusEntry
+	entries map[string]statusEntry // by credential kid
 }
 
 type statusEntry struct {
+	owner    string // "" when the credential is registered to no account
 	disabled bool
 	at       time.Time
 }
 
-func (c *statusCache) get(account string, now time.Time) (disabled, ok bool) {
+func (c *statusCache) get(kid string, now time.Time) (statusEntry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	e, ok := c.entries[account]
+	e, ok := c.entries[kid]
 	if !ok || now.Sub(e.at) > c.ttl {
-		return false, false
+		return statusEntry{}, false
 	}
-	return e.disabled, true
+	return e, true
 }
 
-func (c *statusCache) put(account string, disabled bool, now time.Time) {
+func (c *statusCache) put(kid string, e statusEntry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.entries) > 100_000 {
 		clear(c.entries)
 	}
-	c.entries[account] = statusEntry{disabled, now}
+	c.entries[kid] = e
 }

@@ -64,10 +64,13 @@ func mustRecode(t testing.TB, in, out any) {
 	}
 }
 
-// enabledAccounts is a registry in which every account is enabled.
+// enabledAccounts is a registry in which every credential belongs to the
+// enabled account alice@example.com.
 type enabledAccounts struct{}
 
-func (enabledAccounts) Disabled(context.Context, string) (bool, error) { return false, nil }
+func (enabledAccounts) Owner(context.Context, string) (string, bool, error) {
+	return "alice@example.com", false, nil
+}
 
 func rekeyOnce(t testing.TB, srv *Server, sess *Session) *Session {
 	t.Helper()

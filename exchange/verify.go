@@ -36,8 +36,9 @@ type SignedRequest struct {
 
 // Accounts is what verification needs of the account registry.
 type Accounts interface {
-	// Disabled reports whether account is disabled.
-	Disabled(ctx context.Context, account string) (bool, error)
+	// Owner returns the account the credential kid is registered to ("" if
+	// none) and whether that account is disabled.
+	Owner(ctx context.Context, kid string) (account string, disabled bool, err error)
 }
 
 // Verified is a request whose token verified, with the session it was made
@@ -165,7 +166,7 @@ func (s *Server) verify(ctx context.Context, r *SignedRequest, typ string) (*Ver
 	if !s.replays.add(newReplayKey(entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
 		return nil, badAuth("This request (jti %s) was already received; sign each request afresh.", wire.Clip(claims.ID))
 	}
-	if err := s.checkAccount(ctx, sess.Account, now); err != nil {
+	if err := s.checkAccount(ctx, sess, now); err != nil {
 		return nil, err
 	}
 	ok = true
@@ -222,20 +223,28 @@ func renewHint(typ string) string {
 	return "rekey or run a new exchange"
 }
 
-func (s *Server) checkAccount(ctx context.Context, account string, now time.Time) error {
-	disabled, ok := s.status.get(account, now)
+// checkAccount checks that the session's credential is still registered
+// to its account and that the account is enabled (SPEC §6): a removed
+// account, or a removed credential, stops its sessions even if the account
+// is added again with another key. The answer is trusted for StatusTTL.
+func (s *Server) checkAccount(ctx context.Context, sess *ticket.Session, now time.Time) error {
+	st, ok := s.status.get(sess.CredentialKID, now)
 	if !ok {
 		if s.Accounts == nil {
 			return &Error{Code: Internal, Description: "The service has no account registry to check sessions against.", cause: errNoAccounts}
 		}
-		var err error
-		if disabled, err = s.Accounts.Disabled(ctx, account); err != nil {
+		owner, disabled, err := s.Accounts.Owner(ctx, sess.CredentialKID)
+		if err != nil {
 			return RegistryError(err)
 		}
-		s.status.put(account, disabled, now)
+		st = statusEntry{owner: owner, disabled: disabled, at: now}
+		s.status.put(sess.CredentialKID, st)
 	}
-	if disabled {
-		return Errorf(AccountDisabled, "The account %s is disabled.", account)
+	switch {
+	case st.owner != sess.Account:
+		return Errorf(UnknownCredential, "The credential %s is no longer registered to the account %s; ask the service's operator to register it again, then run a new exchange.", sess.CredentialKID, sess.Account)
+	case st.disabled:
+		return Errorf(AccountDisabled, "The account %s is disabled.", sess.Account)
 	}
 	return nil
 }

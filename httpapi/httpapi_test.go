@@ -386,7 +386,7 @@ func refusalCases() []refusalCase {
 			}
 			return sign(t, s, http.MethodGet, "/v1/whoami", nil, f.clock.Now())
 		})},
-		{"session of a removed account", http.StatusForbidden, exchange.AccountDisabled, "disabled", get(func(t *testing.T, f *fixture) string {
+		{"session of a removed account", http.StatusForbidden, exchange.UnknownCredential, "no longer registered", get(func(t *testing.T, f *fixture) string {
 			s := f.exchange(t, f.register(t, bob))
 			if err := f.reg.Remove(context.Background(), bob); err != nil {
 				t.Fatal(err)

@@ -357,3 +357,46 @@ func signWithHeader(key []byte, header string, c *jwc.Claims) string {
 	m.Write([]byte(input))
 	return input + "." + enc.EncodeToString(m.Sum(nil))
 }
+
+// TestRemovedCredentialStaysRemoved performs attack 2 of the security
+// review: carol's (perhaps stolen) key has a live session; the operator
+// removes carol and adds her again with a new key. The old key's session
+// and its rekeys must stop within 30 s, not come back to life; the same
+// for a credential removed on its own with `account remove-credential`.
+func TestRemovedCredentialStaysRemoved(t *testing.T) {
+	ctx := context.Background()
+	for _, how := range []string{"account removed and added again", "credential removed"} {
+		t.Run(how, func(t *testing.T) {
+			e := newEnv(t, sqliteDSN(t))
+			stolen := e.register(t, "carol@example.com")
+			sess := rawExchange(t, e.url, stolen)
+			if resp, _ := e.send(t, sess, request{method: "GET", path: "/v1/whoami"}); resp.StatusCode != 200 {
+				t.Fatal(resp.Status)
+			}
+			switch how {
+			case "account removed and added again":
+				if err := e.reg.Remove(ctx, "carol@example.com"); err != nil {
+					t.Fatal(err)
+				}
+				e.register(t, "carol@example.com") // a new key
+			default:
+				e.register(t, "carol@example.com") // a second key, which stays
+				if err := e.reg.RemoveCredential(ctx, "carol@example.com", stolen.Public().KeyID()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			e.clock.Advance(30 * time.Second)
+			resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami"})
+			wantRefusal(t, "old key's session", resp, b, 403, exchange.UnknownCredential)
+			_, msg, _ := sess.NewRekey(rand.Reader, nil)
+			body, _ := json.Marshal(msg)
+			auth, err := sess.SignRekey(body, e.clock.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if status, m, _ := post(t, e.url, body, strings.TrimPrefix(auth, "JWC ")); status != 403 || m.Error != string(exchange.UnknownCredential) {
+				t.Fatalf("rekey of the old key's session: %d %s", status, m.Error)
+			}
+		})
+	}
+}

@@ -102,7 +102,7 @@ func (c *config) pruneDuration() (time.Duration, error) {
 
 func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return usageError("usage: custosd account add ACCOUNT --credential FILE | list | disable ACCOUNT | enable ACCOUNT | remove ACCOUNT")
+		return usageError("usage: custosd account add ACCOUNT --credential FILE | list | disable ACCOUNT | enable ACCOUNT | remove ACCOUNT | remove-credential ACCOUNT KID")
 	}
 	reg, err := c.openRegistry(ctx)
 	if err != nil {
@@ -175,6 +175,17 @@ func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) er
 			return accountErr(args[1], err)
 		}
 		fmt.Fprintf(out, "%s removed\n", args[1])
+	case "remove-credential":
+		if err := need(2); err != nil {
+			return err
+		}
+		if err := reg.RemoveCredential(ctx, args[1], args[2]); err != nil {
+			if errors.Is(err, accounts.ErrNotFound) {
+				return fmt.Errorf("no credential %s on account %q (see custosd account list)", args[2], args[1])
+			}
+			return err
+		}
+		fmt.Fprintf(out, "credential %s removed from %s; its sessions stop within 30 s\n", args[2], args[1])
 	default:
 		return usageError(fmt.Sprintf("unknown account command %q", args[0]))
 	}

@@ -29,7 +29,7 @@ Commands:
   init                                create the service credential and a ticket key if absent; print the kid
   serve                               serve the jwcexchange endpoint and authenticated requests
   account add ACCOUNT --credential F  bind the credential in F ({"PublicKeyDH":…}) to ACCOUNT
-  account list | disable A | enable A | remove A
+  account list | disable A | enable A | remove A | remove-credential A KID
   keys list | rotate-ticket-key | rotate-credential | prune [--window D]
 
 Flags (each also an environment variable, and a key of the --config file):

@@ -177,10 +177,13 @@ func TestEngineOnToken(t *testing.T) {
 	}
 }
 
-// enabledAccounts is a registry in which every account is enabled.
+// enabledAccounts is a registry in which every credential belongs to the
+// enabled account alice@example.com.
 type enabledAccounts struct{}
 
-func (enabledAccounts) Disabled(context.Context, string) (bool, error) { return false, nil }
+func (enabledAccounts) Owner(context.Context, string) (string, bool, error) {
+	return "alice@example.com", false, nil
+}
 
 // openSession opens a ticket with the token's key and decodes it.
 func openSession(t *testing.T, ks *Keystore, tk []byte) *ticket.Session {
