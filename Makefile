@@ -6,6 +6,9 @@ GO      ?= go
 FUZZTIME ?= 400000x
 
 export PATH := $(PATH):/usr/local/go/bin
+# bash, for pipefail: a recipe that pipes go test into grep must fail
+# when the tests do, not succeed with grep.
+SHELL := /bin/bash
 
 .PHONY: run demo test unit fuzz bench bench-micro ct vet build
 
@@ -53,8 +56,8 @@ bench: build
 # MAC verification, |t| < 4.5 to pass; and math/big's Exp as a control
 # that must be caught.
 ct:
-	$(GO) test -tags ct -count=1 -run 'ConstantTime' -v ./exchange/... ./internal/... | grep -E '^(=== RUN|--- |\s+ct_test|ok|FAIL|PASS)'
+	set -o pipefail; $(GO) test -tags ct -count=1 -run 'ConstantTime' -v ./exchange/... ./internal/... | grep -E '^(=== RUN|--- |\s+ct_test|ok|FAIL|PASS)'
 
 bench-micro:
-	$(GO) test -run '^$$' -bench . -benchmem ./exchange/...
+	$(GO) test -run '^$$' -bench . -benchmem ./exchange/... ./internal/...
 	$(GO) test -run '^$$' -bench . ./keystore/p11 ./tests

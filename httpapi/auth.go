@@ -63,6 +63,9 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 			return
 		}
 		authRequestsOK.Inc()
+		// The token is for the service: an upstream holding it could
+		// replay it to another replica within the skew window.
+		r.Header.Del("Authorization")
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, v))
 		r.Body, r.ContentLength = http.NoBody, 0
 		if len(body) > 0 {
@@ -117,7 +120,9 @@ type recorder struct {
 
 func (r *recorder) Header() http.Header { return r.header }
 func (r *recorder) WriteHeader(status int) {
-	if !r.wrote {
+	// 1xx responses (103 Early Hints, 100 Continue) are not final: the
+	// signature is over the final status (SPEC §6).
+	if !r.wrote && status >= 200 {
 		r.status, r.wrote = status, true
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"net/url"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -129,13 +130,49 @@ func New(cfg Config) *Service {
 
 // ServeHTTP implements http.Handler.
 func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// Nobody but Custos sets the account header an upstream trusts.
-	r.Header.Del(AccountHeader)
 	if n := headerSize(r.Header); n > MaxHeaderBytes {
 		writeError(w, exchange.Errorf(exchange.TooLarge, "The request's headers are %d bytes; the limit is %d.", n, MaxHeaderBytes), 0)
 		return
 	}
+	if hasDotSegment(r.URL.EscapedPath()) {
+		writeError(w, exchange.Errorf(exchange.Malformed, "The request path has a '.' or '..' segment (perhaps percent-encoded); send the path in its normal form."), 0)
+		return
+	}
+	dropUntrusted(r.Header)
 	s.mux.ServeHTTP(w, r)
+}
+
+// dropUntrusted removes the request headers that nobody outside may set
+// for a handler or upstream to read (SPEC §6): names with "_" (some
+// servers read "_" as "-", so Custos_Account would pass for
+// Custos-Account) and any Custos-* or JWC-* name, in any case.
+func dropUntrusted(h http.Header) {
+	for name := range h {
+		lower := strings.ToLower(name)
+		if strings.ContainsRune(name, '_') || strings.HasPrefix(lower, "custos-") || strings.HasPrefix(lower, "jwc-") {
+			delete(h, name)
+		}
+	}
+}
+
+// hasDotSegment reports whether a raw path has a segment that is "." or
+// ".." once percent-decoded, counting "/", "%2F", "\\" and "%5C" as
+// separators (SPEC §6): an upstream that decodes them would resolve the
+// path above the base it is served under.
+func hasDotSegment(raw string) bool {
+	decoded := raw
+	if strings.ContainsRune(raw, '%') {
+		var err error
+		if decoded, err = url.PathUnescape(raw); err != nil {
+			return true // not a path anyone can resolve safely
+		}
+	}
+	for _, seg := range strings.FieldsFunc(decoded, func(r rune) bool { return r == '/' || r == '\\' }) {
+		if seg == "." || seg == ".." {
+			return true
+		}
+	}
+	return false
 }
 
 // MaxHeaderBytes bounds a request's headers. Larger headers up to the HTTP

@@ -4,6 +4,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -123,10 +124,20 @@ func retryAfter(d time.Duration) string {
 
 // clientAddress is the peer's IP address. Behind a proxy, every client has
 // the proxy's address: raise PerAddress or turn it off there.
+// clientAddress is what the per-address limit counts: the client's IPv4
+// address, or the /64 of its IPv6 address, since one host is commonly
+// given a whole /64 and could otherwise rotate through it.
 func clientAddress(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
 	}
-	return host
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return host
+	}
+	if ip = ip.Unmap(); ip.Is6() {
+		return netip.PrefixFrom(ip, 64).Masked().String()
+	}
+	return ip.String()
 }

@@ -10,6 +10,8 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -398,5 +400,66 @@ func TestRemovedCredentialStaysRemoved(t *testing.T) {
 				t.Fatalf("rekey of the old key's session: %d %s", status, m.Error)
 			}
 		})
+	}
+}
+
+// injector is an on-path attacker between the client and the service: it
+// adds headers to every request after the client has signed it.
+type injector struct {
+	base   http.RoundTripper
+	header http.Header
+}
+
+func (i injector) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	for k, vs := range i.header {
+		r.Header[k] = vs
+	}
+	return i.base.RoundTrip(r)
+}
+
+// TestUpstreamSeesOnlyTrustedHeaders checks what reaches an upstream
+// (SPEC §6): never Authorization, no header whose name has "_" or starts
+// with custos- or jwc- (attack 9), the account header set by the service
+// alone; and that an upstream's 1xx before its answer does not become the
+// signed status (attack 8).
+func TestUpstreamSeesOnlyTrustedHeaders(t *testing.T) {
+	seen := make(chan http.Header, 1)
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.Header.Clone()
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Write([]byte("upstream answer"))
+	}))
+	defer up.Close()
+	upURL, _ := url.Parse(up.URL)
+	e := newEnv(t, sqliteDSN(t), func(c *httpapi.Config) { c.Upstream = upURL })
+	key := e.register(t, "alice@example.com")
+	hc := &http.Client{Transport: &client.Transport{Key: key, Now: e.clock.Now, Base: injector{http.DefaultTransport, http.Header{
+		"Custos_account": {"admin@example.com"},
+		"Custos-Account": {"admin@example.com"},
+		"Jwc-Signature":  {"forged"},
+		"X-Jwc-Ok":       {"kept"},
+	}}}}
+	resp, err := hc.Get(e.url + "/api/data")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "upstream answer" {
+		t.Fatalf("through the proxy: %d %q", resp.StatusCode, b)
+	}
+	h := <-seen
+	if got := h.Values("Custos-Account"); len(got) != 1 || got[0] != "alice@example.com" {
+		t.Errorf("Custos-Account reaching the upstream: %q", got)
+	}
+	for _, name := range []string{"Authorization", "Custos_account", "Jwc-Signature"} {
+		if v, ok := h[name]; ok {
+			t.Errorf("%s reached the upstream: %q", name, v)
+		}
+	}
+	if h.Get("X-Jwc-Ok") != "kept" {
+		t.Errorf("X-Jwc-Ok (not a jwc- name) was removed")
 	}
 }

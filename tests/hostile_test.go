@@ -459,6 +459,13 @@ func hostileCases() []hostileCase {
 		f.e.clock.Advance(61 * time.Minute)
 		return f.authed(http.MethodGet, "/v1/whoami", nil, nil)
 	})
+	// Dot segments, raw or percent-encoded, with "/", "%2F", "\" or "%5C"
+	// as separators (SPEC §6): refused before anything else, signed or not.
+	for _, path := range []string{"/v1/../v1/whoami", "/v1/%2e%2e/v1/whoami", "/v1/%2E/whoami", "/v1%2F..%2Fv1/whoami", "/v1/%5C..%5Cwhoami", "/v1/.%2e/whoami"} {
+		add("dot segment "+path, B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
+			return f.authed(http.MethodGet, path, nil, nil)
+		})
+	}
 	return cases
 }
 
