@@ -30,14 +30,17 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		account, kid string
 		e            *exchange.Error
 	)
+	var body []byte
 	if ok, retry := s.byAddress.allow(clientAddress(r), start); !ok {
 		e = rateLimited("your address", retry)
+	} else if body, e = s.readExchangeBody(w, r); e != nil {
+		// refused before taking a turn: a slow upload holds no slot
 	} else if e = s.takeTurn(r); e == nil {
 		defer func() { <-s.exchanges }()
 		if kind == "rekey" {
-			account, kid, e = s.rekey(w, r)
+			account, kid, e = s.rekey(w, r, body)
 		} else {
-			account, kid, e = s.exchange(w, r)
+			account, kid, e = s.exchange(w, r, body)
 		}
 	}
 	result := "ok"
@@ -49,6 +52,20 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	exchangesTotal.WithLabelValues(kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
 	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration", d.Round(time.Microsecond))
+}
+
+// bodyDeadline bounds how long an exchange's body may take to arrive. The
+// body is read before the exchange takes its turn, so that slow uploads
+// hold no exchange slot (attack 6 of the security review).
+const bodyDeadline = 5 * time.Second
+
+func (s *Service) readExchangeBody(w http.ResponseWriter, r *http.Request) ([]byte, *exchange.Error) {
+	// Not every ResponseWriter supports deadlines (httptest's does not);
+	// the server's own ReadTimeout still bounds those.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(bodyDeadline))
+	body, e := s.readBody(w, r, "application/json")
+	_ = http.NewResponseController(w).SetReadDeadline(time.Time{})
+	return body, e
 }
 
 // takeTurn waits, in arrival order, for one of the MaxExchanges places to
@@ -78,11 +95,7 @@ func (s *Service) accountTurn(account string) *exchange.Error {
 
 // exchange follows the SPEC's order of work: parse, validate both keys,
 // look up the credential, and only then spend token time.
-func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid string, _ *exchange.Error) {
-	body, e := s.readBody(w, r, "application/json")
-	if e != nil {
-		return "", "", e
-	}
+func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) (account, kid string, _ *exchange.Error) {
 	var msg wire.ExchangeRequest
 	if err := wire.Unmarshal(body, &msg); err != nil {
 		return "", "", s.refusal("exchange", err)
@@ -118,11 +131,7 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request) (account, kid
 
 // rekey renews a session: the engine verifies the request, signed under
 // the old session's RK (typ jwc-rekey), and answers it.
-func (s *Service) rekey(w http.ResponseWriter, r *http.Request) (account, kid string, _ *exchange.Error) {
-	body, e := s.readBody(w, r, "application/json")
-	if e != nil {
-		return "", "", e
-	}
+func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (account, kid string, _ *exchange.Error) {
 	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), signedRequest(r, body), func(account string) error {
 		if e := s.accountTurn(account); e != nil {
 			return e
