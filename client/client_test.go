@@ -238,40 +238,59 @@ func wantWire(t *testing.T, wl *wireLog, want ...string) {
 	}
 }
 
-// TestSessionStateMachine walks one Transport through a session's life:
+// TestSessionStateMachine walks a Transport through a session's life:
 // the first request exchanges, the next reuse the session, one past
 // SessionLifetime−RenewMargin since the last renewal rekeys first (never
-// waiting for a refusal), and one past RekeyWindow−RenewMargin since the
-// exchange exchanges again.
+// waiting for a refusal), and one due for renewal past
+// RekeyWindow−RenewMargin since the exchange exchanges again.
 func TestSessionStateMachine(t *testing.T) {
-	s := newService(t)
-	tr, wl := newTransport(s, nil)
-	start := s.clock.Now()
 	const renewAt = lifetime - margin // 55 min after the last renewal
-	for _, step := range []struct {
+	type step struct {
 		at   time.Duration // since the start
 		wire []string
 		gen  uint32
+	}
+	var (
+		exch  = []string{"exchange 200", "GET /v1/whoami 200"}
+		rekey = []string{"rekey 200", "GET /v1/whoami 200"}
+		use   = []string{"GET /v1/whoami 200"}
+	)
+	for _, c := range []struct {
+		name  string
+		steps []step
 	}{
-		{0, []string{"exchange 200", "GET /v1/whoami 200"}, 0},
-		{time.Minute, []string{"GET /v1/whoami 200"}, 0},
-		{renewAt, []string{"GET /v1/whoami 200"}, 0}, // not yet: the margin ends after this instant
-		{renewAt + time.Second, []string{"rekey 200", "GET /v1/whoami 200"}, 1},
-		{renewAt + 2*time.Second, []string{"GET /v1/whoami 200"}, 1},
-		{2*renewAt + 2*time.Second, []string{"rekey 200", "GET /v1/whoami 200"}, 2},
-		// long after the service ended generation 2, within the window: a rekey
-		{window - margin - time.Minute, []string{"rekey 200", "GET /v1/whoami 200"}, 3},
-		// past RekeyWindow−RenewMargin, but generation 3 is fresh: used as it is
-		{window - margin + time.Second, []string{"GET /v1/whoami 200"}, 3},
-		// generation 3 due for renewal, the window closing: an exchange
-		{window - margin - time.Minute + renewAt + time.Second, []string{"exchange 200", "GET /v1/whoami 200"}, 0},
-		{window + renewAt, []string{"GET /v1/whoami 200"}, 0},
+		{"exchange, use, rekey, exchange again", []step{
+			{0, exch, 0},
+			{time.Minute, use, 0},
+			{renewAt, use, 0}, // not yet: renewal is due after this instant
+			{renewAt + time.Second, rekey, 1},
+			{renewAt + 2*time.Second, use, 1},
+			{2*renewAt + 2*time.Second, rekey, 2},
+			{22 * time.Hour, rekey, 3}, // generation 2 ended long ago; the window is open
+			{window - margin + time.Second, exch, 0},
+			{window - margin + 2*time.Second, use, 0},
+		}},
+		{"a session rekeyed just before the window closes is used past it", []step{
+			{0, exch, 0},
+			{window - margin - time.Minute, rekey, 1},
+			{window - margin + time.Second, use, 1},
+			{window - margin - time.Minute + renewAt + time.Second, exch, 0},
+		}},
 	} {
-		s.clock.Advance(start.Add(step.at).Sub(s.clock.Now()))
-		if w := whoami(t, tr, s); w.Generation != step.gen {
-			t.Errorf("at +%s: generation %d, want %d", step.at, w.Generation, step.gen)
-		}
-		t.Run("at +"+step.at.String(), func(t *testing.T) { wantWire(t, wl, step.wire...) })
+		t.Run(c.name, func(t *testing.T) {
+			s := newService(t)
+			tr, wl := newTransport(s, nil)
+			start := s.clock.Now()
+			for _, st := range c.steps {
+				s.clock.Advance(start.Add(st.at).Sub(s.clock.Now()))
+				if w := whoami(t, tr, s); w.Generation != st.gen {
+					t.Errorf("at +%s: generation %d, want %d", st.at, w.Generation, st.gen)
+				}
+				if got := wl.take(); !slices.Equal(got, st.wire) {
+					t.Errorf("at +%s: on the wire %q, want %q", st.at, got, st.wire)
+				}
+			}
+		})
 	}
 }
 

@@ -62,15 +62,10 @@ func isZero(b []byte) bool {
 	return acc == 0
 }
 
-// Deriver computes peer^x for the service credential x, in a token.
-type Deriver interface {
-	Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error)
-}
-
 // serverAgree computes the server's σ = B^r · (B^e)^x with B = N·C^d.
 // C^d and B^e are public; B^r is constant-time; (B^e)^x is the keystore's one
 // derivation. The caller zeroes σ.
-func serverAgree(ctx context.Context, ks Deriver, c, n, x, rPub *group.Element, r *group.Scalar) (sigma, th []byte, err error) {
+func serverAgree(ctx context.Context, ks Keystore, c, n, x, rPub *group.Element, r *group.Scalar) (sigma, th []byte, err error) {
 	th = transcript(c, n, x, rPub)
 	d, e, err := weights(th)
 	if err != nil {
