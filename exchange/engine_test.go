@@ -344,24 +344,24 @@ func TestDecodeRejections(t *testing.T) {
 	good, _ := json.Marshal(validRequest(t))
 	s := string(good)
 	cases := map[string]string{
-		"duplicate member":         strings.Replace(s, `"ClientNonce":`, `"ClientNonce":{"PublicKeyDH":{}},"ClientNonce":`, 1),
+		"duplicate member": strings.Replace(s, `"ClientNonce":`, `"ClientNonce":{"PublicKeyDH":{}},"ClientNonce":`, 1),
 		// SPEC v1.1 §2: names are exact, so "KID" would be another,
 		// unknown member; the same name spelt with an escape is a duplicate.
 		"duplicate spelt with an escape": strings.Replace(s, `"kid":`, `"k\u0069d":"x","kid":`, 1),
-		"duplicate tag":            `{"ExchangeRequest":{},` + s[1:],
-		"not JSON":                 "hello",
-		"truncated":                s[:len(s)/2],
-		"trailing data":            s + "{}",
-		"wrong tag":                strings.Replace(s, "ExchangeRequest", "ExchangeResponse", 1),
-		"tag not an object":        `{"ExchangeRequest":[1,2]}`,
-		"array":                    `[` + s + `]`,
-		"deep nesting":             `{"ExchangeRequest":{"Offer":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}`,
-		"Public not a string":      strings.Replace(s, `"Public":"`, `"Public":5,"x":"`, 1),
-		"padded base64":            strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA=="`, 1),
-		"standard base64 alphabet": strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP/PEwA"`, 1),
-		"non-canonical base64":     strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwB"`, 1),
-		"Offer not an array":       `{"ExchangeRequest":{"Offer":"A256CBC-HS512"}}`,
-		"null body":                `null`,
+		"duplicate tag":                  `{"ExchangeRequest":{},` + s[1:],
+		"not JSON":                       "hello",
+		"truncated":                      s[:len(s)/2],
+		"trailing data":                  s + "{}",
+		"wrong tag":                      strings.Replace(s, "ExchangeRequest", "ExchangeResponse", 1),
+		"tag not an object":              `{"ExchangeRequest":[1,2]}`,
+		"array":                          `[` + s + `]`,
+		"deep nesting":                   `{"ExchangeRequest":{"Offer":` + strings.Repeat("[", 100) + strings.Repeat("]", 100) + `}}`,
+		"Public not a string":            strings.Replace(s, `"Public":"`, `"Public":5,"x":"`, 1),
+		"padded base64":                  strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA=="`, 1),
+		"standard base64 alphabet":       strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP/PEwA"`, 1),
+		"non-canonical base64":           strings.Replace(s, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwA"`, `"Domain":"YE6bnq1MlX5ojaJto6PLP_PEwB"`, 1),
+		"Offer not an array":             `{"ExchangeRequest":{"Offer":"A256CBC-HS512"}}`,
+		"null body":                      `null`,
 	}
 	for name, body := range cases {
 		var m wire.ExchangeRequest

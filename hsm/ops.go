@@ -324,4 +324,3 @@ func (s *Session) attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
 	}
 	return attrs[0].Value, nil
 }
-

@@ -144,4 +144,3 @@ func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (ac
 	writeJSON(w, http.StatusOK, resp)
 	return sess.Account, sess.CredentialKID, nil
 }
-

@@ -99,11 +99,13 @@ func New(cfg Config) *Service {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.mux.HandleFunc("POST "+WellKnown, s.handleExchange)
+	// The endpoint is exactly these two paths ({$}), not the tree below.
+	s.mux.HandleFunc("POST "+WellKnown+"{$}", s.handleExchange)
 	s.mux.HandleFunc("POST /.well-known/jwcexchange", s.handleExchange)
-	s.mux.HandleFunc("GET "+WellKnown, s.handleDiscovery)
+	s.mux.HandleFunc("GET "+WellKnown+"{$}", s.handleDiscovery)
 	s.mux.HandleFunc("GET /.well-known/jwcexchange", s.handleDiscovery)
-	s.mux.HandleFunc(WellKnown, s.methodNotAllowed)
+	s.mux.HandleFunc(WellKnown+"{$}", s.methodNotAllowed)
+	s.mux.HandleFunc("/.well-known/jwcexchange", s.methodNotAllowed)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	s.mux.HandleFunc("GET /readyz", s.handleReady)
 	if cfg.Metrics != nil {

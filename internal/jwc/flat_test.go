@@ -39,8 +39,8 @@ func TestDecodeFlat(t *testing.T) {
 		` { "iat" : -12 , "htu":"/a?b=\u00e9\n" } `:   "iat",
 		`{}`: "",
 		// Names are exact (SPEC §2): these are two members, and ſ is not s.
-		`{"a":"b","A":"c"}`:        "a",
-		`{"sts":1,"ſts":2}`:        "sts",
+		`{"a":"b","A":"c"}`: "a",
+		`{"sts":1,"ſts":2}`: "sts",
 	}
 	for in := range good {
 		if _, err := decodeFlatAll([]byte(in)); err != nil {

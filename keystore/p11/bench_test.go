@@ -58,8 +58,6 @@ func BenchmarkToken(b *testing.B) {
 	}
 }
 
-
-
 // concurrent runs b.N calls of fn spread over g goroutines and reports
 // latency percentiles and throughput.
 func concurrent(b *testing.B, g int, fn func() error) {
