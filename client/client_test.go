@@ -23,6 +23,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/httpapi"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/testclock"
 	"github.com/custos-kx/custos/keystore"
 )
 
@@ -37,28 +38,9 @@ const (
 	alice    = "alice@example.com"
 )
 
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Unix(1_750_000_000, 0)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // service is a Custos service that can be restarted behind the same URL.
 type service struct {
-	clock *clock
+	clock *testclock.Clock
 	reg   *accounts.Registry
 	url   string
 	key   *exchange.ClientKey // alice's credential, registered
@@ -79,7 +61,7 @@ func newService(t *testing.T) *service {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	s := &service{clock: newClock(), reg: reg}
+	s := &service{clock: testclock.New(), reg: reg}
 	if s.key, err = exchange.GenerateClientKey(rand.Reader); err != nil {
 		t.Fatal(err)
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/testclock"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
@@ -36,29 +37,9 @@ const (
 	bob          = "bob@example.com"
 )
 
-// clock is a settable clock shared by the engine, the service and the test.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newClock() *clock { return &clock{t: time.Unix(1_750_000_000, 0)} }
-
-func (c *clock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *clock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // fixture is a service with alice registered and a fresh session of hers.
 type fixture struct {
-	clock  *clock
+	clock  *testclock.Clock
 	ks     *keystore.Software
 	reg    *accounts.Registry
 	engine *exchange.Server
@@ -79,7 +60,7 @@ func newFixture(t *testing.T, tune ...func(*Config)) *fixture {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { reg.Close() })
-	f := &fixture{clock: newClock(), ks: ks, reg: reg}
+	f := &fixture{clock: testclock.New(), ks: ks, reg: reg}
 	f.engine = &exchange.Server{Keystore: ks, Accounts: reg, Now: f.clock.Now, SessionLifetime: testLifetime, RekeyWindow: testWindow}
 	cfg := Config{
 		Engine:   f.engine,
