@@ -150,11 +150,16 @@ func (s *Service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // Custos-Account) and any Custos-* or JWC-* name, in any case.
 func dropUntrusted(h http.Header) {
 	for name := range h {
-		lower := strings.ToLower(name)
-		if strings.ContainsRune(name, '_') || strings.HasPrefix(lower, "custos-") || strings.HasPrefix(lower, "jwc-") {
+		if strings.IndexByte(name, '_') >= 0 || hasPrefixFold(name, "custos-") || hasPrefixFold(name, "jwc-") {
 			delete(h, name)
 		}
 	}
+}
+
+// hasPrefixFold is strings.HasPrefix without regard to ASCII case, without
+// allocating: it runs on every header of every request.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // hasDotSegment reports whether a raw path has a segment that is "." or
@@ -162,6 +167,9 @@ func dropUntrusted(h http.Header) {
 // separators (SPEC §6): an upstream that decodes them would resolve the
 // path above the base it is served under.
 func hasDotSegment(raw string) bool {
+	if !strings.ContainsAny(raw, ".%") {
+		return false // most paths: no dot, raw or encoded
+	}
 	decoded := raw
 	if strings.ContainsRune(raw, '%') {
 		var err error
