@@ -145,6 +145,11 @@ var migrations = []string{
 		added_at BIGINT NOT NULL
 	)`,
 	`CREATE INDEX credentials_account ON credentials(account_id)`,
+	// SPEC §7: a ticket is renewed at most once, whichever replica is asked.
+	`CREATE TABLE renewed_tickets (
+		hash TEXT PRIMARY KEY,
+		until_at BIGINT NOT NULL
+	)`,
 }
 
 func (r *Registry) migrate(ctx context.Context) error {
@@ -266,6 +271,24 @@ func (r *Registry) Disabled(ctx context.Context, account string) (bool, error) {
 		return true, nil
 	}
 	return disabled, err
+}
+
+// MarkRenewed records that the ticket whose hash is ticketHash has been
+// renewed, until its rekey window closes at until, with one atomic insert
+// every replica sharing the registry sees; first is false if it was
+// recorded already. Records whose window has closed are deleted on the way.
+func (r *Registry) MarkRenewed(ctx context.Context, ticketHash []byte, until time.Time) (first bool, err error) {
+	now := time.Now().Unix()
+	if _, err := r.db.ExecContext(ctx, r.q(`DELETE FROM renewed_tickets WHERE until_at < ?`), now); err != nil {
+		return false, err
+	}
+	res, err := r.db.ExecContext(ctx, r.q(`INSERT INTO renewed_tickets (hash, until_at) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING`),
+		b64(ticketHash), until.Unix())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // RemoveCredential unbinds one credential from an account: its sessions

@@ -19,7 +19,6 @@ import (
 	"io"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -80,6 +79,9 @@ type ServiceError struct {
 	Status      int
 	Code        string
 	Description string
+	// MayHaveRun says the request was not idempotent and is not known
+	// not to have run: the client did not send it again.
+	MayHaveRun bool
 }
 
 func (e *ServiceError) Error() string {
@@ -213,7 +215,9 @@ func SendExchange(ctx context.Context, rt http.RoundTripper, origin string, body
 	if err != nil {
 		return nil, err
 	}
-	req.Header.Set("Content-Type", "application/json")
+	for k, vs := range exchange.RekeyHeader { // Content-Type: application/json, which a rekey signs
+		req.Header[k] = vs
+	}
 	if auth != "" {
 		req.Header.Set("Authorization", auth)
 	}
@@ -281,48 +285,54 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return nil, err
 	}
-	resp, err := t.send(req, body, sess)
+	resp, refusal, err := t.send(req, body, sess)
 	sess.Release()
-	if err != nil {
+	if err != nil || (refusal != exchange.TicketExpired && refusal != exchange.BadAuthentication) {
+		return resp, err
+	}
+	// The service no longer accepts the session. No refusal proves that
+	// the request did not run (an attacker can hold the request back, let
+	// it through later and answer with a refusal got by replaying it), so
+	// only an idempotent request is sent again, once, on a renewed
+	// session: renew rekeys, and exchanges when the ticket is unknown.
+	if !idempotent(req.Method) {
+		resp.Body.Close()
+		return nil, &ServiceError{Status: resp.StatusCode, Code: string(refusal), MayHaveRun: true,
+			Description: "the session was refused; the request was not sent again, since it may have reached the service before the refusal: retry it yourself if that is safe"}
+	}
+	resp.Body.Close()
+	if sess, err = t.acquire(req.Context(), o, sess); err != nil {
 		return nil, err
 	}
-	// A session the service no longer accepts is renewed once: renew
-	// rekeys, and exchanges when the service does not know the ticket.
-	if resp.StatusCode == http.StatusUnauthorized {
-		code := AuthError(resp)
-		if code == string(exchange.TicketExpired) || code == string(exchange.BadAuthentication) {
-			resp.Body.Close()
-			if sess, err = t.acquire(req.Context(), o, sess); err != nil {
-				return nil, err
-			}
-			defer sess.Release()
-			return t.send(req, body, sess)
-		}
+	defer sess.Release()
+	resp, _, err = t.send(req, body, sess)
+	return resp, err
+}
+
+// idempotent reports whether a request with this method may be sent twice
+// (SPEC §6; RFC 9110 §9.2.2).
+func idempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+		return true
 	}
-	return resp, nil
+	return false
 }
 
 // AuthError returns the SPEC error code of a refused authenticated
-// request, from its WWW-Authenticate header.
+// request: its JWC-Error header, which the service sets on its own
+// refusals (signed once the request's MAC verified).
 func AuthError(resp *http.Response) string {
-	h := resp.Header.Get("WWW-Authenticate")
-	_, v, ok := strings.Cut(h, `error="`)
-	if !ok {
-		return ""
-	}
-	code, _, _ := strings.Cut(v, `"`)
-	return code
+	return resp.Header.Get("JWC-Error")
 }
 
-// send signs (and encrypts) one request and verifies (and decrypts) its response.
-func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.Response, error) {
+// send signs (and encrypts) one request and verifies (and decrypts) its
+// response; refusal is the service's own refusal code, if it refused.
+func (t *Transport) send(orig *http.Request, body []byte, sess *session) (_ *http.Response, refusal exchange.Code, _ error) {
 	req := orig.Clone(orig.Context())
-	out, err := sess.SignRequest(req.Method, req.URL.RequestURI(), body, t.Encrypt, t.Now())
+	out, err := sess.SignRequest(req.Method, req.URL.RequestURI(), req.Header, body, t.Encrypt, t.Now())
 	if err != nil {
-		return nil, err
-	}
-	if out.Encrypted {
-		req.Header.Set("Content-Type", "application/jose")
+		return nil, "", err
 	}
 	req.Header.Set("Authorization", out.Authorization)
 	// http.NoBody, not an empty reader: net/http would otherwise probe the
@@ -333,23 +343,19 @@ func (t *Transport) send(orig *http.Request, body []byte, sess *session) (*http.
 	}
 	resp, err := t.Base.RoundTrip(req)
 	if err != nil {
-		return nil, fmt.Errorf("client: the service did not answer: %w", err)
+		return nil, "", fmt.Errorf("client: the service did not answer: %w", err)
 	}
 	respBody, err := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	jose := resp.Header.Get("Content-Type") == "application/jose"
-	respBody, err = out.CheckResponse(resp.StatusCode, resp.Header.Get("JWC-Signature"), respBody, jose)
+	checked, err := out.CheckResponse(resp.StatusCode, resp.Header, respBody)
 	if err != nil {
-		return nil, fmt.Errorf("client: %w", err)
+		return nil, "", fmt.Errorf("client: %w", err)
 	}
-	if jose {
-		resp.Header.Del("Content-Type")
-	}
-	resp.Body = io.NopCloser(bytes.NewReader(respBody))
-	resp.ContentLength = int64(len(respBody))
-	resp.Header.Set("Content-Length", strconv.Itoa(len(respBody)))
-	return resp, nil
+	resp.Body = io.NopCloser(bytes.NewReader(checked.Body))
+	resp.ContentLength = int64(len(checked.Body))
+	resp.Header.Set("Content-Length", strconv.Itoa(len(checked.Body)))
+	return resp, checked.Refusal, nil
 }

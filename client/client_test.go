@@ -108,6 +108,7 @@ func (s *service) credentialKID() string { return s.cred.Public().KeyID() }
 func (s *service) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.refuseAll.Load() && r.URL.Path != WellKnown {
 		w.Header().Set("WWW-Authenticate", `JWC error="BadAuthentication"`)
+		w.Header().Set("JWC-Error", "BadAuthentication")
 		w.Header().Set("Content-Type", "application/json")
 		w.WriteHeader(http.StatusUnauthorized)
 		w.Write([]byte(`{"ExchangeResponse":{"Status":401,"StatusDescription":"No.","Error":"BadAuthentication"}}`))

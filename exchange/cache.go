@@ -25,8 +25,9 @@ type ticketCache struct {
 }
 
 type cacheEntry struct {
-	key   [32]byte
-	sess  *ticket.Session
+	key      [32]byte
+	sealedBy ticket.KeyID // the key the ticket was sealed under
+	sess     *ticket.Session
 	ak    *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
 	lease lease
 }
@@ -92,7 +93,7 @@ func (c *ticketCache) get(key [32]byte, now time.Time) *cacheEntry {
 // hdr (key is its headerKey), and returns it held for the caller. If
 // another request cached the same ticket meanwhile, that entry is returned
 // and sess is zeroed.
-func (c *ticketCache) put(key [32]byte, hdr string, sess *ticket.Session) *cacheEntry {
+func (c *ticketCache) put(key [32]byte, hdr string, sealedBy ticket.KeyID, sess *ticket.Session) *cacheEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if el, ok := c.items[key]; ok {
@@ -101,7 +102,7 @@ func (c *ticketCache) put(key [32]byte, hdr string, sess *ticket.Session) *cache
 		e.lease.hold()
 		return e
 	}
-	e := &cacheEntry{key: key, sess: sess, ak: jwc.NewMACKey(sess.AK[:], hdr), lease: lease{users: 1}}
+	e := &cacheEntry{key: key, sealedBy: sealedBy, sess: sess, ak: jwc.NewMACKey(sess.AK[:], hdr), lease: lease{users: 1}}
 	if c.max <= 0 {
 		e.lease.retired = true // not cached: zeroed on release
 		return e
@@ -120,6 +121,16 @@ func (c *ticketCache) release(e *cacheEntry) {
 	defer c.mu.Unlock()
 	if e.lease.release() {
 		e.zero()
+	}
+}
+
+// drop takes a held entry out of the cache (its key was pruned); the
+// caller still releases it.
+func (c *ticketCache) drop(e *cacheEntry) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if el, ok := c.items[e.key]; ok && el.Value == e {
+		c.removeLocked(el)
 	}
 }
 

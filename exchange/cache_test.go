@@ -18,8 +18,8 @@ func session(b byte) *ticket.Session {
 // it, and loses them when the last one lets go.
 func TestTicketCacheZeroesOnlyUnheldSessions(t *testing.T) {
 	c := newTicketCache(1)
-	a := c.put([32]byte{1}, "", session(1)) // held by a request
-	b := c.put([32]byte{2}, "", session(2)) // evicts a
+	a := c.put([32]byte{1}, "", ticket.KeyID{}, session(1)) // held by a request
+	b := c.put([32]byte{2}, "", ticket.KeyID{}, session(2)) // evicts a
 	if a.sess.AK[0] != 1 {
 		t.Fatal("an evicted session was zeroed while a request held it")
 	}
@@ -50,8 +50,8 @@ func TestTicketCacheZeroesOnlyUnheldSessions(t *testing.T) {
 
 	// The same ticket opened twice at once: one entry, the spare zeroed.
 	spare := session(3)
-	first := c.put([32]byte{3}, "", session(3))
-	second := c.put([32]byte{3}, "", spare)
+	first := c.put([32]byte{3}, "", ticket.KeyID{}, session(3))
+	second := c.put([32]byte{3}, "", ticket.KeyID{}, spare)
 	if first != second || spare.AK[0] != 0 {
 		t.Fatal("a ticket opened twice was cached twice")
 	}
@@ -60,7 +60,7 @@ func TestTicketCacheZeroesOnlyUnheldSessions(t *testing.T) {
 
 	// A disabled cache zeroes each session after its request.
 	off := newTicketCache(0)
-	e := off.put([32]byte{4}, "", session(4))
+	e := off.put([32]byte{4}, "", ticket.KeyID{}, session(4))
 	off.release(e)
 	if e.sess.AK[0] != 0 {
 		t.Fatal("an uncached session was not zeroed after its request")

@@ -3,6 +3,7 @@ package exchange
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"io"
 	"sync"
@@ -145,11 +146,14 @@ func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*w
 // the rekey is refused after that.
 func (s *Server) Rekey(ctx context.Context, r *SignedRequest, admit func(account string) error) (*wire.ExchangeResponse, SessionInfo, error) {
 	v, err := s.verify(ctx, r, jwc.TypeRekey)
-	if err != nil {
+	if v == nil {
 		return nil, SessionInfo{}, err
 	}
-	defer v.Done()
+	defer v.Done() // refusals of a rekey are unsigned (SPEC §7)
 	info := v.Session()
+	if err != nil {
+		return nil, info, err
+	}
 	if admit != nil {
 		if err := admit(info.Account); err != nil {
 			return nil, info, err
@@ -163,8 +167,22 @@ func (s *Server) Rekey(ctx context.Context, r *SignedRequest, admit func(account
 	if err != nil {
 		return nil, info, err
 	}
-	resp, err := s.rekey(ctx, req, v.entry.sess, v.sessionTicket())
-	return resp, info, err
+	old := v.sessionTicket()
+	resp, err := s.rekey(ctx, req, v.entry.sess, old)
+	if err != nil {
+		return nil, info, err
+	}
+	// The decision to answer is made: record it, atomically for every
+	// replica, before the answer leaves (SPEC §7, renewed at most once).
+	h := sha256.Sum256(old)
+	first, err := s.Accounts.MarkRenewed(ctx, h[:], v.entry.sess.RekeyExpires)
+	switch {
+	case err != nil:
+		return nil, info, RegistryError(err)
+	case !first:
+		return nil, info, badAuth("This session was already renewed by an earlier rekey; a ticket is renewed once. Use the session that rekey made, or run a new exchange.")
+	}
+	return resp, info, nil
 }
 
 // rekey answers a validated rekey request for the session in old, whose

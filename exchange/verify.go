@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/subtle"
 	"errors"
+	"slices"
 	"strings"
 	"time"
 
@@ -31,7 +32,16 @@ type SignedRequest struct {
 	Target string
 	// Authorization is the value of the Authorization header.
 	Authorization string
-	Body          []byte
+	// Header holds the request's headers by canonical name, each name's
+	// field lines in the order received (an http.Header).
+	Header map[string][]string
+	Body   []byte
+	// BeforeOpen, if set, is asked before the keystore opens a ticket that
+	// is not in memory; an error refuses the request with it. OpenFailed,
+	// if set, is told when such a ticket did not open. Together they let
+	// the caller limit what strangers spend on the token (forged tickets).
+	BeforeOpen func() error
+	OpenFailed func()
 }
 
 // Accounts is what verification needs of the account registry.
@@ -39,16 +49,22 @@ type Accounts interface {
 	// Owner returns the account the credential kid is registered to ("" if
 	// none) and whether that account is disabled.
 	Owner(ctx context.Context, kid string) (account string, disabled bool, err error)
+	// MarkRenewed records that the ticket whose SHA-256 is ticketHash has
+	// been renewed by a rekey, until its rekey window closes; first is
+	// false when it had been recorded before, by this replica or another
+	// (SPEC §7: a ticket is renewed at most once).
+	MarkRenewed(ctx context.Context, ticketHash []byte, until time.Time) (first bool, err error)
 }
 
-// Verified is a request whose token verified, with the session it was made
+// Verified is a request whose MAC verified, with the session it was made
 // under. It holds the session's keys until Done.
 type Verified struct {
-	srv    *Server
-	entry  *cacheEntry
-	claims *jwc.Claims
-	token  string
-	ticket []byte // nil until sessionTicket, for a token recognised by its header
+	srv            *Server
+	entry          *cacheEntry
+	claims         *jwc.Claims
+	method, target string // as received
+	token          string
+	ticket         []byte // nil until sessionTicket, for a token recognised by its header
 }
 
 // SessionInfo is what a handler may learn of the session a request was
@@ -69,25 +85,48 @@ func (v *Verified) Session() SessionInfo {
 // Done ends the request's hold on its session's keys.
 func (v *Verified) Done() { v.srv.tickets.release(v.entry) }
 
-// Decrypt opens a JWE body under the session's EK.
-func (v *Verified) Decrypt(body []byte) ([]byte, error) {
-	pt, err := jwc.Decrypt(v.entry.sess.EK[:], v.sessionTicket(), string(body))
-	if err != nil {
-		return nil, badAuth("The encrypted body was refused: %v.", err)
+// Encrypted reports whether the request carried the enc claim: its body,
+// if any, is a JWE, and the response is to be encrypted (SPEC §6).
+func (v *Verified) Encrypted() bool { return v.claims != nil && v.claims.Encryption != "" }
+
+// Covered lists the request headers the signature covers (hds), lowercase.
+func (v *Verified) Covered() []string {
+	if v.claims == nil {
+		return nil
 	}
-	return pt, nil
+	return v.claims.Headers
 }
 
-// Encrypt seals a response body as a JWE under the session's EK.
-func (v *Verified) Encrypt(body []byte) ([]byte, error) {
-	enc, err := jwc.Encrypt(v.entry.sess.EK[:], v.sessionTicket(), body)
+// Decrypt opens a JWE body under the session's EK and returns the
+// plaintext and its media type (the JWE's cty).
+func (v *Verified) Decrypt(body []byte) ([]byte, string, error) {
+	pt, cty, err := jwc.Decrypt(v.entry.sess.EK[:], v.sessionTicket(), string(body))
+	if err != nil {
+		return nil, "", badAuth("The encrypted body was refused: %v.", err)
+	}
+	return pt, cty, nil
+}
+
+// Encrypt seals a response body of media type cty as a JWE under the
+// session's EK.
+func (v *Verified) Encrypt(body []byte, cty string) ([]byte, error) {
+	enc, err := jwc.Encrypt(v.entry.sess.EK[:], v.sessionTicket(), body, cty)
 	return []byte(enc), err
 }
 
-// SignResponse returns the JWC-Signature of a response with this status
-// and body (as sent).
-func (v *Verified) SignResponse(status int, body []byte) (string, error) {
-	return jwc.SignResponse(v.entry.ak, &jwc.ResponseClaims{ID: v.claims.ID, Status: status, BodyHash: jwc.BodyHash(body)})
+// SignResponse returns the JWC-Signature of a response with this status,
+// headers and body (as sent): it covers every header but Content-Length,
+// Date, JWC-Signature and the hop-by-hop ones, and names the request's
+// method and target as received. encrypted says the body is a JWE.
+func (v *Verified) SignResponse(status int, header map[string][]string, body []byte, encrypted bool) (string, error) {
+	hds := coveredNames(header, responseUncovered)
+	hdh, _ := jwc.HeaderHash(hds, header)
+	rc := &jwc.ResponseClaims{ID: v.claims.ID, Method: v.method, Target: v.target, Status: status,
+		BodyHash: jwc.BodyHash(body), Headers: hds, HeaderHash: hdh}
+	if encrypted {
+		rc.Encryption = jwc.A256CBCHS512
+	}
+	return jwc.SignResponse(v.entry.ak, rc)
 }
 
 // sessionTicket returns the session's ticket, which names it in JWE
@@ -106,11 +145,15 @@ func badAuth(format string, args ...any) *Error {
 	return Errorf(BadAuthentication, format, args...)
 }
 
-// Verify checks a request made under a session (SPEC §6): the ticket opens
-// (from memory after the first time), the token is a request token, its
-// MAC verifies under AK, the session is open, method and target match, iat
-// is within the skew, jti is new, the body hash matches, and the account
-// is enabled. Refusals are *Error; the caller calls Done on success.
+// Verify checks a request made under a session (SPEC §6), in the SPEC's
+// order: the token parses, the ticket opens (from memory after the first
+// time), the token is a request token and its MAC verifies under AK — a
+// refusal up to here returns no Verified and is sent unsigned — then the
+// session is open, method and target match, iat is within the skew, jti
+// is new, the body hash matches, the covered headers are present and
+// match hdh, and the credential is still registered to the enabled
+// account. A refusal from there on comes with the Verified that signs it.
+// The caller calls Done whenever a Verified is returned.
 func (s *Server) Verify(ctx context.Context, r *SignedRequest) (*Verified, error) {
 	return s.verify(ctx, r, jwc.TypeRequest)
 }
@@ -121,17 +164,12 @@ func (s *Server) verify(ctx context.Context, r *SignedRequest, typ string) (*Ver
 	if !ok {
 		return nil, badAuth("This endpoint needs an Authorization: JWC header; run an exchange first.")
 	}
-	entry, req, err := s.session(ctx, token)
+	entry, req, err := s.session(ctx, token, r)
 	if err != nil {
 		return nil, err
 	}
-	ok = false
-	defer func() {
-		if !ok {
-			s.tickets.release(entry)
-		}
-	}()
 	if req.Type != typ {
+		s.tickets.release(entry)
 		return nil, badAuth("The Authorization token has typ %q; this request needs %q.", req.Type, typ)
 	}
 	sess := entry.sess
@@ -144,33 +182,84 @@ func (s *Server) verify(ctx context.Context, r *SignedRequest, typ string) (*Ver
 	}
 	claims, err := req.Verify(key)
 	if err != nil {
+		s.tickets.release(entry)
 		return nil, badAuth("The Authorization token was refused: %v.", err)
 	}
-	now := s.now()
+	v := &Verified{srv: s, entry: entry, token: token, ticket: req.Ticket, claims: claims, method: r.Method, target: r.Target}
+	return v, s.checkClaims(ctx, v, r, deadline, what, typ)
+}
+
+// checkClaims checks what a request claims once its MAC verified.
+func (s *Server) checkClaims(ctx context.Context, v *Verified, r *SignedRequest, deadline time.Time, what, typ string) error {
+	claims, now := v.claims, s.now()
 	if now.After(deadline) {
-		return nil, Errorf(TicketExpired, "The %s ended at %s; %s.", what, deadline.UTC().Format(time.RFC3339), renewHint(typ))
+		return Errorf(TicketExpired, "The %s ended at %s; %s.", what, deadline.UTC().Format(time.RFC3339), renewHint(typ))
 	}
 	if claims.Method != r.Method {
-		return nil, badAuth("The token was made for method %s, not %s.", wire.Clip(claims.Method), wire.Clip(r.Method))
+		return badAuth("The token was made for method %s, not %s.", wire.Clip(claims.Method), wire.Clip(r.Method))
 	}
 	if subtle.ConstantTimeCompare([]byte(claims.Target), []byte(r.Target)) != 1 {
-		return nil, badAuth("The token was made for %q, not %q.", wire.Clip(claims.Target), wire.Clip(r.Target))
+		return badAuth("The token was made for %q, not %q.", wire.Clip(claims.Target), wire.Clip(r.Target))
 	}
 	iat := time.Unix(claims.IssuedAt, 0)
 	if skew := now.Sub(iat); skew > jwc.MaxSkew || skew < -jwc.MaxSkew {
-		return nil, badAuth("The token's iat is %s away from the service's clock; the limit is %s. Check the client's clock.", skew.Round(time.Second), jwc.MaxSkew)
+		return badAuth("The token's iat is %s away from the service's clock; the limit is %s. Check the client's clock.", skew.Round(time.Second), jwc.MaxSkew)
+	}
+	if !s.replays.add(newReplayKey(v.entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
+		return badAuth("This request (jti %s) was already received; sign each request afresh.", wire.Clip(claims.ID))
 	}
 	if subtle.ConstantTimeCompare([]byte(claims.BodyHash), []byte(jwc.BodyHash(r.Body))) != 1 {
-		return nil, badAuth("The body does not match the token's bdh.")
+		return badAuth("The body does not match the token's bdh.")
 	}
-	if !s.replays.add(newReplayKey(entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
-		return nil, badAuth("This request (jti %s) was already received; sign each request afresh.", wire.Clip(claims.ID))
+	if err := checkHeaderNames(claims.Headers); err != nil {
+		return err
 	}
-	if err := s.checkAccount(ctx, sess, now); err != nil {
-		return nil, err
+	hdh, present := jwc.HeaderHash(claims.Headers, r.Header)
+	if !present {
+		return badAuth("A header the token covers (hds) is missing from the request.")
 	}
-	ok = true
-	return &Verified{srv: s, entry: entry, token: token, ticket: req.Ticket, claims: claims}, nil
+	if subtle.ConstantTimeCompare([]byte(claims.HeaderHash), []byte(hdh)) != 1 {
+		return badAuth("The request's headers do not match the token's hdh: a covered header was changed on the way.")
+	}
+	return s.checkAccount(ctx, v.entry.sess, now)
+}
+
+// checkHeaderNames checks hds: lowercase names, each at most once.
+func checkHeaderNames(names []string) error {
+	for i, n := range names {
+		if n == "" || n != strings.ToLower(n) {
+			return badAuth("The token's hds names %q; header names in hds are lowercase.", wire.Clip(n))
+		}
+		if slices.Contains(names[:i], n) {
+			return badAuth("The token's hds names %q twice.", wire.Clip(n))
+		}
+	}
+	return nil
+}
+
+// Headers not covered by signatures (SPEC §6): the hop-by-hop ones, and
+// those the HTTP stack sets or the signature itself is.
+var (
+	requestUncovered  = []string{"authorization", "host", "content-length"}
+	responseUncovered = []string{"content-length", "date", "jwc-signature"}
+	hopByHop          = []string{"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
+)
+
+func uncovered(name string, extra []string) bool {
+	return slices.Contains(extra, name) || slices.Contains(hopByHop, name) || strings.HasPrefix(name, "proxy-")
+}
+
+// coveredNames lists, lowercase and sorted, the headers of h a signature
+// covers.
+func coveredNames(h map[string][]string, extra []string) []string {
+	names := make([]string, 0, len(h))
+	for k := range h {
+		if n := strings.ToLower(k); !uncovered(n, extra) && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	slices.Sort(names)
+	return names
 }
 
 // authToken returns the token of an "Authorization: JWC …" header value.
@@ -187,10 +276,9 @@ func authToken(h string) (string, bool) {
 // session carries (the cache key is its hash) is parsed without decoding
 // the header; any other is parsed in full and its ticket looked up, or
 // opened by the keystore.
-func (s *Server) session(ctx context.Context, token string) (*cacheEntry, *jwc.Request, error) {
+func (s *Server) session(ctx context.Context, token string, r *SignedRequest) (*cacheEntry, *jwc.Request, error) {
 	now := s.now()
-	if entry := s.tickets.get(headerKey(jwc.HeaderPart(token)), now); entry != nil {
-		cacheStats.hits.Add(1)
+	if entry := s.cached(headerKey(jwc.HeaderPart(token)), now); entry != nil {
 		req, err := jwc.ParseKnown(token, jwc.TypeRequest)
 		if err != nil {
 			s.tickets.release(entry)
@@ -204,16 +292,41 @@ func (s *Server) session(ctx context.Context, token string) (*cacheEntry, *jwc.R
 	}
 	hdr := jwc.Header(req.Ticket, jwc.TypeRequest)
 	key := headerKey(hdr)
-	if entry := s.tickets.get(key, now); entry != nil {
-		cacheStats.hits.Add(1)
+	if entry := s.cached(key, now); entry != nil {
 		return entry, req, nil
 	}
 	cacheStats.misses.Add(1)
+	if r.BeforeOpen != nil {
+		if err := r.BeforeOpen(); err != nil {
+			return nil, nil, err
+		}
+	}
 	sess, err := s.openTicket(ctx, req.Ticket)
 	if err != nil {
+		if r.OpenFailed != nil && AsError(err).Code == BadAuthentication {
+			r.OpenFailed()
+		}
 		return nil, nil, err
 	}
-	return s.tickets.put(key, hdr, sess), req, nil
+	sealedBy, _ := ticket.SealedBy(req.Ticket)
+	return s.tickets.put(key, hdr, sealedBy, sess), req, nil
+}
+
+// cached returns the session cached under key, held, if the key that
+// sealed its ticket is still held: a ticket whose key was pruned (on any
+// replica) is refused within the keystore's refresh, cached or not.
+func (s *Server) cached(key [32]byte, now time.Time) *cacheEntry {
+	entry := s.tickets.get(key, now)
+	if entry == nil {
+		return nil
+	}
+	if !s.Keystore.Holds(entry.sealedBy) {
+		s.tickets.drop(entry)
+		s.tickets.release(entry)
+		return nil // then parsed in full, and its ticket no longer opens
+	}
+	cacheStats.hits.Add(1)
+	return entry
 }
 
 func renewHint(typ string) string {

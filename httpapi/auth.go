@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
@@ -27,75 +28,147 @@ func sessionFrom(ctx context.Context) Session {
 	return v.Session()
 }
 
-// signedRequest is what the engine verifies of an HTTP request.
-func signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
-	return &exchange.SignedRequest{Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Body: body}
+// signedRequest is what the engine verifies of an HTTP request. Ticket
+// opens that fail count against the client's address: a stranger sending
+// forged tickets gets 429 before costing the token much.
+func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
+	addr := clientAddress(r)
+	return &exchange.SignedRequest{
+		Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Header: r.Header, Body: body,
+		BeforeOpen: func() error {
+			if ok, retry := s.failedOpens.peek(addr, s.cfg.Now()); !ok {
+				e := exchange.Errorf(exchange.RateLimited, "Too many session tickets from your address did not open; retry after %ss, or run a new exchange.", retryAfter(retry))
+				e.RetryAfter = retry
+				return e
+			}
+			return nil
+		},
+		OpenFailed: func() { s.failedOpens.allow(addr, s.cfg.Now()) },
+	}
 }
 
-// authenticated wraps a handler: it authenticates the request, decrypts an
-// encrypted body, and signs (and, for an encrypted request, encrypts) the
-// response.
+// authenticated wraps a handler (SPEC §6): it verifies the request; sends
+// a refusal unsigned if the MAC did not verify and signed if it did;
+// decrypts the body when the signed enc claim says it is encrypted; passes
+// on only the covered headers; and signs (and, for an encrypted request,
+// encrypts) the handler's response, from which it removes any JWC-*
+// header and JWC challenge.
 func (s *Service) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, e := s.readBody(w, r) // any media type: only application/jose means something here
-		var v *exchange.Verified
-		encrypted := false
-		if e == nil {
-			var err error
-			if v, err = s.cfg.Engine.Verify(r.Context(), signedRequest(r, body)); err != nil {
-				e = s.refusal("authenticate", err)
-			} else {
-				defer v.Done()
-			}
-		}
-		if e == nil && isJOSE(r) {
-			pt, err := v.Decrypt(body)
-			if err != nil {
-				e = s.refusal("decrypt", err)
-			} else {
-				body, encrypted = pt, true
-				r.Header.Set("Content-Type", "application/json")
-			}
-		}
+		body, e := s.readBody(w, r) // any media type: only the signed enc claim decides
 		if e != nil {
-			authRequests.WithLabelValues(string(e.Code)).Inc()
-			writeError(w, e, 0)
+			s.refuse(w, nil, e)
 			return
 		}
+		v, err := s.cfg.Engine.Verify(r.Context(), s.signedRequest(r, body))
+		if v == nil {
+			s.refuse(w, nil, s.refusal("authenticate", err))
+			return
+		}
+		defer v.Done()
+		if err != nil {
+			s.refuse(w, v, s.refusal("authenticate", err))
+			return
+		}
+		mediaType := r.Header.Get("Content-Type")
+		if v.Encrypted() && len(body) > 0 {
+			pt, cty, err := v.Decrypt(body)
+			if err != nil {
+				s.refuse(w, v, s.refusal("decrypt", err))
+				return
+			}
+			body, mediaType = pt, cty
+		}
 		authRequestsOK.Inc()
-		// The token is for the service: an upstream holding it could
-		// replay it to another replica within the skew window.
-		r.Header.Del("Authorization")
+		r.Header = passedOn(r.Header, v.Covered())
+		if mediaType != "" && len(body) > 0 {
+			r.Header.Set("Content-Type", mediaType)
+		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, v))
 		r.Body, r.ContentLength = http.NoBody, 0
 		if len(body) > 0 {
 			r.Body, r.ContentLength = readCloser{bytes.NewReader(body)}, int64(len(body))
 		}
-		rec := &recorder{header: make(http.Header, 4), status: http.StatusOK}
-		rec.body.Grow(512) // most answers fit: one allocation instead of several
+		rec := newRecorder()
 		next.ServeHTTP(rec, r)
-		s.respond(w, v, encrypted, rec)
+		scrub(rec.header)
+		s.respond(w, v, v.Encrypted(), rec)
 	})
 }
 
-func isJOSE(r *http.Request) bool {
-	return r.Header.Get("Content-Type") == "application/jose"
+// refuse sends the service's own refusal of an authenticated request:
+// signed when v (the MAC verified), unsigned otherwise; never encrypted.
+func (s *Service) refuse(w http.ResponseWriter, v *exchange.Verified, e *exchange.Error) {
+	authRequests.WithLabelValues(string(e.Code)).Inc()
+	if v == nil {
+		writeError(w, e, 0)
+		return
+	}
+	rec := newRecorder()
+	writeError(rec, e, 0)
+	s.respond(w, v, false, rec)
 }
 
-// respond sends a recorded response, encrypted if the request was, with its
-// JWC-Signature.
-func (s *Service) respond(w http.ResponseWriter, v *exchange.Verified, encrypted bool, rec *recorder) {
+// passedOn keeps of the request's headers those the signature covers,
+// except the ones nobody outside may set (SPEC §6). Authorization is never
+// among them: an upstream holding the token could replay it to another
+// replica within the skew window.
+func passedOn(h http.Header, covered []string) http.Header {
+	out := make(http.Header, len(covered)+2)
+	for _, name := range covered {
+		k := http.CanonicalHeaderKey(name)
+		if vs, ok := h[k]; ok && k != "Authorization" {
+			out[k] = vs
+		}
+	}
+	dropUntrusted(out)
+	return out
+}
+
+// scrub removes from a handler's or upstream's response what only the
+// service may say: JWC-* headers and WWW-Authenticate challenges of the
+// JWC scheme.
+func scrub(h http.Header) {
+	for k := range h {
+		if hasPrefixFold(k, "jwc-") {
+			delete(h, k)
+		}
+	}
+	if vs := h["Www-Authenticate"]; len(vs) > 0 {
+		kept := vs[:0:0]
+		for _, v := range vs {
+			if !hasPrefixFold(strings.TrimSpace(v), exchange.Scheme) {
+				kept = append(kept, v)
+			}
+		}
+		if len(kept) == 0 {
+			delete(h, "Www-Authenticate")
+		} else {
+			h["Www-Authenticate"] = kept
+		}
+	}
+}
+
+// respond sends a recorded response with its JWC-Signature; with encrypt,
+// a body is sent as a JWE carrying its media type.
+func (s *Service) respond(w http.ResponseWriter, v *exchange.Verified, encrypt bool, rec *recorder) {
 	body := rec.body.Bytes()
-	if encrypted {
-		enc, err := v.Encrypt(body)
+	if len(body) > 0 && rec.header.Get("Content-Type") == "" {
+		// What net/http would add, set here so that the signature covers it.
+		rec.header.Set("Content-Type", http.DetectContentType(body))
+	}
+	encrypted := false
+	if encrypt && len(body) > 0 {
+		enc, err := v.Encrypt(body, rec.header.Get("Content-Type"))
 		if err != nil {
 			writeError(w, s.refusal("encrypt the response", err), 0)
 			return
 		}
-		body = enc
+		body, encrypted = enc, true
 		rec.header.Set("Content-Type", "application/jose")
 	}
-	sig, err := v.SignResponse(rec.status, body)
+	rec.header.Del("Content-Length")
+	sig, err := v.SignResponse(rec.status, rec.header, body, encrypted)
 	if err != nil {
 		writeError(w, s.refusal("sign the response", err), 0)
 		return
@@ -116,6 +189,12 @@ type recorder struct {
 	status int
 	body   bytes.Buffer
 	wrote  bool
+}
+
+func newRecorder() *recorder {
+	rec := &recorder{header: make(http.Header, 4), status: http.StatusOK}
+	rec.body.Grow(512) // most answers fit: one allocation instead of several
+	return rec
 }
 
 func (r *recorder) Header() http.Header { return r.header }

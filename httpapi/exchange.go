@@ -132,7 +132,7 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) 
 // rekey renews a session: the engine verifies the request, signed under
 // the old session's RK (typ jwc-rekey), and answers it.
 func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (account, kid string, _ *exchange.Error) {
-	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), signedRequest(r, body), func(account string) error {
+	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), s.signedRequest(r, body), func(account string) error {
 		if e := s.accountTurn(account); e != nil {
 			return e
 		}

@@ -68,6 +68,8 @@ type Service struct {
 	queued    atomic.Int64
 	byAddress *buckets
 	byAccount *buckets
+	// failedOpens counts, per address, tickets that did not open.
+	failedOpens *buckets
 }
 
 // WellKnown is the jwcexchange endpoint.
@@ -89,12 +91,13 @@ func New(cfg Config) *Service {
 	}
 	cfg.Limits = cfg.Limits.withDefaults(cfg.MaxExchanges)
 	s := &Service{
-		cfg:       cfg,
-		exchanges: make(chan struct{}, cfg.MaxExchanges),
-		byAddress: newBuckets(cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
-		byAccount: newBuckets(cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
-		log:       cfg.Logger,
-		mux:       http.NewServeMux(),
+		cfg:         cfg,
+		exchanges:   make(chan struct{}, cfg.MaxExchanges),
+		byAddress:   newBuckets(cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
+		byAccount:   newBuckets(cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
+		failedOpens: newBuckets(cfg.Limits.FailedOpens, cfg.Limits.FailedOpenBurst),
+		log:         cfg.Logger,
+		mux:         http.NewServeMux(),
 	}
 	if s.log == nil {
 		s.log = slog.Default()
@@ -216,6 +219,8 @@ func writeError(w http.ResponseWriter, e *exchange.Error, status int) {
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `JWC error="`+string(e.Code)+`"`)
 	}
+	// How a client tells the service's refusals from a handler's answers.
+	w.Header().Set("JWC-Error", string(e.Code))
 	resp := e.Response()
 	resp.Status = status
 	writeJSON(w, status, resp)

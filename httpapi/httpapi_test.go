@@ -149,7 +149,11 @@ func (f *fixture) exchange(t *testing.T, k *exchange.ClientKey) *exchange.Sessio
 // sign returns the Authorization of a request signed under sess at now.
 func sign(t *testing.T, sess *exchange.Session, method, target string, body []byte, now time.Time) string {
 	t.Helper()
-	out, err := sess.SignRequest(method, target, body, false, now)
+	h := http.Header{}
+	if body != nil {
+		h.Set("Content-Type", "application/json") // what the tests send it with
+	}
+	out, err := sess.SignRequest(method, target, h, body, false, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,7 +172,9 @@ func forge(t *testing.T, key, tk []byte, typ string, c *jwc.Claims) string {
 }
 
 func (f *fixture) claims(method, target string, body []byte) *jwc.Claims {
-	return &jwc.Claims{Method: method, Target: target, IssuedAt: f.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body)}
+	noHeaders, _ := jwc.HeaderHash(nil, nil)
+	return &jwc.Claims{Method: method, Target: target, IssuedAt: f.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body),
+		Headers: []string{}, HeaderHash: noHeaders}
 }
 
 // whoami is a correctly signed GET /v1/whoami under f.sess.
@@ -233,9 +239,18 @@ func wantRefusal(t *testing.T, rec *httptest.ResponseRecorder, status int, code 
 	if got := rec.Header().Get("WWW-Authenticate"); got != wantAuth {
 		t.Errorf("WWW-Authenticate %q, want %q", got, wantAuth)
 	}
-	if sig := rec.Header().Get("JWC-Signature"); sig != "" {
-		t.Errorf("a refusal carries a JWC-Signature: %s", sig)
+	if got := rec.Header().Get("JWC-Error"); got != string(code) {
+		t.Errorf("JWC-Error %q, want %q", got, code)
 	}
+}
+
+// signedRefusals are the refusals made after the request's MAC verified:
+// the service signs them (SPEC §6); the others are sent unsigned.
+var signedRefusals = map[string]bool{
+	"expired session": true, "method mismatch": true, "target mismatch: path": true, "target mismatch: query": true,
+	"iat 61 s behind the clock": true, "iat 61 s ahead of the clock": true, "body hash mismatch": true,
+	"body dropped after signing": true, "replayed request": true, "JWE under another key": true,
+	"session of a disabled account": true, "session of a removed account": true,
 }
 
 type refusalCase struct {
@@ -353,12 +368,14 @@ func refusalCases() []refusalCase {
 			return newRequest(http.MethodGet, "/v1/whoami", nil, auth, "")
 		}},
 		{"JWE under another key", A, exchange.BadAuthentication, "encrypted body was refused", func(t *testing.T, f *fixture) *http.Request {
-			enc, err := jwc.Encrypt(f.sess.AK[:], f.sess.Ticket, []byte(`"hi"`))
+			enc, err := jwc.Encrypt(f.sess.AK[:], f.sess.Ticket, []byte(`"hi"`), "application/json")
 			if err != nil {
 				t.Fatal(err)
 			}
-			auth := sign(t, f.sess, http.MethodPost, "/v1/echo", []byte(enc), f.clock.Now())
-			return newRequest(http.MethodPost, "/v1/echo", []byte(enc), auth, "application/jose")
+			c := f.claims(http.MethodPost, "/v1/echo", []byte(enc))
+			c.Headers, c.Encryption = []string{"content-type"}, jwc.A256CBCHS512
+			c.HeaderHash, _ = jwc.HeaderHash(c.Headers, http.Header{"Content-Type": {"application/jose"}})
+			return newRequest(http.MethodPost, "/v1/echo", []byte(enc), forge(t, f.sess.AK[:], f.sess.Ticket, jwc.TypeRequest, c), "application/jose")
 		}},
 		{"session of a disabled account", http.StatusForbidden, exchange.AccountDisabled, "disabled", get(func(t *testing.T, f *fixture) string {
 			s := f.exchange(t, f.register(t, bob))
@@ -376,7 +393,7 @@ func refusalCases() []refusalCase {
 		})},
 		{"oversized body under a session", http.StatusRequestEntityTooLarge, exchange.TooLarge, "larger than 65536", func(t *testing.T, f *fixture) *http.Request {
 			body := bytes.Repeat([]byte("a"), 64<<10+1)
-			return newRequest(http.MethodPost, "/v1/echo", body, sign(t, f.sess, http.MethodPost, "/v1/echo", body, f.clock.Now()), "application/octet-stream")
+			return newRequest(http.MethodPost, "/v1/echo", body, sign(t, f.sess, http.MethodPost, "/v1/echo", body, f.clock.Now()), "application/json")
 		}},
 		{"oversized headers", http.StatusRequestEntityTooLarge, exchange.TooLarge, "headers", func(t *testing.T, f *fixture) *http.Request {
 			r := f.whoami(t)
@@ -455,7 +472,11 @@ func TestRefusals(t *testing.T) {
 	for _, c := range refusalCases() {
 		t.Run(c.name, func(t *testing.T) {
 			f := newFixture(t)
-			wantRefusal(t, f.serve(c.build(t, f)), c.status, c.code, c.desc)
+			rec := f.serve(c.build(t, f))
+			wantRefusal(t, rec, c.status, c.code, c.desc)
+			if signed := rec.Header().Get("JWC-Signature") != ""; signed != signedRefusals[c.name] {
+				t.Errorf("refusal signed: %v, want %v", signed, signedRefusals[c.name])
+			}
 			if c.code == exchange.TicketExpired {
 				return // the clock has moved past the fixture's session too
 			}
@@ -570,13 +591,16 @@ func TestSignedResponse(t *testing.T) {
 	f := newFixture(t)
 	srv := httptest.NewServer(f.svc)
 	defer srv.Close()
-	do := func(out *exchange.Outgoing, method, path, contentType string) (*http.Response, []byte) {
+	// send signs a request under f.sess and sends it as signed.
+	send := func(method, path string, h http.Header, body []byte, encrypt bool) (*exchange.Outgoing, *http.Response, []byte) {
 		t.Helper()
-		req, _ := http.NewRequest(method, srv.URL+path, bytes.NewReader(out.Body))
-		req.Header.Set("Authorization", out.Authorization)
-		if contentType != "" {
-			req.Header.Set("Content-Type", contentType)
+		out, err := f.sess.SignRequest(method, path, h, body, encrypt, f.clock.Now())
+		if err != nil {
+			t.Fatal(err)
 		}
+		req, _ := http.NewRequest(method, srv.URL+path, bytes.NewReader(out.Body))
+		req.Header = h
+		req.Header.Set("Authorization", out.Authorization)
 		resp, err := srv.Client().Do(req)
 		if err != nil {
 			t.Fatal(err)
@@ -586,21 +610,17 @@ func TestSignedResponse(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return resp, b
+		return out, resp, b
 	}
 
-	out, err := f.sess.SignRequest(http.MethodGet, "/v1/whoami", nil, false, f.clock.Now())
-	if err != nil {
-		t.Fatal(err)
+	out, resp, body := send(http.MethodGet, "/v1/whoami", http.Header{}, nil, false)
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("JWC-Signature") == "" {
+		t.Fatalf("whoami: %d, signature %q, %s", resp.StatusCode, resp.Header.Get("JWC-Signature"), body)
 	}
-	resp, body := do(out, http.MethodGet, "/v1/whoami", "")
-	sig := resp.Header.Get("JWC-Signature")
-	if resp.StatusCode != http.StatusOK || sig == "" {
-		t.Fatalf("whoami: %d, signature %q, %s", resp.StatusCode, sig, body)
-	}
-	got, err := out.CheckResponse(resp.StatusCode, sig, body, false)
-	if err != nil {
-		t.Fatalf("the service's signature does not verify: %v", err)
+	hdr := resp.Header.Clone()
+	got, err := out.CheckResponse(resp.StatusCode, resp.Header, body)
+	if err != nil || !got.Signed || got.Refusal != "" {
+		t.Fatalf("the service's signature does not verify: %+v %v", got, err)
 	}
 	var who struct {
 		Account       string `json:"account"`
@@ -608,7 +628,7 @@ func TestSignedResponse(t *testing.T) {
 		Expires       string `json:"expires"`
 		Generation    uint32 `json:"generation"`
 	}
-	if err := json.Unmarshal(got, &who); err != nil {
+	if err := json.Unmarshal(got.Body, &who); err != nil {
 		t.Fatal(err)
 	}
 	wantExpires := f.clock.Now().Add(testLifetime).UTC().Format(time.RFC3339)
@@ -617,17 +637,22 @@ func TestSignedResponse(t *testing.T) {
 	}
 
 	// Anything changed in the answer, or an answer to another request, fails the check.
-	other, _ := f.sess.SignRequest(http.MethodGet, "/v1/whoami", nil, false, f.clock.Now())
+	other, _ := f.sess.SignRequest(http.MethodGet, "/v1/whoami", http.Header{}, nil, false, f.clock.Now())
 	tampered := bytes.Replace(body, []byte(alice), []byte("mallory@example.com"), 1)
-	for name, check := range map[string]func() ([]byte, error){
-		"body changed":                 func() ([]byte, error) { return out.CheckResponse(200, sig, tampered, false) },
-		"status changed":               func() ([]byte, error) { return out.CheckResponse(201, sig, body, false) },
-		"signature dropped":            func() ([]byte, error) { return out.CheckResponse(200, "", body, false) },
-		"answer to a request not made": func() ([]byte, error) { return other.CheckResponse(200, sig, body, false) },
-		"signature of another session": func() ([]byte, error) {
+	retyped := hdr.Clone()
+	retyped.Set("Content-Type", "text/html")
+	unsigned := hdr.Clone()
+	unsigned.Del("JWC-Signature")
+	for name, check := range map[string]func() (*exchange.Response, error){
+		"body changed":                 func() (*exchange.Response, error) { return out.CheckResponse(200, hdr.Clone(), tampered) },
+		"status changed":               func() (*exchange.Response, error) { return out.CheckResponse(201, hdr.Clone(), body) },
+		"covered header changed":       func() (*exchange.Response, error) { return out.CheckResponse(200, retyped, body) },
+		"signature dropped":            func() (*exchange.Response, error) { return out.CheckResponse(200, unsigned, body) },
+		"answer to a request not made": func() (*exchange.Response, error) { return other.CheckResponse(200, hdr.Clone(), body) },
+		"signature of another session": func() (*exchange.Response, error) {
 			s2 := f.exchange(t, f.key)
-			o2, _ := s2.SignRequest(http.MethodGet, "/v1/whoami", nil, false, f.clock.Now())
-			return o2.CheckResponse(200, sig, body, false)
+			o2, _ := s2.SignRequest(http.MethodGet, "/v1/whoami", http.Header{}, nil, false, f.clock.Now())
+			return o2.CheckResponse(200, hdr.Clone(), body)
 		},
 	} {
 		if _, err := check(); err == nil {
@@ -635,32 +660,54 @@ func TestSignedResponse(t *testing.T) {
 		}
 	}
 
-	// An encrypted request is answered encrypted, and signed over the JWE.
+	// An encrypted request is answered encrypted, and signed over the JWE;
+	// the handler saw the plaintext's media type.
 	msg := []byte("a body only the session may read")
-	out, err = f.sess.SignRequest(http.MethodPost, "/v1/echo", msg, true, f.clock.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
+	out, resp, body = send(http.MethodPost, "/v1/echo", http.Header{"Content-Type": {"text/plain"}}, msg, true)
 	if bytes.Contains(out.Body, msg) {
 		t.Fatal("SignRequest with encrypt sends the body in the clear")
 	}
-	resp, body = do(out, http.MethodPost, "/v1/echo", "application/jose")
 	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "application/jose" || bytes.Contains(body, msg) {
 		t.Fatalf("encrypted echo: %d %q %s", resp.StatusCode, resp.Header.Get("Content-Type"), body)
 	}
-	got, err = out.CheckResponse(resp.StatusCode, resp.Header.Get("JWC-Signature"), body, true)
-	if err != nil || !bytes.Equal(got, msg) {
-		t.Fatalf("encrypted echo: %q, %v", got, err)
+	got, err = out.CheckResponse(resp.StatusCode, resp.Header, body)
+	if err != nil || !bytes.Equal(got.Body, msg) {
+		t.Fatalf("encrypted echo: %+v, %v", got, err)
 	}
 
-	// A refusal is not signed, and CheckResponse lets it through unchanged.
-	out, _ = f.sess.SignRequest(http.MethodGet, "/v1/echo", nil, false, f.clock.Now())
-	resp, body = do(out, http.MethodGet, "/v1/whoami", "")
-	if resp.StatusCode != http.StatusUnauthorized || resp.Header.Get("JWC-Signature") != "" {
-		t.Fatalf("mismatched target: %d, signature %q", resp.StatusCode, resp.Header.Get("JWC-Signature"))
+	// A refusal before the MAC verified is not signed, and passes
+	// unchanged, with its code.
+	out, _ = f.sess.SignRequest(http.MethodGet, "/v1/echo", http.Header{}, nil, false, f.clock.Now())
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/v1/whoami", nil)
+	req.Header.Set("Authorization", out.Authorization+"x")
+	resp2, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if got, err := out.CheckResponse(resp.StatusCode, "", body, false); err != nil || !bytes.Equal(got, body) {
-		t.Errorf("an unsigned refusal: %v", err)
+	body, _ = io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if resp2.StatusCode != http.StatusUnauthorized || resp2.Header.Get("JWC-Signature") != "" {
+		t.Fatalf("a broken MAC: %d, signature %q", resp2.StatusCode, resp2.Header.Get("JWC-Signature"))
+	}
+	if got, err := out.CheckResponse(resp2.StatusCode, resp2.Header, body); err != nil || got.Signed || got.Refusal != exchange.BadAuthentication || !bytes.Equal(got.Body, body) {
+		t.Errorf("an unsigned refusal: %+v %v", got, err)
+	}
+	// One after the MAC verified (a target mismatch) is signed, and names
+	// the target the service received.
+	out, _ = f.sess.SignRequest(http.MethodGet, "/v1/echo", http.Header{}, nil, false, f.clock.Now())
+	req, _ = http.NewRequest(http.MethodGet, srv.URL+"/v1/whoami", nil)
+	req.Header.Set("Authorization", out.Authorization)
+	resp2, err = srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ = io.ReadAll(resp2.Body)
+	resp2.Body.Close()
+	if resp2.StatusCode != http.StatusUnauthorized || resp2.Header.Get("JWC-Signature") == "" {
+		t.Fatalf("a target mismatch: %d, signature %q", resp2.StatusCode, resp2.Header.Get("JWC-Signature"))
+	}
+	if _, err := out.CheckResponse(resp2.StatusCode, resp2.Header, body); err == nil {
+		t.Error("a signed refusal for /v1/whoami passed as the answer to a request for /v1/echo")
 	}
 }
 
@@ -691,17 +738,17 @@ func TestRekey(t *testing.T) {
 			t.Fatal("the rekeyed session has the old keys or ticket")
 		}
 		sess = next
-		out, _ := sess.SignRequest(http.MethodGet, "/v1/whoami", nil, false, f.clock.Now())
+		out, _ := sess.SignRequest(http.MethodGet, "/v1/whoami", http.Header{}, nil, false, f.clock.Now())
 		rec = f.serve(newRequest(http.MethodGet, "/v1/whoami", nil, out.Authorization, ""))
 		if rec.Code != http.StatusOK {
 			t.Fatalf("whoami under generation %d: %d %s", gen, rec.Code, rec.Body)
 		}
-		body, err := out.CheckResponse(rec.Code, rec.Header().Get("JWC-Signature"), rec.Body.Bytes(), false)
+		checked, err := out.CheckResponse(rec.Code, rec.Header(), rec.Body.Bytes())
 		if err != nil {
 			t.Fatal(err)
 		}
 		var who struct{ Generation uint32 }
-		json.Unmarshal(body, &who)
+		json.Unmarshal(checked.Body, &who)
 		if who.Generation != gen {
 			t.Errorf("generation %d, want %d", who.Generation, gen)
 		}

@@ -26,6 +26,12 @@ type Limits struct {
 	// bursts of AccountBurst. It is checked once the account is known.
 	PerAccount   float64
 	AccountBurst int
+	// FailedOpens is session tickets per second from one address that may
+	// fail to open (each costs a token operation), with bursts of
+	// FailedOpenBurst; beyond it tickets from that address that are not
+	// in memory are refused 429 without a token operation.
+	FailedOpens     float64
+	FailedOpenBurst int
 	// MaxQueued bounds the exchanges waiting for their turn (see
 	// Config.MaxExchanges); beyond it they are refused at once.
 	MaxQueued int
@@ -39,6 +45,10 @@ const (
 	DefaultAddressBurst = 50
 	DefaultPerAccount   = 5
 	DefaultAccountBurst = 20
+	// A client whose ticket the service no longer knows fails one open,
+	// then exchanges again.
+	DefaultFailedOpens     = 1
+	DefaultFailedOpenBurst = 10
 )
 
 func (l Limits) withDefaults(maxExchanges int) Limits {
@@ -47,6 +57,12 @@ func (l Limits) withDefaults(maxExchanges int) Limits {
 	}
 	if l.PerAccount == 0 {
 		l.PerAccount, l.AccountBurst = DefaultPerAccount, DefaultAccountBurst
+	}
+	if l.FailedOpens == 0 {
+		l.FailedOpens, l.FailedOpenBurst = DefaultFailedOpens, DefaultFailedOpenBurst
+	}
+	if l.FailedOpenBurst <= 0 {
+		l.FailedOpenBurst = max(1, int(math.Ceil(l.FailedOpens)))
 	}
 	if l.AddressBurst <= 0 {
 		l.AddressBurst = max(1, int(math.Ceil(l.PerAddress)))
@@ -110,6 +126,23 @@ func (b *buckets) allow(key string, now time.Time) (ok bool, retry time.Duration
 		return false, d
 	}
 	return true, 0
+}
+
+// peek says whether key has a token, without taking it.
+func (b *buckets) peek(key string, now time.Time) (ok bool, retry time.Duration) {
+	if b == nil {
+		return true, 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	e := b.m[key]
+	if e == nil {
+		return true, 0
+	}
+	r := e.lim.ReserveN(now, 1)
+	d := r.DelayFrom(now)
+	r.CancelAt(now)
+	return d <= 0, d
 }
 
 func rateLimited(who string, retry time.Duration) *exchange.Error {

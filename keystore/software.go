@@ -107,6 +107,19 @@ func (s *Software) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 	return s.sealID, nil
 }
 
+func (s *Software) Holds(id ticket.KeyID) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.sealers[id] != nil
+}
+
+// DropTicketKey forgets a sealing key, as pruning does in a token.
+func (s *Software) DropTicketKey(id ticket.KeyID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.sealers, id)
+}
+
 func (s *Software) SealWith(ctx context.Context, id ticket.KeyID, iv, aad, plaintext []byte) ([]byte, error) {
 	s.mu.RLock()
 	aead, ok := s.sealers[id]

@@ -135,7 +135,7 @@ func TestAuthenticationRefusals(t *testing.T) {
 	}
 
 	// Replay: the very same token twice.
-	tok, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	tok, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, covered(&jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}, nil))
 	if resp, _ := e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: tok}); resp.StatusCode != 200 {
 		t.Fatalf("first use: %d", resp.StatusCode)
 	}
@@ -147,7 +147,7 @@ func TestAuthenticationRefusals(t *testing.T) {
 	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", ticket: tampered})
 	wantRefusal(t, "tampered ticket", resp, b, 401, exchange.BadAuthentication)
 
-	good, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	good, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, covered(&jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}, nil))
 	badMAC := good[:len(good)-2] + map[bool]string{true: "AA", false: "BB"}[!strings.HasSuffix(good, "AA")]
 	resp, b = e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: badMAC})
 	wantRefusal(t, "tampered MAC", resp, b, 401, exchange.BadAuthentication)
@@ -327,7 +327,7 @@ func TestHeaderLayouts(t *testing.T) {
 	kid := base64.RawURLEncoding.EncodeToString(sess.Ticket)
 	foreign := `{"typ":"jwc-req", "kid":"` + kid + `", "alg":"HS512"}`
 	claims := func(id string) *jwc.Claims {
-		return &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: id, BodyHash: jwc.BodyHash(nil)}
+		return covered(&jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: e.clock.Now().Unix(), ID: id, BodyHash: jwc.BodyHash(nil)}, nil)
 	}
 	get := func(token string) (*http.Response, []byte) {
 		return e.send(t, sess, request{method: "GET", path: "/v1/whoami", token: token})
@@ -454,12 +454,11 @@ func TestUpstreamSeesOnlyTrustedHeaders(t *testing.T) {
 	if got := h.Values("Custos-Account"); len(got) != 1 || got[0] != "alice@example.com" {
 		t.Errorf("Custos-Account reaching the upstream: %q", got)
 	}
-	for _, name := range []string{"Authorization", "Custos_account", "Jwc-Signature"} {
+	// The injected headers are not covered by the client's signature, so
+	// none of them is passed on, whatever its name (attack 4's way in).
+	for _, name := range []string{"Authorization", "Custos_account", "Jwc-Signature", "X-Jwc-Ok"} {
 		if v, ok := h[name]; ok {
 			t.Errorf("%s reached the upstream: %q", name, v)
 		}
-	}
-	if h.Get("X-Jwc-Ok") != "kept" {
-		t.Errorf("X-Jwc-Ok (not a jwc- name) was removed")
 	}
 }

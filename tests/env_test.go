@@ -12,6 +12,8 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -182,9 +184,14 @@ type request struct {
 
 func (e *env) send(t *testing.T, sess *exchange.Session, r request) (*http.Response, []byte) {
 	t.Helper()
+	req, _ := http.NewRequest(r.method, e.url+r.path, bytes.NewReader(r.body))
+	if r.body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	if r.claims == nil {
 		r.claims = &jwc.Claims{Method: r.method, Target: r.path, IssuedAt: e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(r.body)}
 	}
+	covered(r.claims, req.Header)
 	if r.key == nil {
 		r.key = sess.AK[:]
 	}
@@ -200,11 +207,7 @@ func (e *env) send(t *testing.T, sess *exchange.Session, r request) (*http.Respo
 			t.Fatal(err)
 		}
 	}
-	req, _ := http.NewRequest(r.method, e.url+r.path, bytes.NewReader(r.body))
 	req.Header.Set("Authorization", "JWC "+r.token)
-	if r.body != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -212,6 +215,23 @@ func (e *env) send(t *testing.T, sess *exchange.Session, r request) (*http.Respo
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp, b
+}
+
+// covered fills the claims' hds and hdh (SPEC §6) for the headers h holds
+// (Authorization aside), as a client would, unless the test set them.
+func covered(c *jwc.Claims, h http.Header) *jwc.Claims {
+	if c.Headers != nil {
+		return c
+	}
+	c.Headers = []string{}
+	for k := range h {
+		if k != "Authorization" {
+			c.Headers = append(c.Headers, strings.ToLower(k))
+		}
+	}
+	slices.Sort(c.Headers)
+	c.HeaderHash, _ = jwc.HeaderHash(c.Headers, h)
+	return c
 }
 
 // wantRefusal checks a refusal's status, SPEC code and headers.

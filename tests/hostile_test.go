@@ -98,14 +98,15 @@ func (f *fixture) authed(method, path string, body []byte, mutate func(r *reques
 	if mutate != nil {
 		mutate(&r)
 	}
-	if r.token == "" {
-		r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
-	}
 	req, _ := http.NewRequest(method, f.e.url+path, bytes.NewReader(r.body))
-	req.Header.Set("Authorization", "JWC "+r.token)
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	covered(r.claims, req.Header)
+	if r.token == "" {
+		r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
+	}
+	req.Header.Set("Authorization", "JWC "+r.token)
 	return req
 }
 
@@ -123,10 +124,11 @@ func (f *fixture) rekey(mutate func(r *request, msg *wire.ExchangeRequest)) *htt
 	if r.claims == nil {
 		r.claims = &jwc.Claims{Method: http.MethodPost, Target: httpapi.WellKnown, IssuedAt: f.e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body)}
 	}
+	req := f.postJSON(body)
+	covered(r.claims, req.Header)
 	if r.token == "" {
 		r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, r.claims)
 	}
-	req := f.postJSON(body)
 	req.Header.Set("Authorization", "JWC "+r.token)
 	return req
 }
@@ -419,11 +421,11 @@ func hostileCases() []hostileCase {
 		return f.authed(http.MethodGet, "/v1/whoami", nil, func(r *request) { r.ticket = sealed })
 	})
 	add("JWE under the wrong key", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
-		enc, _ := jwc.Encrypt(randomBytes(64), f.sess.Ticket, []byte(`"hi"`))
+		enc, _ := jwc.Encrypt(randomBytes(64), f.sess.Ticket, []byte(`"hi"`), "application/json")
 		return f.jose(enc)
 	})
 	add("JWE with tampered ciphertext", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
-		enc, _ := jwc.Encrypt(f.sess.EK[:], f.sess.Ticket, []byte(`"hi there, service"`))
+		enc, _ := jwc.Encrypt(f.sess.EK[:], f.sess.Ticket, []byte(`"hi there, service"`), "application/json")
 		parts := strings.Split(enc, ".")
 		c := []byte(parts[3])
 		c[2] ^= 0x01
@@ -431,7 +433,7 @@ func hostileCases() []hostileCase {
 		return f.jose(strings.Join(parts, "."))
 	})
 	add("JWE naming another ticket", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
-		enc, _ := jwc.Encrypt(f.sess.EK[:], randomBytes(100), []byte(`"hi"`))
+		enc, _ := jwc.Encrypt(f.sess.EK[:], randomBytes(100), []byte(`"hi"`), "application/json")
 		return f.jose(enc)
 	})
 	add("JWE that is not a JWE", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request { return f.jose("a.b.c.d.e") })

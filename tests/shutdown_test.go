@@ -131,7 +131,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	// A slow echo: its body trickles in over two seconds.
 	body := bytes.Repeat([]byte("x"), 20)
 	pr, pw := io.Pipe()
-	tok, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "POST", Target: "/v1/echo", IssuedAt: time.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body)})
+	tok, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, covered(&jwc.Claims{Method: "POST", Target: "/v1/echo", IssuedAt: time.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(body)}, nil))
 	slow, _ := http.NewRequest("POST", r.url+"/v1/echo", pr)
 	slow.ContentLength = int64(len(body))
 	slow.Header.Set("Authorization", "JWC "+tok)
@@ -236,7 +236,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 		t.Fatalf("a session from before the restart: %v %v", err, resp)
 	}
 	resp.Body.Close()
-	tok2, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: time.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+	tok2, _ := jwc.SignOnce(sess.AK[:], sess.Ticket, jwc.TypeRequest, covered(&jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: time.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)}, nil))
 	req, _ := http.NewRequest("GET", r2.url+"/v1/whoami", nil)
 	req.Header.Set("Authorization", "JWC "+tok2)
 	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 200 {

@@ -10,24 +10,26 @@ import (
 	"github.com/custos-kx/custos/internal/wire"
 )
 
-// A flat object is a JSON object whose members are strings and integers:
-// the shape of a JWS header and of the claims of a request or response.
+// A flat object is a JSON object whose members are strings, integers and
+// arrays of strings: the shape of a JWS header and of the claims of a
+// request or response.
 // Every authenticated request decodes two of them on each side, so they
 // get a decoder of their own — no reflection, no second pass — that is as
 // strict as wire.Unmarshal: a duplicate name (exact, SPEC §2) is
-// refused, and so is anything that is not one object of string and integer
-// members. A differential fuzz test holds it to encoding/json.
+// refused, and so is anything that is not one object of string, integer
+// and string-array members. A differential fuzz test holds it to
+// encoding/json.
 
 // flatValue is one member's value.
 type flatValue struct {
-	raw    []byte // the JSON token
-	isText bool
+	raw  []byte // the JSON token, or the whole array
+	kind byte   // '"' a string, '0' an integer, '[' an array of strings
 }
 
 // Text stores the value in *s if it is a string.
 func (v flatValue) Text(s *string) error {
-	if !v.isText {
-		return fmt.Errorf("is %s, not a string", kind(v.raw))
+	if v.kind != '"' {
+		return fmt.Errorf("is %s, not a string", v.what())
 	}
 	inner := v.raw[1 : len(v.raw)-1]
 	if strings.IndexByte(string(inner), '\\') < 0 && isPlainASCII(inner) {
@@ -39,8 +41,8 @@ func (v flatValue) Text(s *string) error {
 
 // Int stores the value in *n if it is an integer that fits.
 func (v flatValue) Int(n *int64) error {
-	if v.isText {
-		return fmt.Errorf("is a string, not an integer")
+	if v.kind != '0' {
+		return fmt.Errorf("is %s, not an integer", v.what())
 	}
 	i, err := strconv.ParseInt(string(v.raw), 10, 64)
 	if err != nil {
@@ -50,10 +52,34 @@ func (v flatValue) Int(n *int64) error {
 	return nil
 }
 
-func kind(raw []byte) string {
-	switch raw[0] {
+// Strings stores the value in *out if it is an array of strings; an empty
+// array gives an empty, non-nil slice.
+func (v flatValue) Strings(out *[]string) error {
+	if v.kind != '[' {
+		return fmt.Errorf("is %s, not an array of strings", v.what())
+	}
+	list := []string{}
+	d := flatDecoder{data: v.raw[1 : len(v.raw)-1]} // checked by array()
+	for d.space(); d.i < len(d.data); d.space() {
+		tok, _ := d.str()
+		var s string
+		if err := (flatValue{raw: tok, kind: '"'}).Text(&s); err != nil {
+			return err
+		}
+		list = append(list, s)
+		d.space()
+		d.take(',')
+	}
+	*out = list
+	return nil
+}
+
+func (v flatValue) what() string {
+	switch v.kind {
 	case '"':
 		return "a string"
+	case '[':
+		return "an array"
 	default:
 		return "a number"
 	}
@@ -82,7 +108,7 @@ func decodeFlat(data []byte, member func(name []byte, v flatValue) error) error 
 		name := nameTok[1 : len(nameTok)-1]
 		if bytes.IndexByte(name, '\\') >= 0 || !isPlainASCII(name) {
 			var s string
-			if err := (flatValue{raw: nameTok, isText: true}).Text(&s); err != nil {
+			if err := (flatValue{raw: nameTok, kind: '"'}).Text(&s); err != nil {
 				return &wire.DecodeError{Reason: "a member name is not a valid string"}
 			}
 			name = []byte(s)
@@ -102,15 +128,21 @@ func decodeFlat(data []byte, member func(name []byte, v flatValue) error) error 
 			if err != nil {
 				return err
 			}
-			v = flatValue{raw: tok, isText: true}
+			v = flatValue{raw: tok, kind: '"'}
 		case d.peek() == '-' || (d.peek() >= '0' && d.peek() <= '9'):
 			tok, err := d.integer()
 			if err != nil {
 				return err
 			}
-			v = flatValue{raw: tok}
+			v = flatValue{raw: tok, kind: '0'}
+		case d.peek() == '[':
+			tok, err := d.array()
+			if err != nil {
+				return err
+			}
+			v = flatValue{raw: tok, kind: '['}
 		default:
-			return &wire.DecodeError{Reason: fmt.Sprintf("member %q must be a string or an integer", name)}
+			return &wire.DecodeError{Reason: fmt.Sprintf("member %q must be a string, an integer or an array of strings", name)}
 		}
 		if err := member(name, v); err != nil {
 			return &wire.DecodeError{Reason: fmt.Sprintf("member %q %v", name, err)}
@@ -201,6 +233,29 @@ func isPlainASCII(b []byte) bool {
 		}
 	}
 	return true
+}
+
+// array returns the array of strings at the cursor, brackets included.
+func (d *flatDecoder) array() ([]byte, error) {
+	start := d.i
+	d.take('[')
+	d.space()
+	if d.take(']') {
+		return d.data[start:d.i], nil
+	}
+	for {
+		d.space()
+		if _, err := d.str(); err != nil {
+			return nil, &wire.DecodeError{Reason: "an array holds something other than strings"}
+		}
+		d.space()
+		if d.take(']') {
+			return d.data[start:d.i], nil
+		}
+		if !d.take(',') {
+			return nil, &wire.DecodeError{Reason: "expected ',' or ']' in an array"}
+		}
+	}
 }
 
 // integer returns the integer token at the cursor: -?(0|[1-9][0-9]*).

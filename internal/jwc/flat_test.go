@@ -14,12 +14,22 @@ type flatMember struct {
 	text  string
 	num   string
 	isNum bool
+	list  []string
+	isArr bool
 }
 
 func decodeFlatAll(data []byte) (map[string]flatMember, error) {
 	out := map[string]flatMember{}
 	err := decodeFlat(data, func(name []byte, v flatValue) error {
-		if v.isText {
+		if v.kind == '[' {
+			var l []string
+			if err := v.Strings(&l); err != nil {
+				return err
+			}
+			out[string(name)] = flatMember{list: l, isArr: true}
+			return nil
+		}
+		if v.kind == '"' {
 			var s string
 			if err := v.Text(&s); err != nil {
 				return err
@@ -50,7 +60,7 @@ func TestDecodeFlat(t *testing.T) {
 	bad := []string{
 		``, `[]`, `"x"`, `{`, `{"a":"b"`, `{"a":"b",}`, `{"a":"b"}x`, `{"a":"b"}{}`,
 		`{"a":"b","a":"c"}`, `{"a":"b","\u0061":"c"}`, `{"a":1.5}`, `{"a":1e3}`, `{"a":01}`,
-		`{"a":true}`, `{"a":null}`, `{"a":{}}`, `{"a":[]}`, `{"a":"\x01"}`, `{"a":"\q"}`,
+		`{"a":true}`, `{"a":null}`, `{"a":{}}`, `{"a":[1]}`, `{"a":["b",]}`, `{"a":["b"`, `{"a":[["b"]]}`, `{"a":"\x01"}`, `{"a":"\q"}`,
 		`{a:"b"}`, `{"a" "b"}`, `{"a":-}`, `{"a":"b"` + "\x00}",
 	}
 	for _, in := range bad {
@@ -70,7 +80,7 @@ func FuzzDecodeFlat(f *testing.F) {
 	for _, s := range []string{
 		`{"alg":"HS512","kid":"abc","typ":"jwc-req"}`,
 		`{"htm":"GET","htu":"/v1/whoami","iat":1700000000,"jti":"x","bdh":"y"}`,
-		`{"jti":"a","sts":200,"bdh":"b"}`, `{"a":"\ud83d\ude00\"\\\/"}`, `{"a":"b","A":1}`,
+		`{"jti":"a","sts":200,"bdh":"b"}`, `{"hds":["content-type","x-a"],"hdh":"h"}`, `{"hds":[]}`, `{"a":"\ud83d\ude00\"\\\/"}`, `{"a":"b","A":1}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -99,8 +109,17 @@ func FuzzDecodeFlat(f *testing.F) {
 			for k, v := range ours {
 				switch tv := theirs[k].(type) {
 				case string:
-					if v.isNum || v.text != tv {
+					if v.isNum || v.isArr || v.text != tv {
 						t.Fatalf("%q: member %q is %+v, encoding/json says %q", data, k, v, tv)
+					}
+				case []any:
+					if !v.isArr || len(v.list) != len(tv) {
+						t.Fatalf("%q: member %q is %+v, encoding/json says %v", data, k, v, tv)
+					}
+					for i := range tv {
+						if tv[i] != v.list[i] {
+							t.Fatalf("%q: member %q element %d is %q, encoding/json says %v", data, k, i, v.list[i], tv[i])
+						}
 					}
 				case json.Number:
 					if !v.isNum || v.num != string(tv) {
@@ -118,6 +137,12 @@ func FuzzDecodeFlat(f *testing.F) {
 		for _, v := range theirs {
 			switch tv := v.(type) {
 			case string:
+			case []any:
+				for _, e := range tv {
+					if _, ok := e.(string); !ok {
+						return
+					}
+				}
 			case json.Number:
 				if !canonicalInt.MatchString(string(tv)) {
 					return

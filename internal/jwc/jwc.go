@@ -14,6 +14,7 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"fmt"
+	"net/textproto"
 	"strings"
 	"time"
 
@@ -36,21 +37,39 @@ const Scheme = "JWC"
 // MaxSkew is how far a request's iat may be from the service's clock.
 const MaxSkew = 60 * time.Second
 
-// Claims are the payload of a request token.
+// Claims are the payload of a request token (SPEC §6).
 type Claims struct {
 	Method   string `json:"htm"`
 	Target   string `json:"htu"` // path?query
 	IssuedAt int64  `json:"iat"`
 	ID       string `json:"jti"`
 	BodyHash string `json:"bdh"`
+	// Headers (hds) names the headers covered, lowercase, in the order
+	// hashed into HeaderHash (hdh). A token without them is a protocol v1
+	// token (Headers nil after decoding).
+	Headers    []string `json:"hds"`
+	HeaderHash string   `json:"hdh"`
+	// Encryption (enc) is A256CBCHS512 when the body and the response are
+	// encrypted, else empty (absent).
+	Encryption string `json:"enc,omitempty"`
 }
 
-// ResponseClaims are the payload of a response signature.
+// ResponseClaims are the payload of a response signature: the request it
+// answers as the service received it, and the response as sent.
 type ResponseClaims struct {
-	ID       string `json:"jti"`
-	Status   int    `json:"sts"`
-	BodyHash string `json:"bdh"`
+	ID         string   `json:"jti"`
+	Method     string   `json:"htm"`
+	Target     string   `json:"htu"`
+	Status     int      `json:"sts"`
+	BodyHash   string   `json:"bdh"`
+	Headers    []string `json:"hds"`
+	HeaderHash string   `json:"hdh"`
+	Encryption string   `json:"enc,omitempty"`
 }
+
+// A256CBCHS512 is the one content encryption of JWE bodies, and the value
+// of the enc claim.
+const A256CBCHS512 = "A256CBC-HS512"
 
 func (c *Claims) decode(b []byte) error {
 	return decodeFlat(b, func(name []byte, v flatValue) error {
@@ -65,6 +84,12 @@ func (c *Claims) decode(b []byte) error {
 			return v.Text(&c.ID)
 		case "bdh":
 			return v.Text(&c.BodyHash)
+		case "hds":
+			return v.Strings(&c.Headers)
+		case "hdh":
+			return v.Text(&c.HeaderHash)
+		case "enc":
+			return v.Text(&c.Encryption)
 		}
 		return errUnknownMember
 	})
@@ -75,6 +100,10 @@ func (c *ResponseClaims) decode(b []byte) error {
 		switch string(name) {
 		case "jti":
 			return v.Text(&c.ID)
+		case "htm":
+			return v.Text(&c.Method)
+		case "htu":
+			return v.Text(&c.Target)
 		case "sts":
 			var n int64
 			if err := v.Int(&n); err != nil {
@@ -84,6 +113,12 @@ func (c *ResponseClaims) decode(b []byte) error {
 			return nil
 		case "bdh":
 			return v.Text(&c.BodyHash)
+		case "hds":
+			return v.Strings(&c.Headers)
+		case "hdh":
+			return v.Text(&c.HeaderHash)
+		case "enc":
+			return v.Text(&c.Encryption)
 		}
 		return errUnknownMember
 	})
@@ -217,8 +252,14 @@ func (r *Request) Verify(key *MACKey) (*Claims, error) {
 	if err := c.decode(r.jws.payload); err != nil {
 		return nil, refuse("the token's claims are malformed: %v", err)
 	}
+	if c.Headers == nil || c.HeaderHash == "" {
+		return nil, refuse("the token has no hds and hdh claims: it is a protocol v1 token, and this service speaks v1.1 (SPEC §6); update the client")
+	}
 	if c.Method == "" || c.Target == "" || c.ID == "" || c.BodyHash == "" || c.IssuedAt == 0 {
 		return nil, refuse("the token lacks one of htm, htu, iat, jti, bdh")
+	}
+	if c.Encryption != "" && c.Encryption != A256CBCHS512 {
+		return nil, refuse("the token's enc is %q; only %s is supported", wire.Clip(c.Encryption), A256CBCHS512)
 	}
 	return &c, nil
 }
@@ -252,10 +293,18 @@ func VerifyResponse(key *MACKey, token string) (*ResponseClaims, error) {
 	return &c, nil
 }
 
-// Encrypt makes a JWE body under key (EK) for the session whose ticket is t.
-func Encrypt(key, t, plaintext []byte) (string, error) {
+// DefaultMediaType is the media type of a body that names none.
+const DefaultMediaType = "application/octet-stream"
+
+// Encrypt makes a JWE body under key (EK) for the session whose ticket is
+// t; cty is the plaintext's media type (SPEC §6).
+func Encrypt(key, t, plaintext []byte, cty string) (string, error) {
+	if cty == "" {
+		cty = DefaultMediaType
+	}
 	enc, err := jose.NewEncrypter(jose.A256CBC_HS512,
-		jose.Recipient{Algorithm: jose.DIRECT, Key: key, KeyID: b64.EncodeToString(t)}, nil)
+		jose.Recipient{Algorithm: jose.DIRECT, Key: key, KeyID: b64.EncodeToString(t)},
+		(&jose.EncrypterOptions{}).WithContentType(jose.ContentType(cty)))
 	if err != nil {
 		return "", err
 	}
@@ -266,19 +315,45 @@ func Encrypt(key, t, plaintext []byte) (string, error) {
 	return obj.CompactSerialize()
 }
 
-// Decrypt opens a JWE body under key. t is the session's ticket, which the
-// JWE's kid must name.
-func Decrypt(key, t []byte, token string) ([]byte, error) {
+// Decrypt opens a JWE body under key and returns the plaintext and its
+// media type. t is the session's ticket, which the JWE's kid must name.
+func Decrypt(key, t []byte, token string) (plaintext []byte, cty string, err error) {
 	obj, err := jose.ParseEncryptedCompact(token, []jose.KeyAlgorithm{jose.DIRECT}, []jose.ContentEncryption{jose.A256CBC_HS512})
 	if err != nil {
-		return nil, refuse("the body is not a dir/A256CBC-HS512 JWE in compact form")
+		return nil, "", refuse("the body is not a dir/A256CBC-HS512 JWE in compact form")
 	}
 	if obj.Header.KeyID != b64.EncodeToString(t) {
-		return nil, refuse("the body's JWE kid does not name this session's ticket")
+		return nil, "", refuse("the body's JWE kid does not name this session's ticket")
 	}
 	pt, err := obj.Decrypt(key)
 	if err != nil {
-		return nil, refuse("the body does not decrypt under this session's key")
+		return nil, "", refuse("the body does not decrypt under this session's key")
 	}
-	return pt, nil
+	cty, _ = obj.Header.ExtraHeaders[jose.HeaderContentType].(string)
+	if cty == "" {
+		cty = DefaultMediaType
+	}
+	return pt, cty, nil
+}
+
+// HeaderHash returns hdh for the headers names (lowercase, as in hds) of
+// h: for each name, each of its field lines in order, name ":" value
+// (trimmed) "\n", hashed with SHA-512 (SPEC §6). ok is false when a named
+// header is absent.
+func HeaderHash(names []string, h map[string][]string) (hdh string, ok bool) {
+	d := sha512.New()
+	for _, name := range names {
+		values := h[textproto.CanonicalMIMEHeaderKey(name)]
+		if len(values) == 0 {
+			return "", false
+		}
+		for _, v := range values {
+			d.Write([]byte(name))
+			d.Write([]byte{':'})
+			d.Write([]byte(strings.TrimSpace(v)))
+			d.Write([]byte{'\n'})
+		}
+	}
+	var sum [sha512.Size]byte
+	return b64.EncodeToString(d.Sum(sum[:0])), true
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -22,7 +23,8 @@ var (
 )
 
 func claims() *Claims {
-	return &Claims{Method: "POST", Target: "/v1/echo?x=1", IssuedAt: 1700000000, ID: NewID(), BodyHash: BodyHash([]byte("body"))}
+	return &Claims{Method: "POST", Target: "/v1/echo?x=1", IssuedAt: 1700000000, ID: NewID(), BodyHash: BodyHash([]byte("body")),
+		Headers: []string{"content-type"}, HeaderHash: "hdh"}
 }
 
 func TestRoundTrip(t *testing.T) {
@@ -39,7 +41,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("parsed tkt %q type %q", r.Ticket, r.Type)
 	}
 	got, err := r.Verify(akm)
-	if err != nil || *got != *c {
+	if err != nil || !reflect.DeepEqual(got, c) {
 		t.Fatalf("verify: %+v %v", got, err)
 	}
 	if _, err := r.Verify(ekm); err == nil {
@@ -106,13 +108,13 @@ func forgeHS512(header, payload string) string {
 }
 
 func TestResponseSignature(t *testing.T) {
-	rc := &ResponseClaims{ID: "abc", Status: 200, BodyHash: BodyHash([]byte("ok"))}
+	rc := &ResponseClaims{ID: "abc", Method: "GET", Target: "/x", Status: 200, BodyHash: BodyHash([]byte("ok")), Headers: []string{}, HeaderHash: "hdh", Encryption: A256CBCHS512}
 	sig, err := SignResponse(akm, rc)
 	if err != nil {
 		t.Fatal(err)
 	}
 	got, err := VerifyResponse(akm, sig)
-	if err != nil || *got != *rc {
+	if err != nil || !reflect.DeepEqual(got, rc) {
 		t.Fatalf("%+v %v", got, err)
 	}
 	if _, err := VerifyResponse(ekm, sig); err == nil {
@@ -125,18 +127,22 @@ func TestResponseSignature(t *testing.T) {
 }
 
 func TestEncryption(t *testing.T) {
-	ct, err := Encrypt(ek, tkt, []byte("secret body"))
+	ct, err := Encrypt(ek, tkt, []byte("secret body"), "text/plain; charset=utf-8")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := Decrypt(ek, tkt, ct)
-	if err != nil || string(pt) != "secret body" {
-		t.Fatalf("%q %v", pt, err)
+	pt, cty, err := Decrypt(ek, tkt, ct)
+	if err != nil || string(pt) != "secret body" || cty != "text/plain; charset=utf-8" {
+		t.Fatalf("%q %q %v", pt, cty, err)
 	}
-	if _, err := Decrypt(ak, tkt, ct); err == nil {
+	hdr, _ := base64.RawURLEncoding.DecodeString(strings.Split(ct, ".")[0])
+	if !strings.Contains(string(hdr), `"cty":"text/plain; charset=utf-8"`) {
+		t.Fatalf("JWE header %s does not carry the plaintext's media type", hdr)
+	}
+	if _, _, err := Decrypt(ak, tkt, ct); err == nil {
 		t.Error("decrypted under the wrong key")
 	}
-	if _, err := Decrypt(ek, []byte("another tkt"), ct); err == nil {
+	if _, _, err := Decrypt(ek, []byte("another tkt"), ct); err == nil {
 		t.Error("a JWE naming another session's tkt was accepted")
 	}
 	parts := strings.Split(ct, ".")
@@ -145,7 +151,7 @@ func TestEncryption(t *testing.T) {
 		b := []byte(bad[i])
 		b[0] ^= 0x01
 		bad[i] = string(b)
-		if _, err := Decrypt(ek, tkt, strings.Join(bad, ".")); err == nil {
+		if _, _, err := Decrypt(ek, tkt, strings.Join(bad, ".")); err == nil {
 			t.Errorf("part %d tampered: decrypted", i)
 		}
 	}
@@ -189,7 +195,7 @@ func TestInteropWithGoJose(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, err := r.Verify(akm); err != nil || *got != *c {
+	if got, err := r.Verify(akm); err != nil || !reflect.DeepEqual(got, c) {
 		t.Fatalf("go-jose's token: %+v %v", got, err)
 	}
 
@@ -251,7 +257,7 @@ func FuzzRequestToken(f *testing.F) {
 	f.Add(good, "")
 	rekey, _ := SignOnce(ak, tkt, TypeRekey, claims())
 	f.Add(rekey, "")
-	enc, _ := Encrypt(ek, tkt, []byte(`{"a":1}`))
+	enc, _ := Encrypt(ek, tkt, []byte(`{"a":1}`), "application/json")
 	f.Add("", enc)
 	f.Add("a.b.c", "a.b.c.d.e")
 	f.Fuzz(func(t *testing.T, token, jwe string) {

@@ -191,15 +191,37 @@ func (c *Claims) appendJSON(b []byte) []byte {
 	b = appendString(b, c.ID)
 	b = append(b, `,"bdh":`...)
 	b = appendString(b, c.BodyHash)
-	return append(b, '}')
+	return appendHeaderClaims(b, c.Headers, c.HeaderHash, c.Encryption)
 }
 
 func (c *ResponseClaims) appendJSON(b []byte) []byte {
 	b = append(b, `{"jti":`...)
 	b = appendString(b, c.ID)
+	b = append(b, `,"htm":`...)
+	b = appendString(b, c.Method)
+	b = append(b, `,"htu":`...)
+	b = appendString(b, c.Target)
 	b = append(b, `,"sts":`...)
 	b = strconv.AppendInt(b, int64(c.Status), 10)
 	b = append(b, `,"bdh":`...)
 	b = appendString(b, c.BodyHash)
+	return appendHeaderClaims(b, c.Headers, c.HeaderHash, c.Encryption)
+}
+
+// appendHeaderClaims appends hds, hdh and enc (if set), and closes the object.
+func appendHeaderClaims(b []byte, hds []string, hdh, enc string) []byte {
+	b = append(b, `,"hds":[`...)
+	for i, name := range hds {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendString(b, name)
+	}
+	b = append(b, `],"hdh":`...)
+	b = appendString(b, hdh)
+	if enc != "" {
+		b = append(b, `,"enc":`...)
+		b = appendString(b, enc)
+	}
 	return append(b, '}')
 }

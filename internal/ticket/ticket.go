@@ -49,6 +49,10 @@ type Sealer interface {
 	// that does not authenticate, gives ErrInvalid; any other error is the
 	// keystore's own failure.
 	OpenWith(ctx context.Context, id KeyID, iv, aad, sealed []byte) ([]byte, error)
+	// Holds reports, without a token operation, whether key id is still
+	// held: a ticket opened once and kept in memory is refused once its
+	// key has been pruned.
+	Holds(id KeyID) bool
 }
 
 // aad returns the additional data sealed with a ticket under key id.

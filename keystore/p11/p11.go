@@ -17,6 +17,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
@@ -50,6 +51,9 @@ type Keystore struct {
 	tickets      map[ticket.KeyID]*ticketKey
 	activeTicket *ticketKey
 	refreshedAt  time.Time
+	// refreshedNano is refreshedAt for the lock-free check of whether a
+	// refresh is due, which every request makes (Holds).
+	refreshedNano atomic.Int64
 	refreshing   bool
 	missedAt     time.Time // last refresh caused by a ticket naming an unknown key
 }
@@ -204,6 +208,7 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 		}
 	}
 	k.refreshedAt = k.now()
+	k.refreshedNano.Store(k.refreshedAt.UnixNano())
 	return nil
 }
 
@@ -231,8 +236,12 @@ func (k *Keystore) maybeRefresh() {
 	if interval <= 0 {
 		interval = 30 * time.Second
 	}
+	now := k.now()
+	if now.UnixNano()-k.refreshedNano.Load() <= int64(interval) {
+		return
+	}
 	k.mu.Lock()
-	due := !k.refreshing && k.now().Sub(k.refreshedAt) > interval
+	due := !k.refreshing && now.Sub(k.refreshedAt) > interval
 	if due {
 		k.refreshing = true
 	}
@@ -293,6 +302,16 @@ func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 		return ticket.KeyID{}, ErrNoKeys
 	}
 	return k.activeTicket.id, nil
+}
+
+// Holds reports whether the token held the ticket key id when the
+// inventory was last read (at most RefreshInterval ago): a key pruned by
+// any replica stops opening tickets here, cached or not, within that time.
+func (k *Keystore) Holds(id ticket.KeyID) bool {
+	k.maybeRefresh()
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.tickets[id] != nil
 }
 
 func (k *Keystore) SealWith(ctx context.Context, id ticket.KeyID, iv, aad, plaintext []byte) ([]byte, error) {

@@ -162,7 +162,7 @@ func TestEngineOnToken(t *testing.T) {
 		pr, rmsg, _ := sess.NewRekey(rand.Reader, nil)
 		body, _ := json.Marshal(rmsg)
 		auth, _ := sess.SignRekey(body, time.Now())
-		rresp, _, err := srv.Rekey(ctx, &exchange.SignedRequest{Method: "POST", Target: exchange.WellKnown, Authorization: auth, Body: body}, nil)
+		rresp, _, err := srv.Rekey(ctx, &exchange.SignedRequest{Method: "POST", Target: exchange.WellKnown, Authorization: auth, Header: exchange.RekeyHeader, Body: body}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -184,6 +184,9 @@ type enabledAccounts struct{}
 func (enabledAccounts) Owner(context.Context, string) (string, bool, error) {
 	return "alice@example.com", false, nil
 }
+
+// MarkRenewed lets every ticket be renewed: these tests rekey each once.
+func (enabledAccounts) MarkRenewed(context.Context, []byte, time.Time) (bool, error) { return true, nil }
 
 // openSession opens a ticket with the token's key and decodes it.
 func openSession(t *testing.T, ks *Keystore, tk []byte) *ticket.Session {

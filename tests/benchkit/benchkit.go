@@ -284,9 +284,10 @@ func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
 		if err != nil {
 			return nil, err
 		}
+		noHeaders, _ := jwc.HeaderHash(nil, nil)
 		tok, err := jwc.SignOnce(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
 			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
-			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
+			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil), Headers: []string{}, HeaderHash: noHeaders,
 		})
 		if err != nil {
 			return nil, err
