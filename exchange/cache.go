@@ -28,8 +28,8 @@ type cacheEntry struct {
 	key      [32]byte
 	sealedBy ticket.KeyID // the key the ticket was sealed under
 	sess     *ticket.Session
-	ak    *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
-	lease lease
+	ak       *jwc.MACKey // sess.AK prepared for the session's many MACs and its header
+	lease    lease
 }
 
 // lease counts the requests holding a session's keys, which are zeroed

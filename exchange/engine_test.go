@@ -73,7 +73,9 @@ func (enabledAccounts) Owner(context.Context, string) (string, bool, error) {
 }
 
 // MarkRenewed lets every ticket be renewed: these tests rekey each once.
-func (enabledAccounts) MarkRenewed(context.Context, []byte, time.Time) (bool, error) { return true, nil }
+func (enabledAccounts) MarkRenewed(context.Context, []byte, time.Time) (bool, error) {
+	return true, nil
+}
 
 func rekeyOnce(t testing.TB, srv *Server, sess *Session) *Session {
 	t.Helper()

@@ -50,7 +50,7 @@ type gcmSealer struct {
 	aead cipher.AEAD
 }
 
-func (g *gcmSealer) Holds(id KeyID) bool { return id == g.id }
+func (g *gcmSealer) Holds(id KeyID) bool                       { return id == g.id }
 func (g *gcmSealer) SealingKey(context.Context) (KeyID, error) { return g.id, nil }
 func (g *gcmSealer) SealWith(_ context.Context, id KeyID, iv, aad, pt []byte) ([]byte, error) {
 	return g.aead.Seal(nil, iv, pt, aad), nil

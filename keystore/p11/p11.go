@@ -54,8 +54,8 @@ type Keystore struct {
 	// refreshedNano is refreshedAt for the lock-free check of whether a
 	// refresh is due, which every request makes (Holds).
 	refreshedNano atomic.Int64
-	refreshing   bool
-	missedAt     time.Time // last refresh caused by a ticket naming an unknown key
+	refreshing    bool
+	missedAt      time.Time // last refresh caused by a ticket naming an unknown key
 }
 
 type credentialKey struct {

@@ -186,7 +186,9 @@ func (enabledAccounts) Owner(context.Context, string) (string, bool, error) {
 }
 
 // MarkRenewed lets every ticket be renewed: these tests rekey each once.
-func (enabledAccounts) MarkRenewed(context.Context, []byte, time.Time) (bool, error) { return true, nil }
+func (enabledAccounts) MarkRenewed(context.Context, []byte, time.Time) (bool, error) {
+	return true, nil
+}
 
 // openSession opens a ticket with the token's key and decodes it.
 func openSession(t *testing.T, ks *Keystore, tk []byte) *ticket.Session {
