@@ -118,12 +118,29 @@ func (t *Transport) Rekey(ctx context.Context, origin string) error {
 	t.init()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	sess, err := t.State.session(origin)
+	sess, err := t.stored(origin)
 	if err != nil {
 		return err
 	}
 	_, err = t.renew(ctx, origin, sess)
 	return err
+}
+
+// stored returns the kept session of this credential with origin, if
+// any, after checking that the service credential it was agreed with is
+// still the pinned one: a pin set since the session was made holds too.
+func (t *Transport) stored(origin string) (*session, error) {
+	if t.Key == nil {
+		return nil, errors.New("client: no credential key")
+	}
+	sess, err := t.State.session(origin, t.Key.Public().KeyID())
+	if err != nil || sess == nil {
+		return nil, err
+	}
+	if err := t.checkPin(origin, sess.ServerCredential.KeyID()); err != nil {
+		return nil, err
+	}
+	return sess, nil
 }
 
 func (t *Transport) exchange(ctx context.Context, origin string) (*session, error) {
@@ -148,7 +165,7 @@ func (t *Transport) exchange(ctx context.Context, origin string) (*session, erro
 	}
 	now := t.Now()
 	sess := newSession(s, now, now)
-	return sess, t.State.setSession(origin, sess)
+	return sess, t.State.setSession(origin, t.Key.Public().KeyID(), sess)
 }
 
 func (t *Transport) checkPin(origin, kid string) error {
@@ -195,7 +212,7 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 		return nil, fmt.Errorf("client: the rekey response was refused: %w", err)
 	}
 	next := newSession(s, t.Now(), sess.Exchanged)
-	return next, t.State.setSession(origin, next)
+	return next, t.State.setSession(origin, t.Key.Public().KeyID(), next)
 }
 
 // post sends an ExchangeRequest to the jwcexchange endpoint.
@@ -251,7 +268,7 @@ func serviceError(status int, m *wire.ExchangeResponse, decodeErr error) error {
 func (t *Transport) acquire(ctx context.Context, origin string, refused *session) (*session, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	sess, err := t.State.session(origin)
+	sess, err := t.stored(origin)
 	if err != nil {
 		return nil, err
 	}

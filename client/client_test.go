@@ -423,8 +423,8 @@ func TestStatePersists(t *testing.T) {
 	whoami(t, tr1, s)
 	wantWire(t, wl, "exchange 200", "GET /v1/whoami 200")
 
-	sessionPath := filepath.Join(dir, sessionFile(s.url))
-	for _, name := range []string{"pins.json", sessionFile(s.url)} {
+	sessionPath := filepath.Join(dir, sessionFile(s.url, s.key.Public().KeyID()))
+	for _, name := range []string{"pins.json", sessionFile(s.url, s.key.Public().KeyID())} {
 		fi, err := os.Stat(filepath.Join(dir, name))
 		if err != nil {
 			t.Fatal(err)

@@ -21,21 +21,23 @@ func (e echoSigner) RoundTrip(r *http.Request) (*http.Response, error) {
 	req, _ := jwc.Parse(tok)
 	c, _ := req.Verify(e.ak)
 	body := []byte(`{"account":"a"}`)
-	sig, _ := jwc.SignResponse(e.ak, &jwc.ResponseClaims{ID: c.ID, Status: 200, BodyHash: jwc.BodyHash(body)})
-	h := http.Header{}
+	h := http.Header{"Content-Type": {"application/json"}}
+	hdh, _ := jwc.HeaderHash([]string{"content-type"}, h)
+	sig, _ := jwc.SignResponse(e.ak, &jwc.ResponseClaims{ID: c.ID, Method: c.Method, Target: c.Target, Status: 200,
+		BodyHash: jwc.BodyHash(body), Headers: []string{"content-type"}, HeaderHash: hdh})
 	h.Set("JWC-Signature", sig)
 	return &http.Response{StatusCode: 200, Header: h, Body: io.NopCloser(bytes.NewReader(body)), Request: r}, nil
 }
 
 func BenchmarkTransportRoundTrip(b *testing.B) {
 	key, _ := exchange.GenerateClientKey(rand.Reader)
-	s := &exchange.Session{Ticket: bytes.Repeat([]byte{7}, 200), Suite: exchange.DefaultSuite}
+	s := &exchange.Session{Ticket: bytes.Repeat([]byte{7}, 200), Suite: exchange.DefaultSuite, ServerCredential: key.Public()}
 	rand.Read(s.AK[:])
 	st := &State{}
 	tr := &Transport{Key: key, State: st, Base: echoSigner{jwc.NewMACKey(s.AK[:], "")}}
 	tr.init()
 	sess := newSession(s, tr.Now(), tr.Now())
-	st.setSession("http://x", sess)
+	st.setSession("http://x", key.Public().KeyID(), sess)
 	hc := &http.Client{Transport: tr}
 	b.ReportAllocs()
 	for b.Loop() {

@@ -87,16 +87,20 @@ func (s *State) setPin(origin, kid string) error {
 	return s.writeJSON("pins.json", s.pins)
 }
 
-func (s *State) session(origin string) (*session, error) {
+// session returns the kept session of the credential kid with origin:
+// sessions are kept per (origin, credential), so a program holding two
+// keys never answers with the other's session.
+func (s *State) session(origin, kid string) (*session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.load(); err != nil {
 		return nil, err
 	}
-	if sess, ok := s.sessions[origin]; ok || s.Dir == "" {
+	name := sessionFile(origin, kid)
+	if sess, ok := s.sessions[name]; ok || s.Dir == "" {
 		return sess, nil
 	}
-	b, err := os.ReadFile(filepath.Join(s.Dir, sessionFile(origin)))
+	b, err := os.ReadFile(filepath.Join(s.Dir, name))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -120,27 +124,28 @@ func (s *State) session(origin string) (*session, error) {
 	clear(st.EK)
 	clear(st.RK)
 	sess := newSession(es, st.Renewed, st.Exchanged)
-	s.sessions[origin] = sess
+	s.sessions[name] = sess
 	return sess, nil
 }
 
-func (s *State) setSession(origin string, sess *session) error {
+func (s *State) setSession(origin, kid string, sess *session) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.load(); err != nil {
 		return err
 	}
-	if old := s.sessions[origin]; old != nil && old != sess {
+	name := sessionFile(origin, kid)
+	if old := s.sessions[name]; old != nil && old != sess {
 		old.Retire() // zeroed when the last request signed with it is done
 	}
 	if sess == nil {
-		delete(s.sessions, origin)
+		delete(s.sessions, name)
 		if s.Dir != "" {
-			os.Remove(filepath.Join(s.Dir, sessionFile(origin)))
+			os.Remove(filepath.Join(s.Dir, name))
 		}
 		return nil
 	}
-	s.sessions[origin] = sess
+	s.sessions[name] = sess
 	if s.Dir == "" {
 		return nil
 	}
@@ -149,11 +154,13 @@ func (s *State) setSession(origin string, sess *session) error {
 		Encryption: sess.Suite.Encryption, Authentication: sess.Suite.Authentication,
 		ServerCredential: sess.ServerCredential.Wire(), Renewed: sess.Renewed, Exchanged: sess.Exchanged,
 	}
-	return s.writeJSON(sessionFile(origin), st)
+	return s.writeJSON(name, st)
 }
 
-func sessionFile(origin string) string {
-	return "session-" + url.PathEscape(origin) + ".json"
+// sessionFile names the session of credential kid with origin, on disk
+// and in memory.
+func sessionFile(origin, kid string) string {
+	return "session-" + url.PathEscape(origin) + "-" + kid + ".json"
 }
 
 // writeJSON writes a file atomically with mode 0600.
