@@ -77,6 +77,18 @@ func ParseURI(uri string) (Config, error) {
 	return cfg, nil
 }
 
+// URIHoldsPIN reports whether a PKCS#11 URI carries the PIN itself
+// (pin-value), which only the environment may hold.
+func URIHoldsPIN(uri string) bool {
+	_, query, _ := strings.Cut(uri, "?")
+	for _, attr := range splitNonEmpty(query, "&") {
+		if name, _, _ := strings.Cut(attr, "="); name == "pin-value" {
+			return true
+		}
+	}
+	return false
+}
+
 func splitNonEmpty(s, sep string) []string {
 	var out []string
 	for _, p := range strings.Split(s, sep) {
@@ -102,6 +114,13 @@ func uriAttr(attr string) (name, value string, err error) {
 // ReadPINFile reads a PIN from a file, without the trailing newline. The
 // file should be readable by the service's user only.
 func ReadPINFile(path string) (string, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("hsm: reading the PIN file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("hsm: the PIN file %s can be read by others (mode %04o); make it readable by its owner only (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
 	b, err := os.ReadFile(path)
 	if err != nil {
 		return "", fmt.Errorf("hsm: reading the PIN file: %w", err)

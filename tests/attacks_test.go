@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +24,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/softhsm"
 )
 
 // The attacks of the security review (issue 12), each performed for real
@@ -462,5 +466,43 @@ func TestAttackWrongCredentialSession(t *testing.T) {
 	var pe *client.PinError
 	if !errors.As(err, &pe) {
 		t.Fatalf("a kept session with another credential than the pinned one: %v", err)
+	}
+}
+
+// Attack 11: PINs where they must not be. A PIN in the pkcs11-uri given
+// on the command line or in the config file is refused; an explicit
+// --pin-file wins over CUSTOS_PIN; a PIN file others can read is refused.
+func TestAttackPINSources(t *testing.T) {
+	st := softhsm.New(t)
+	dir := t.TempDir()
+	base := custosdEnv(st, filepath.Join(dir, "custos.db"))
+	runCustosd(t, base, "init")
+	try := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(bin(t, "custosd"), args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	uri := "pkcs11:token=" + url.PathEscape(st.Label) + "?module-path=" + st.Module + "&pin-value=" + st.PIN
+	if out, err := try(base, "keys", "list", "--pkcs11-uri", uri); err == nil || !strings.Contains(out, "only from the environment") || strings.Contains(out, st.PIN) {
+		t.Fatalf("pin-value on the command line: %v\n%s", err, out)
+	}
+	cfg := filepath.Join(dir, "custos.json")
+	os.WriteFile(cfg, []byte(`{"pkcs11-uri": "`+uri+`"}`), 0o600)
+	if out, err := try(base, "keys", "list", "--config", cfg); err == nil || !strings.Contains(out, "only from the environment") {
+		t.Fatalf("pin-value in the config file: %v\n%s", err, out)
+	}
+	if out, err := try(append(base, "CUSTOS_PKCS11_URI="+uri), "keys", "list"); err != nil {
+		t.Fatalf("pin-value in the environment: %v\n%s", err, out)
+	}
+	pinFile := filepath.Join(dir, "pin")
+	os.WriteFile(pinFile, []byte(st.PIN+"\n"), 0o600)
+	wrongPIN := append(base, "CUSTOS_PIN=not-the-pin")
+	if out, err := try(wrongPIN, "keys", "list", "--pin-file", pinFile); err != nil {
+		t.Fatalf("an explicit --pin-file beside a wrong CUSTOS_PIN: %v\n%s", err, out)
+	}
+	os.Chmod(pinFile, 0o644)
+	if out, err := try(wrongPIN, "keys", "list", "--pin-file", pinFile); err == nil || !strings.Contains(out, "can be read by others") {
+		t.Fatalf("a PIN file readable by others: %v\n%s", err, out)
 	}
 }

@@ -42,6 +42,7 @@ type config struct {
 	uri         string
 	tokenLabel  string
 	pinFile     string
+	pinFileFlag bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
 	db          string
 	listen      string
 	tlsCert     string
@@ -109,6 +110,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "custosd:", err)
 		return 2
 	}
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "pin-file" {
+			c.pinFileFlag = true
+		}
+	})
 	if len(words) == 0 {
 		fs.Usage()
 		return 2
@@ -163,11 +169,17 @@ func duration(name, v string) (time.Duration, error) {
 	return d, nil
 }
 
-// hsmConfig assembles the token configuration; the PIN comes from
-// CUSTOS_PIN, the PIN file, or the URI's pin-source — never from argv.
+// hsmConfig assembles the token configuration. The PIN comes from, in
+// this order: the URI's pin-source; an explicit --pin-file; CUSTOS_PIN; the PIN file of
+// CUSTOS_PIN_FILE or the config file; the URI's pin-source — never from
+// argv. A URI holding the PIN itself (pin-value) is accepted only from
+// the environment.
 func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	var hc hsm.Config
 	if c.uri != "" {
+		if hsm.URIHoldsPIN(c.uri) && os.Getenv("CUSTOS_PKCS11_URI") != c.uri {
+			return hc, errors.New("the pkcs11-uri holds the PIN (pin-value=), which custosd accepts only from the environment (CUSTOS_PKCS11_URI), never from the command line or the config file; use pin-source=file:PATH instead")
+		}
 		var err error
 		if hc, err = hsm.ParseURI(c.uri); err != nil {
 			return hc, err
@@ -179,19 +191,24 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	if hc.TokenLabel == "" {
 		hc.TokenLabel = c.tokenLabel
 	}
-	if hc.PIN == "" {
-		switch {
-		case os.Getenv("CUSTOS_PIN") != "":
-			hc.PIN = os.Getenv("CUSTOS_PIN")
-		case c.pinFile != "":
-			pin, err := hsm.ReadPINFile(c.pinFile)
-			if err != nil {
-				return hc, err
-			}
-			hc.PIN = pin
-		default:
-			return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
+	switch {
+	case hc.PIN != "": // the URI's pin-source (or, from the environment, pin-value)
+	case c.pinFileFlag:
+		pin, err := hsm.ReadPINFile(c.pinFile)
+		if err != nil {
+			return hc, err
 		}
+		hc.PIN = pin
+	case os.Getenv("CUSTOS_PIN") != "":
+		hc.PIN = os.Getenv("CUSTOS_PIN")
+	case c.pinFile != "":
+		pin, err := hsm.ReadPINFile(c.pinFile)
+		if err != nil {
+			return hc, err
+		}
+		hc.PIN = pin
+	default:
+		return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
 	}
 	n, err := count("max-sessions", c.maxSessions, 1)
 	if err != nil {
