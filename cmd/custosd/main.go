@@ -37,29 +37,30 @@ Flags (each also an environment variable, and a key of the --config file):
 
 // config is every setting of custosd.
 type config struct {
-	configFile  string
-	module      string
-	uri         string
-	tokenLabel  string
-	pinFile     string
-	pinFileFlag bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
-	db          string
-	listen      string
-	tlsCert     string
-	tlsKey      string
-	insecure    string
-	upstream    string
-	session     string
-	rekeyWindow string
-	pruneWindow string
-	maxSessions string
-	maxExch     string
-	ratePerAddr string
-	ratePerAcct string
-	keyRefresh  string
-	logFormat   string
-	credential  string
-	window      string
+	configFile    string
+	module        string
+	uri           string
+	tokenLabel    string
+	pinFile       string
+	metricsListen string
+	pinFileFlag   bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
+	db            string
+	listen        string
+	tlsCert       string
+	tlsKey        string
+	insecure      string
+	upstream      string
+	session       string
+	rekeyWindow   string
+	pruneWindow   string
+	maxSessions   string
+	maxExch       string
+	ratePerAddr   string
+	ratePerAcct   string
+	keyRefresh    string
+	logFormat     string
+	credential    string
+	window        string
 }
 
 func main() {
@@ -80,6 +81,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("pin-file", "CUSTOS_PIN_FILE", "", "file holding the token's user PIN (or set CUSTOS_PIN)", &c.pinFile),
 		opt("db", "CUSTOS_DB", "var/custos.db", "account registry: a SQLite file, or a postgres:// DSN", &c.db),
 		opt("listen", "CUSTOS_LISTEN", "127.0.0.1:8443", "address to serve on", &c.listen),
+		opt("metrics-listen", "CUSTOS_METRICS_LISTEN", "", "serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)", &c.metricsListen),
 		opt("tls-cert", "CUSTOS_TLS_CERT", "", "TLS certificate file (PEM)", &c.tlsCert),
 		opt("tls-key", "CUSTOS_TLS_KEY", "", "TLS private key file (PEM)", &c.tlsKey),
 		opt("insecure-http", "CUSTOS_INSECURE_HTTP", "false", "serve plain HTTP on an address other than loopback", &c.insecure),

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
@@ -72,6 +73,22 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	metrics.MustRegister(hsm.Collectors()...)
 	metrics.MustRegister(httpapi.Collectors()...)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// With --metrics-listen, /metrics is served there alone (an address
+	// operators reach and clients do not), not beside the API.
+	apiMetrics := metrics
+	if c.metricsListen != "" {
+		apiMetrics = nil
+		mln, err := net.Listen("tcp", c.metricsListen)
+		if err != nil {
+			return fmt.Errorf("--metrics-listen: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(metrics, promhttp.HandlerOpts{}))
+		msrv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go msrv.Serve(mln)
+		defer msrv.Close()
+		log.Info("serving metrics", "url", "http://"+mln.Addr().String()+"/metrics")
+	}
 
 	maxExchanges, err := count("max-exchanges", c.maxExch, 0)
 	if err != nil {
@@ -91,7 +108,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		Accounts:     reg,
 		Ready:        tok.Healthy,
 		Upstream:     upstream,
-		Metrics:      metrics,
+		Metrics:      apiMetrics,
 		Logger:       log,
 	})
 	ln, err := net.Listen("tcp", c.listen)

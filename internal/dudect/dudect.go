@@ -35,27 +35,45 @@ type Result struct {
 // Leaks reports whether the classes' times differ.
 func (r Result) Leaks() bool { return math.Abs(r.T) > Threshold }
 
-// MaxScale is how many times the n given to Measure it may go up to: its
-// callers must accept input indexes below 2·MaxScale·n.
-const MaxScale = 4
+// MaxScale bounds the input indexes a test's prepare and op are given:
+// they stay below 2·MaxScale·n for the n given to Measure.
+const MaxScale = 1
 
-// Measure runs Run with n, then 2n, then 4n inputs per class, until the
-// samples can show a difference of target (a fraction of the mean) — a
-// noisy machine needs more of them.
+// Budget is how long Measure keeps sampling one operation before it gives
+// up on showing the target difference: a busy machine means a longer run,
+// not a weaker claim, up to this; past it the result says how much could
+// be shown, and the test fails on it.
+var Budget = 3 * time.Minute
+
+// Measure measures op in rounds of n inputs per class and pools the
+// rounds, until the samples can show a difference of target (a fraction of
+// the mean) or Budget has passed.
 func Measure(target float64, n, repeat int, prepare func(class, i int), op func(i int)) Result {
-	var r Result
-	for scale := 1; scale <= MaxScale; scale *= 2 {
-		if r = Run(scale*n, repeat, prepare, op); r.Detectable <= target {
-			break
+	var p pool
+	deadline := time.Now().Add(Budget)
+	for {
+		p.round(n, repeat, prepare, op)
+		if r := p.result(); r.Detectable <= target || time.Now().After(deadline) {
+			return r
 		}
 	}
-	return r
 }
 
-// Run measures op on n inputs of each class. prepare(class, i) makes input
-// i of class 0 (fixed) or 1 (random) before any timing; op(i) runs the
-// operation on input i, repeat times per measurement.
+// Run measures op on n inputs of each class once. prepare(class, i) makes
+// input i of class 0 (fixed) or 1 (random) before any timing; op(i) runs
+// the operation on input i, repeat times per measurement.
 func Run(n, repeat int, prepare func(class, i int), op func(i int)) Result {
+	var p pool
+	p.round(n, repeat, prepare, op)
+	return p.result()
+}
+
+// pool holds the measurements of every round so far, by class.
+type pool struct {
+	times [2][]float64
+}
+
+func (p *pool) round(n, repeat int, prepare func(class, i int), op func(i int)) {
 	classes := make([]int, 2*n)
 	coin := make([]byte, 2*n)
 	rand.Read(coin)
@@ -65,10 +83,10 @@ func Run(n, repeat int, prepare func(class, i int), op func(i int)) Result {
 	for i, c := range classes {
 		prepare(c, i)
 	}
-	times := make([]float64, len(classes))
 	for i := range min(len(classes), 32) { // warm the caches and the branch predictors
 		op(i)
 	}
+	times := make([]float64, len(classes))
 	old := debug.SetGCPercent(-1)
 	runtime.GC()
 	for i := range classes {
@@ -79,21 +97,27 @@ func Run(n, repeat int, prepare func(class, i int), op func(i int)) Result {
 		times[i] = float64(time.Since(start)) / float64(repeat)
 	}
 	debug.SetGCPercent(old)
+	for i, t := range times {
+		p.times[classes[i]] = append(p.times[classes[i]], t)
+	}
+}
 
+func (p *pool) result() Result {
 	// Crop at the 90th percentile of all measurements: the tail is the
 	// machine's, not the operation's.
-	sorted := slices.Clone(times)
+	sorted := slices.Concat(p.times[0], p.times[1])
 	slices.Sort(sorted)
 	limit := sorted[len(sorted)*9/10]
 	var sum, sumSq, count [2]float64
-	for i, t := range times {
-		if t > limit {
-			continue
+	for c := range 2 {
+		for _, t := range p.times[c] {
+			if t > limit {
+				continue
+			}
+			sum[c] += t
+			sumSq[c] += t * t
+			count[c]++
 		}
-		c := classes[i]
-		sum[c] += t
-		sumSq[c] += t * t
-		count[c]++
 	}
 	var mean, variance [2]float64
 	for c := range 2 {

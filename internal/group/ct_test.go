@@ -20,7 +20,7 @@ func report(t *testing.T, r dudect.Result) {
 	t.Helper()
 	t.Logf("|t| = %.2f over %d samples per class (mean %s); a difference of %.2f%% would show", abs(r.T), r.Samples, r.Mean, 100*r.Detectable)
 	if r.Detectable > 0.01 {
-		t.Errorf("the samples cannot show a 1%% difference (only %.2f%%); raise ctSamples", 100*r.Detectable)
+		t.Errorf("%s of sampling cannot show a 1%% difference (only %.2f%%): the machine is too noisy; run make ct on a quieter one or raise dudect.Budget", dudect.Budget, 100*r.Detectable)
 	}
 }
 
