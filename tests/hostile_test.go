@@ -457,6 +457,42 @@ func hostileCases() []hostileCase {
 		}
 		return r
 	})
+	// SPEC v1.1 §6: the header claims and enc.
+	add("v1 request token (no hds, hdh)", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodGet, "/v1/whoami", nil, func(r *request) {
+			r.token, _ = jwc.SignOnce(r.key, r.ticket, r.typ, &jwc.Claims{Method: "GET", Target: "/v1/whoami", IssuedAt: f.e.clock.Now().Unix(), ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil)})
+		})
+	})
+	add("hds name not lowercase", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodPost, "/v1/echo", []byte(`"x"`), func(r *request) {
+			r.claims.Headers = []string{"Content-Type"}
+			r.claims.HeaderHash, _ = jwc.HeaderHash(r.claims.Headers, http.Header{"Content-Type": {"application/json"}})
+		})
+	})
+	add("hds names a header twice", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodPost, "/v1/echo", []byte(`"x"`), func(r *request) {
+			r.claims.Headers = []string{"content-type", "content-type"}
+			r.claims.HeaderHash, _ = jwc.HeaderHash(r.claims.Headers, http.Header{"Content-Type": {"application/json"}})
+		})
+	})
+	add("hds names a header the request lacks", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodGet, "/v1/whoami", nil, func(r *request) {
+			r.claims.Headers = []string{"x-role"}
+			r.claims.HeaderHash, _ = jwc.HeaderHash(r.claims.Headers, http.Header{"X-Role": {"user"}})
+		})
+	})
+	add("hdh of other header values", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodPost, "/v1/echo", []byte(`"x"`), func(r *request) {
+			r.claims.Headers = []string{"content-type"}
+			r.claims.HeaderHash, _ = jwc.HeaderHash(r.claims.Headers, http.Header{"Content-Type": {"text/html"}})
+		})
+	})
+	add("enc names another encryption", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodGet, "/v1/whoami", nil, func(r *request) { r.claims.Encryption = "A128GCM" })
+	})
+	add("enc with a body that is not a JWE", A, exchange.BadAuthentication, func(t *testing.T, f *fixture) *http.Request {
+		return f.authed(http.MethodPost, "/v1/echo", []byte(`"plain"`), func(r *request) { r.claims.Encryption = jwc.A256CBCHS512 })
+	})
 	add("expired session", A, exchange.TicketExpired, func(t *testing.T, f *fixture) *http.Request {
 		f.e.clock.Advance(61 * time.Minute)
 		return f.authed(http.MethodGet, "/v1/whoami", nil, nil)
