@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -204,5 +205,36 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 	}
 	if waited := time.Since(start); waited < 4*time.Second || waited > 10*time.Second {
 		t.Fatalf("the slow connection was closed after %s; the header timeout is 5 s", waited)
+	}
+}
+
+// TestSlowUploadsHoldNoExchangeSlot performs attack 6 of the security
+// review: with two exchange slots, two clients that send their headers and
+// then trickle their bodies made a normal exchange wait for their timeouts.
+// The body is read before a slot is taken, so the exchange is answered at
+// once while the slow uploads still hang.
+func TestSlowUploadsHoldNoExchangeSlot(t *testing.T) {
+	e := newEnv(t, sqliteDSN(t), func(c *httpapi.Config) { c.MaxExchanges = 2 })
+	key := e.register(t, "alice@example.com")
+	host := strings.TrimPrefix(e.url, "http://")
+	for range 2 {
+		conn, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		if _, err := conn.Write([]byte("POST /.well-known/jwcexchange/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n{\"Exch")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	start := time.Now()
+	_, msg, _ := key.NewExchange(rand.Reader, nil)
+	body, _ := json.Marshal(msg)
+	status, m, _ := post(t, e.url, body, "")
+	if status != 200 || m.Status != 201 {
+		t.Fatalf("an exchange beside two slow uploads: %d %+v", status, m)
+	}
+	if waited := time.Since(start); waited > 2*time.Second {
+		t.Fatalf("an exchange beside two slow uploads took %s", waited)
 	}
 }
