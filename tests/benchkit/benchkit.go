@@ -200,7 +200,7 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 	base := t.Public()
 	e128 := make([]byte, 16)
 	rand.Read(e128)
-	session := sampleSession()
+	session := r.sampleSession()
 	pt, _ := session.MarshalBinary()
 	sealed, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 	if err != nil {
@@ -254,10 +254,12 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 	}, nil
 }
 
-func sampleSession() *ticket.Session {
+// sampleSession is a session of the rig's registered account and key:
+// every request checks the credential is still registered.
+func (r *Rig) sampleSession() *ticket.Session {
 	now := time.Now()
 	s := &ticket.Session{
-		Account: Account, CredentialKID: "MAM7Y-V6C6X-FM5QX-7JYGX-SIR3R-HQ52N",
+		Account: Account, CredentialKID: r.Key.Public().KeyID(),
 		IssuedAt: now, Expires: now.Add(time.Hour), RekeyExpires: now.Add(7 * 24 * time.Hour),
 		Encryption: exchange.DefaultSuite.Encryption, Authentication: exchange.DefaultSuite.Authentication,
 	}
@@ -278,7 +280,7 @@ func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
 	ctx := context.Background()
 	l := &SessionLoad{requests: make([]*http.Request, n)}
 	for i := range n {
-		s := sampleSession()
+		s := r.sampleSession()
 		pt, _ := s.MarshalBinary()
 		t, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 		if err != nil {
@@ -329,7 +331,7 @@ func HeapInUse() uint64 {
 // requests signed beforehand; PlainHandler measures /healthz beside it.
 func (r *Rig) AuthenticatedHandler(b *testing.B) {
 	ctx := context.Background()
-	s := sampleSession()
+	s := r.sampleSession()
 	pt, _ := s.MarshalBinary()
 	t, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt)
 	if err != nil {
