@@ -230,6 +230,13 @@ func hostileCases() []hostileCase {
 		nb := bytes.Replace(mustJSON(n), []byte(`"`+pub+`"`), []byte(`"`+pub+`=="`), 1)
 		return f.postJSON([]byte(`{"ExchangeRequest":{"ClientCredential":` + string(mustJSON(f.credKey())) + `,"ClientNonce":` + string(nb) + `}}`))
 	})
+	// SPEC v1.1 §2: one encoding per value, refused before any key check.
+	add("Domain with non-zero trailing bits", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
+		return f.postJSON(bytes.Replace(exchangeBody(f.credKey(), goodKey(t)), []byte(`PEwA"`), []byte(`PEwB"`), 1))
+	})
+	add("Domain in the standard base64 alphabet", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
+		return f.postJSON(bytes.Replace(exchangeBody(f.credKey(), goodKey(t)), []byte(`P_PEwA"`), []byte(`P/PEwA"`), 1))
+	})
 	add("kid is a number", B, exchange.Malformed, func(t *testing.T, f *fixture) *http.Request {
 		b := exchangeBody(f.credKey(), goodKey(t))
 		k := f.credKey().KID
