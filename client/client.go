@@ -49,6 +49,7 @@ type Transport struct {
 
 	once sync.Once
 	mu   sync.Mutex // serialises exchanges and rekeys
+	kid  string     // Key's kid, which names its sessions: computed once (a UDF is a SHA-512)
 }
 
 func (t *Transport) init() {
@@ -70,6 +71,9 @@ func (t *Transport) init() {
 		}
 		if t.Now == nil {
 			t.Now = time.Now
+		}
+		if t.Key != nil {
+			t.kid = t.Key.Public().KeyID()
 		}
 	})
 }
@@ -133,11 +137,11 @@ func (t *Transport) stored(origin string) (*session, error) {
 	if t.Key == nil {
 		return nil, errors.New("client: no credential key")
 	}
-	sess, err := t.State.session(origin, t.Key.Public().KeyID())
+	sess, err := t.State.session(origin, t.kid)
 	if err != nil || sess == nil {
 		return nil, err
 	}
-	if err := t.checkPin(origin, sess.ServerCredential.KeyID()); err != nil {
+	if err := t.checkPin(origin, sess.serverKID); err != nil {
 		return nil, err
 	}
 	return sess, nil
@@ -165,7 +169,7 @@ func (t *Transport) exchange(ctx context.Context, origin string) (*session, erro
 	}
 	now := t.Now()
 	sess := newSession(s, now, now)
-	return sess, t.State.setSession(origin, t.Key.Public().KeyID(), sess)
+	return sess, t.State.setSession(origin, t.kid, sess)
 }
 
 func (t *Transport) checkPin(origin, kid string) error {
@@ -212,7 +216,7 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 		return nil, fmt.Errorf("client: the rekey response was refused: %w", err)
 	}
 	next := newSession(s, t.Now(), sess.Exchanged)
-	return next, t.State.setSession(origin, t.Key.Public().KeyID(), next)
+	return next, t.State.setSession(origin, t.kid, next)
 }
 
 // post sends an ExchangeRequest to the jwcexchange endpoint.

@@ -32,10 +32,11 @@ type session struct {
 	*exchange.Session
 	Renewed   time.Time // last exchange or rekey: the session's start
 	Exchanged time.Time // last exchange: the rekey window's start
+	serverKID string    // ServerCredential's kid, checked against the pin on every use
 }
 
 func newSession(s *exchange.Session, renewed, exchanged time.Time) *session {
-	return &session{Session: s, Renewed: renewed, Exchanged: exchanged}
+	return &session{Session: s, Renewed: renewed, Exchanged: exchanged, serverKID: s.ServerCredential.KeyID()}
 }
 
 type storedSession struct {

@@ -32,18 +32,18 @@ func sessionFrom(ctx context.Context) Session {
 // opens that fail count against the client's address: a stranger sending
 // forged tickets gets 429 before costing the token much.
 func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
-	addr := clientAddress(r)
 	return &exchange.SignedRequest{
 		Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Header: r.Header, Body: body,
+		// Only a ticket not in memory (rare) needs the client's address.
 		BeforeOpen: func() error {
-			if ok, retry := s.failedOpens.peek(addr, s.cfg.Now()); !ok {
+			if ok, retry := s.failedOpens.peek(clientAddress(r), s.cfg.Now()); !ok {
 				e := exchange.Errorf(exchange.RateLimited, "Too many session tickets from your address did not open; retry after %ss, or run a new exchange.", retryAfter(retry))
 				e.RetryAfter = retry
 				return e
 			}
 			return nil
 		},
-		OpenFailed: func() { s.failedOpens.allow(addr, s.cfg.Now()) },
+		OpenFailed: func() { s.failedOpens.allow(clientAddress(r), s.cfg.Now()) },
 	}
 }
 

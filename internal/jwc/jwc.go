@@ -166,7 +166,7 @@ func NewSigner(key, t []byte, typ string) *Signer {
 
 // Sign makes a token with the claims c.
 func (s *Signer) Sign(c *Claims) (string, error) {
-	return signJWS(s.key, s.hdr, c.appendJSON(make([]byte, 0, 256)), true)
+	return signJWS(s.key, s.hdr, c.appendJSON(make([]byte, 0, 320)), ownPrefix)
 }
 
 // Key returns the signer's prepared key, which also checks the session's
@@ -234,7 +234,7 @@ func HeaderPart(token string) string {
 // its hash, with one it made): the header is not decoded again, the
 // Request has no Ticket, and Verify takes the key made for that header.
 func ParseKnown(token, typ string) (*Request, error) {
-	r := &Request{jws: &jws{known: true}, Type: typ}
+	r := &Request{jws: &jws{prefix: ownPrefix}, Type: typ}
 	if _, err := r.jws.split(token, "token"); err != nil {
 		return nil, err
 	}
@@ -266,7 +266,7 @@ func (r *Request) Verify(key *MACKey) (*Claims, error) {
 
 // SignResponse makes the JWC-Signature of a response.
 func SignResponse(key *MACKey, c *ResponseClaims) (string, error) {
-	return signJWS(key, responseHeader, c.appendJSON(make([]byte, 0, 160)), false)
+	return signJWS(key, responseHeader, c.appendJSON(make([]byte, 0, 320)), responsePrefix)
 }
 
 // VerifyResponse checks a response signature under key and returns its claims.
@@ -275,7 +275,7 @@ func VerifyResponse(key *MACKey, token string) (*ResponseClaims, error) {
 	var j *jws
 	var err error
 	if HeaderPart(token) == responseHeader {
-		j = new(jws)
+		j = &jws{prefix: responsePrefix}
 		_, err = j.split(token, what) // the header every service sends
 	} else if j, err = parseJWS(token, what); err == nil && j.header.Typ != TypeResponse {
 		err = refuse("the response signature's typ is not %q", TypeResponse)
@@ -341,19 +341,25 @@ func Decrypt(key, t []byte, token string) (plaintext []byte, cty string, err err
 // (trimmed) "\n", hashed with SHA-512 (SPEC §6). ok is false when a named
 // header is absent.
 func HeaderHash(names []string, h map[string][]string) (hdh string, ok bool) {
+	if len(names) == 0 {
+		return noHeadersHash, true // most requests: a GET with no header of its own
+	}
 	d := sha512.New()
+	var buf [256]byte
 	for _, name := range names {
 		values := h[textproto.CanonicalMIMEHeaderKey(name)]
 		if len(values) == 0 {
 			return "", false
 		}
 		for _, v := range values {
-			d.Write([]byte(name))
-			d.Write([]byte{':'})
-			d.Write([]byte(strings.TrimSpace(v)))
-			d.Write([]byte{'\n'})
+			line := append(buf[:0], name...)
+			line = append(line, ':')
+			line = append(line, strings.TrimSpace(v)...)
+			d.Write(append(line, '\n'))
 		}
 	}
 	var sum [sha512.Size]byte
 	return b64.EncodeToString(d.Sum(sum[:0])), true
 }
+
+var noHeadersHash = bodyHash(nil) // the hash of no lines

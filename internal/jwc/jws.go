@@ -76,13 +76,13 @@ func Header(t []byte, typ string) string {
 
 // signJWS returns the compact JWS with the encoded header hdr and payload
 // under key; keyHeader says that key was made for hdr.
-func signJWS(key *MACKey, hdr string, payload []byte, keyHeader bool) (string, error) {
+func signJWS(key *MACKey, hdr string, payload []byte, pre prefix) (string, error) {
 	n := len(hdr) + 1 + b64.EncodedLen(len(payload))
 	buf := make([]byte, 0, n+1+b64.EncodedLen(sha512.Size))
 	buf = append(buf, hdr...)
 	buf = append(buf, '.')
 	buf = b64.AppendEncode(buf, payload)
-	mac, ok := inputMAC(key, buf, len(hdr), keyHeader)
+	mac, ok := inputMAC(key, buf, len(hdr), pre)
 	if !ok {
 		return "", errors.New("jwc: signing with a session key that was zeroed")
 	}
@@ -94,7 +94,7 @@ func signJWS(key *MACKey, hdr string, payload []byte, keyHeader bool) (string, e
 // jws is a parsed compact JWS whose MAC is not checked yet.
 type jws struct {
 	header       header // zero when the caller recognised the header part
-	known        bool   // the caller recognised the header part as its key's
+	prefix       prefix // the header part the key has hashed already, if recognised
 	signingInput string
 	headerLen    int
 	payload      []byte
@@ -149,17 +149,29 @@ func parseJWS(token, what string) (*jws, error) {
 
 // verify checks the MAC under key in constant time.
 func (j *jws) verify(key *MACKey) bool {
-	mac, ok := inputMAC(key, j.signingInput, j.headerLen, j.known)
+	mac, ok := inputMAC(key, j.signingInput, j.headerLen, j.prefix)
 	return ok && hmac.Equal(mac[:], j.mac[:])
 }
 
+// prefix names a header part whose hashing a MACKey has done already.
+type prefix int
+
+const (
+	noPrefix       prefix = iota
+	ownPrefix             // the header part the key was made for (a session's requests)
+	responsePrefix        // responseHeader, which every response signature starts with
+)
+
 // inputMAC is the MAC of a JWS signing input whose header part is hdrLen
-// bytes; known says it is the header part key was made for, whose hashing
-// key has done already. Only the bytes hashed are converted, so a string
-// input costs a copy of its payload part alone.
-func inputMAC[T string | []byte](key *MACKey, input T, hdrLen int, known bool) ([sha512.Size]byte, bool) {
-	if known {
-		return key.sumAfterHeader([]byte(input[hdrLen+1:]))
+// bytes and is pre, whose hashing key has done already. Only the bytes
+// hashed are converted, so a string input costs a copy of its payload
+// part alone.
+func inputMAC[T string | []byte](key *MACKey, input T, hdrLen int, pre prefix) ([sha512.Size]byte, bool) {
+	switch pre {
+	case ownPrefix:
+		return key.sumFrom(key.afterHeader, []byte(input[hdrLen+1:]))
+	case responsePrefix:
+		return key.sumFrom(key.afterResponse, []byte(input[hdrLen+1:]))
 	}
 	return key.sum([]byte(input))
 }

@@ -19,6 +19,9 @@ import (
 type MACKey struct {
 	inner, outer []byte // marshalled SHA-512 states after the padded key block
 	afterHeader  []byte // inner, after also the header part and "."
+	// afterResponse is inner after the header part of every response
+	// signature (responseHeader) and ".", for the session's responses.
+	afterResponse []byte
 }
 
 // NewMACKey prepares key for the tokens whose header part is hdr
@@ -54,9 +57,10 @@ func NewMACKey(key []byte, hdr string) *MACKey {
 		return b
 	}
 	return &MACKey{
-		inner:       state(ipad[:]),
-		afterHeader: state(ipad[:], hdr, "."),
-		outer:       state(opad[:]),
+		inner:         state(ipad[:]),
+		afterHeader:   state(ipad[:], hdr, "."),
+		afterResponse: state(ipad[:], responseHeader, "."),
+		outer:         state(opad[:]),
 	}
 }
 
@@ -65,6 +69,7 @@ func NewMACKey(key []byte, hdr string) *MACKey {
 func (k *MACKey) Zero() {
 	clear(k.inner)
 	clear(k.afterHeader)
+	clear(k.afterResponse)
 	clear(k.outer)
 }
 
@@ -72,12 +77,6 @@ func (k *MACKey) Zero() {
 // zeroed, which callers treat as a MAC that does not verify.
 func (k *MACKey) sum(msg []byte) (mac [sha512.Size]byte, ok bool) {
 	return k.sumFrom(k.inner, msg)
-}
-
-// sumAfterHeader returns HMAC-SHA-512(key, hdr || "." || rest), hdr being
-// the header part k was made for.
-func (k *MACKey) sumAfterHeader(rest []byte) (mac [sha512.Size]byte, ok bool) {
-	return k.sumFrom(k.afterHeader, rest)
 }
 
 func (k *MACKey) sumFrom(inner, msg []byte) (mac [sha512.Size]byte, ok bool) {

@@ -31,9 +31,16 @@ func TestMACKey(t *testing.T) {
 				want.Reset()
 				want.Write([]byte(hdr + "."))
 				want.Write(msg)
-				got, ok = k.sumAfterHeader(msg)
+				got, ok = k.sumFrom(k.afterHeader, msg)
 				if !ok || !bytes.Equal(got[:], want.Sum(nil)) {
 					t.Fatalf("key %d bytes, header %d bytes, rest %d bytes: HMAC differs from crypto/hmac", n, hn, m)
+				}
+				want.Reset()
+				want.Write([]byte(responseHeader + "."))
+				want.Write(msg)
+				got, ok = k.sumFrom(k.afterResponse, msg)
+				if !ok || !bytes.Equal(got[:], want.Sum(nil)) {
+					t.Fatalf("key %d bytes, response header, rest %d bytes: HMAC differs from crypto/hmac", n, m)
 				}
 			}
 		}
@@ -89,7 +96,7 @@ func TestMACKeyZero(t *testing.T) {
 	if _, err := SignResponse(k, &ResponseClaims{ID: "x", Status: 200, BodyHash: BodyHash(nil)}); err == nil {
 		t.Error("a zeroed key signed a response")
 	}
-	if !isZero(k.inner) || !isZero(k.afterHeader) || !isZero(k.outer) {
+	if !isZero(k.inner) || !isZero(k.afterHeader) || !isZero(k.afterResponse) || !isZero(k.outer) {
 		t.Error("Zero left key material")
 	}
 }

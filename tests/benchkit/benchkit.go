@@ -27,7 +27,6 @@ import (
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
 	"github.com/custos-kx/custos/internal/group"
-	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore/p11"
 	"github.com/custos-kx/custos/softhsm"
@@ -286,16 +285,10 @@ func (r *Rig) NewSessionLoad(n int) (*SessionLoad, error) {
 		if err != nil {
 			return nil, err
 		}
-		noHeaders, _ := jwc.HeaderHash(nil, nil)
-		tok, err := jwc.SignOnce(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
-			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
-			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil), Headers: []string{}, HeaderHash: noHeaders,
-		})
+		req, err := whoami(s, t)
 		if err != nil {
 			return nil, err
 		}
-		req := httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
-		req.Header.Set("Authorization", jwc.Scheme+" "+tok)
 		l.requests[i] = req
 	}
 	return l, nil
@@ -340,15 +333,25 @@ func (r *Rig) AuthenticatedHandler(b *testing.B) {
 	svc := r.NewService()
 	reqs := make([]*http.Request, b.N+1)
 	for i := range reqs {
-		tok, _ := jwc.SignOnce(s.AK[:], t, jwc.TypeRequest, &jwc.Claims{
-			Method: http.MethodGet, Target: "/v1/whoami", IssuedAt: time.Now().Unix(),
-			ID: jwc.NewID(), BodyHash: jwc.BodyHash(nil),
-		})
-		reqs[i] = httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
-		reqs[i].Header.Set("Authorization", jwc.Scheme+" "+tok)
+		if reqs[i], err = whoami(s, t); err != nil {
+			b.Fatal(err)
+		}
 	}
 	serve(b, svc, reqs[0]) // opens the ticket
 	ReportCPU(b, func(i int) { serve(b, svc, reqs[i+1]) })
+}
+
+// whoami is a GET /v1/whoami signed, as a client signs it, under the
+// session s whose ticket is t.
+func whoami(s *ticket.Session, t []byte) (*http.Request, error) {
+	cs := &exchange.Session{Ticket: t, AK: s.AK, EK: s.EK, RK: s.RK}
+	req := httptest.NewRequest(http.MethodGet, "/v1/whoami", nil)
+	out, err := cs.SignRequest(http.MethodGet, "/v1/whoami", req.Header, nil, false, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", out.Authorization)
+	return req, nil
 }
 
 func (r *Rig) PlainHandler(b *testing.B) {
