@@ -24,8 +24,13 @@ type State struct {
 
 	mu       sync.Mutex
 	pins     map[string]string
-	sessions map[string]*session
+	sessions map[sessionKey]*session
 }
+
+// sessionKey names a kept session: sessions are kept per (origin,
+// credential), so a program holding two keys never answers with the
+// other's session.
+type sessionKey struct{ origin, kid string }
 
 // session is a client session with the times the client needs to renew it.
 type session struct {
@@ -53,7 +58,7 @@ func (s *State) load() error {
 	if s.pins != nil {
 		return nil
 	}
-	s.pins, s.sessions = map[string]string{}, map[string]*session{}
+	s.pins, s.sessions = map[string]string{}, map[sessionKey]*session{}
 	if s.Dir == "" {
 		return nil
 	}
@@ -88,20 +93,18 @@ func (s *State) setPin(origin, kid string) error {
 	return s.writeJSON("pins.json", s.pins)
 }
 
-// session returns the kept session of the credential kid with origin:
-// sessions are kept per (origin, credential), so a program holding two
-// keys never answers with the other's session.
+// session returns the kept session of the credential kid with origin.
 func (s *State) session(origin, kid string) (*session, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.load(); err != nil {
 		return nil, err
 	}
-	name := sessionFile(origin, kid)
-	if sess, ok := s.sessions[name]; ok || s.Dir == "" {
+	key := sessionKey{origin, kid}
+	if sess, ok := s.sessions[key]; ok || s.Dir == "" {
 		return sess, nil
 	}
-	b, err := os.ReadFile(filepath.Join(s.Dir, name))
+	b, err := os.ReadFile(filepath.Join(s.Dir, sessionFile(origin, kid)))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
@@ -125,7 +128,7 @@ func (s *State) session(origin, kid string) (*session, error) {
 	clear(st.EK)
 	clear(st.RK)
 	sess := newSession(es, st.Renewed, st.Exchanged)
-	s.sessions[name] = sess
+	s.sessions[key] = sess
 	return sess, nil
 }
 
@@ -135,18 +138,18 @@ func (s *State) setSession(origin, kid string, sess *session) error {
 	if err := s.load(); err != nil {
 		return err
 	}
-	name := sessionFile(origin, kid)
-	if old := s.sessions[name]; old != nil && old != sess {
+	key, name := sessionKey{origin, kid}, sessionFile(origin, kid)
+	if old := s.sessions[key]; old != nil && old != sess {
 		old.Retire() // zeroed when the last request signed with it is done
 	}
 	if sess == nil {
-		delete(s.sessions, name)
+		delete(s.sessions, key)
 		if s.Dir != "" {
 			os.Remove(filepath.Join(s.Dir, name))
 		}
 		return nil
 	}
-	s.sessions[name] = sess
+	s.sessions[key] = sess
 	if s.Dir == "" {
 		return nil
 	}
@@ -158,8 +161,7 @@ func (s *State) setSession(origin, kid string, sess *session) error {
 	return s.writeJSON(name, st)
 }
 
-// sessionFile names the session of credential kid with origin, on disk
-// and in memory.
+// sessionFile names the session of credential kid with origin on disk.
 func sessionFile(origin, kid string) string {
 	return "session-" + url.PathEscape(origin) + "-" + kid + ".json"
 }

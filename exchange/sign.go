@@ -3,8 +3,6 @@ package exchange
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/custos-kx/custos/internal/jwc"
@@ -110,7 +108,7 @@ func (o *Outgoing) CheckResponse(status int, header map[string][]string, body []
 		return nil, errors.New("the response's headers do not match its signature: a covered header was changed or removed on the way")
 	}
 	for k := range header {
-		if n := strings.ToLower(k); !slices.Contains(rc.Headers, n) && !uncovered(n, responseUncovered) {
+		if !containsFold(rc.Headers, k) && !uncoveredFold(k, responseUncovered) {
 			delete(header, k)
 		}
 	}

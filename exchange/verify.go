@@ -245,8 +245,22 @@ var (
 	hopByHop          = []string{"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade"}
 )
 
-func uncovered(name string, extra []string) bool {
-	return slices.Contains(extra, name) || slices.Contains(hopByHop, name) || strings.HasPrefix(name, "proxy-")
+// uncoveredFold reports, without regard to case, whether a header is one
+// a signature does not cover: the hop-by-hop ones and extra.
+func uncoveredFold(name string, extra []string) bool {
+	return containsFold(extra, name) || containsFold(hopByHop, name) ||
+		len(name) >= 6 && strings.EqualFold(name[:6], "proxy-")
+}
+
+// containsFold reports whether list holds name, without regard to case
+// (and without allocating: it runs on every header of every response).
+func containsFold(list []string, name string) bool {
+	for _, l := range list {
+		if strings.EqualFold(l, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // coveredNames lists, lowercase and sorted, the headers of h a signature
@@ -254,8 +268,8 @@ func uncovered(name string, extra []string) bool {
 func coveredNames(h map[string][]string, extra []string) []string {
 	names := make([]string, 0, len(h))
 	for k := range h {
-		if n := strings.ToLower(k); !uncovered(n, extra) && !slices.Contains(names, n) {
-			names = append(names, n)
+		if !uncoveredFold(k, extra) && !containsFold(names, k) {
+			names = append(names, strings.ToLower(k))
 		}
 	}
 	slices.Sort(names)

@@ -170,7 +170,7 @@ func hasPrefixFold(s, prefix string) bool {
 // separators (SPEC §6): an upstream that decodes them would resolve the
 // path above the base it is served under.
 func hasDotSegment(raw string) bool {
-	if !strings.ContainsAny(raw, ".%") {
+	if strings.IndexByte(raw, '.') < 0 && strings.IndexByte(raw, '%') < 0 {
 		return false // most paths: no dot, raw or encoded
 	}
 	decoded := raw

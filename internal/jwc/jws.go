@@ -120,11 +120,17 @@ func (j *jws) split(token, what string) (hdr string, err error) {
 	// has none.
 	payload, err1 := strictB64.DecodeString(p)
 	n, err2 := strictB64.Decode(j.mac[:], []byte(m))
-	if err1 != nil || err2 != nil || n != sha512.Size || strings.ContainsAny(rest, "\r\n") {
+	if err1 != nil || err2 != nil || n != sha512.Size || hasLineBreak(rest) {
 		return "", refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
 	j.signingInput, j.headerLen, j.payload = token[:len(h)+1+len(p)], len(h), payload
 	return h, nil
+}
+
+// hasLineBreak is strings.ContainsAny(s, "\r\n"), several times faster on
+// the kilobyte of every request token: IndexByte is vectorised.
+func hasLineBreak(s string) bool {
+	return strings.IndexByte(s, '\n') >= 0 || strings.IndexByte(s, '\r') >= 0
 }
 
 // parseJWS splits and decodes a compact JWS, refusing anything but HS512.
@@ -135,7 +141,7 @@ func parseJWS(token, what string) (*jws, error) {
 		return nil, err
 	}
 	hb, err := strictB64.DecodeString(h)
-	if err != nil || strings.ContainsAny(h, "\r\n") {
+	if err != nil || hasLineBreak(h) {
 		return nil, refuse("the %s is not a JWS in compact form (a part is not canonical base64url)", what)
 	}
 	if err := j.header.decode(hb); err != nil {
