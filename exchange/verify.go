@@ -36,12 +36,20 @@ type SignedRequest struct {
 	// field lines in the order received (an http.Header).
 	Header map[string][]string
 	Body   []byte
-	// BeforeOpen, if set, is asked before the keystore opens a ticket that
-	// is not in memory; an error refuses the request with it. OpenFailed,
-	// if set, is told when such a ticket did not open. Together they let
-	// the caller limit what strangers spend on the token (forged tickets).
-	BeforeOpen func() error
-	OpenFailed func()
+	// Remote is the client's address (an http.Request's RemoteAddr), and
+	// Opens, if set, what limits the ticket opens it may cost.
+	Remote string
+	Opens  OpenBudget
+}
+
+// OpenBudget limits what strangers spend on the token: each ticket not in
+// memory costs one open, and a forged one costs it for nothing.
+type OpenBudget interface {
+	// BeforeOpen is asked before the keystore opens a ticket for remote;
+	// an error refuses the request with it.
+	BeforeOpen(remote string) error
+	// OpenFailed is told that a ticket from remote did not open.
+	OpenFailed(remote string)
 }
 
 // Accounts is what verification needs of the account registry.
@@ -310,15 +318,15 @@ func (s *Server) session(ctx context.Context, token string, r *SignedRequest) (*
 		return entry, req, nil
 	}
 	cacheStats.misses.Add(1)
-	if r.BeforeOpen != nil {
-		if err := r.BeforeOpen(); err != nil {
+	if r.Opens != nil {
+		if err := r.Opens.BeforeOpen(r.Remote); err != nil {
 			return nil, nil, err
 		}
 	}
 	sess, err := s.openTicket(ctx, req.Ticket)
 	if err != nil {
-		if r.OpenFailed != nil && AsError(err).Code == BadAuthentication {
-			r.OpenFailed()
+		if r.Opens != nil && AsError(err).Code == BadAuthentication {
+			r.Opens.OpenFailed(r.Remote)
 		}
 		return nil, nil, err
 	}

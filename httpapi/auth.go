@@ -28,24 +28,30 @@ func sessionFrom(ctx context.Context) Session {
 	return v.Session()
 }
 
-// signedRequest is what the engine verifies of an HTTP request. Ticket
-// opens that fail count against the client's address: a stranger sending
-// forged tickets gets 429 before costing the token much.
+// signedRequest is what the engine verifies of an HTTP request.
 func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
 	return &exchange.SignedRequest{
 		Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Header: r.Header, Body: body,
-		// Only a ticket not in memory (rare) needs the client's address.
-		BeforeOpen: func() error {
-			if ok, retry := s.failedOpens.peek(clientAddress(r), s.cfg.Now()); !ok {
-				e := exchange.Errorf(exchange.RateLimited, "Too many session tickets from your address did not open; retry after %ss, or run a new exchange.", retryAfter(retry))
-				e.RetryAfter = retry
-				return e
-			}
-			return nil
-		},
-		OpenFailed: func() { s.failedOpens.allow(clientAddress(r), s.cfg.Now()) },
+		Remote: r.RemoteAddr, Opens: (*openBudget)(s),
 	}
 }
+
+// openBudget is the Service as the engine's OpenBudget: tickets that fail
+// to open count against the client's address, so a stranger sending
+// forged tickets gets 429 before costing the token much.
+type openBudget Service
+
+func (b *openBudget) BeforeOpen(remote string) error {
+	s := (*Service)(b)
+	if ok, retry := s.failedOpens.peek(addressOf(remote), s.cfg.Now()); !ok {
+		e := exchange.Errorf(exchange.RateLimited, "Too many session tickets from your address did not open; retry after %ss, or run a new exchange.", retryAfter(retry))
+		e.RetryAfter = retry
+		return e
+	}
+	return nil
+}
+
+func (b *openBudget) OpenFailed(remote string) { b.failedOpens.allow(addressOf(remote), b.cfg.Now()) }
 
 // authenticated wraps a handler (SPEC §6): it verifies the request; sends
 // a refusal unsigned if the MAC did not verify and signed if it did;

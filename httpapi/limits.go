@@ -160,10 +160,12 @@ func retryAfter(d time.Duration) string {
 // clientAddress is what the per-address limit counts: the client's IPv4
 // address, or the /64 of its IPv6 address, since one host is commonly
 // given a whole /64 and could otherwise rotate through it.
-func clientAddress(r *http.Request) string {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
+func clientAddress(r *http.Request) string { return addressOf(r.RemoteAddr) }
+
+func addressOf(remote string) string {
+	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return r.RemoteAddr
+		return remote
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil {

@@ -203,6 +203,13 @@ func (d *flatDecoder) str() ([]byte, error) {
 	if !d.take('"') {
 		return nil, &wire.DecodeError{Reason: "expected a string"}
 	}
+	// Nearly every string of a token is plain printable ASCII (hashes,
+	// ids, names): find its end with the vectorised IndexByte and check
+	// its bytes in one pass. Anything else takes the careful loop.
+	if n := bytes.IndexByte(d.data[d.i:], '"'); n >= 0 && plainPrintable(d.data[d.i:d.i+n]) {
+		d.i += n + 1
+		return d.data[start:d.i], nil
+	}
 	escaped := false
 	for d.i < len(d.data) {
 		c := d.data[d.i]
@@ -224,6 +231,17 @@ func (d *flatDecoder) str() ([]byte, error) {
 		}
 	}
 	return nil, &wire.DecodeError{Reason: "the JSON ends inside a string"}
+}
+
+// plainPrintable reports whether b is printable ASCII without a backslash:
+// a JSON string body that needs no unescaping and no validation.
+func plainPrintable(b []byte) bool {
+	for _, c := range b {
+		if c < 0x20 || c >= 0x80 || c == '\\' {
+			return false
+		}
+	}
+	return true
 }
 
 func isPlainASCII(b []byte) bool {

@@ -14,7 +14,6 @@ import (
 	"crypto/sha512"
 	"encoding/base64"
 	"fmt"
-	"net/textproto"
 	"strings"
 	"time"
 
@@ -347,7 +346,7 @@ func HeaderHash(names []string, h map[string][]string) (hdh string, ok bool) {
 	d := sha512.New()
 	var buf [256]byte
 	for _, name := range names {
-		values := h[textproto.CanonicalMIMEHeaderKey(name)]
+		values := lookupFold(h, name)
 		if len(values) == 0 {
 			return "", false
 		}
@@ -363,3 +362,18 @@ func HeaderHash(names []string, h map[string][]string) (hdh string, ok bool) {
 }
 
 var noHeadersHash = bodyHash(nil) // the hash of no lines
+
+// lookupFold returns the values of header name in h, whatever the case of
+// its key: a header map's keys are canonical, hds names lowercase. A scan
+// of the few keys beats canonicalising, which allocates.
+func lookupFold(h map[string][]string, name string) []string {
+	if vs, ok := h[name]; ok {
+		return vs
+	}
+	for k, vs := range h {
+		if strings.EqualFold(k, name) {
+			return vs
+		}
+	}
+	return nil
+}
