@@ -338,10 +338,7 @@ func TestAttackPrunedTicketKey(t *testing.T) {
 	}
 	resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami"})
 	wantRefusal(t, "session of a pruned key", resp, b, 401, exchange.BadAuthentication)
-	_, msg, _ := sess.NewRekey(rand.Reader, nil)
-	body, _ := json.Marshal(msg)
-	auth, _ := sess.SignRekey(body, e.clock.Now())
-	if status, m, _ := post(t, e.url, body, strings.TrimPrefix(auth, "JWC ")); status != 401 || m.Error != string(exchange.BadAuthentication) {
+	if status, m := e.rekey(t, e.url, sess); status != 401 || m.Error != string(exchange.BadAuthentication) {
 		t.Fatalf("rekey of a session of a pruned key: %d %s", status, m.Error)
 	}
 }
@@ -417,25 +414,16 @@ func TestAttackRenewTwice(t *testing.T) {
 		Accounts: e.reg, Now: e.clock.Now, Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
 	}))
 	defer replica.Close()
-	rekey := func(url string) (int, *exchangeAnswer) {
-		_, msg, _ := sess.NewRekey(rand.Reader, nil)
-		body, _ := json.Marshal(msg)
-		auth, _ := sess.SignRekey(body, e.clock.Now())
-		status, m, _ := post(t, url, body, strings.TrimPrefix(auth, "JWC "))
-		return status, &exchangeAnswer{m.Error, m.StatusDescription}
-	}
-	if status, m := rekey(e.url); status != 200 {
+	if status, m := e.rekey(t, e.url, sess); status != 200 {
 		t.Fatalf("first rekey: %d %+v", status, m)
 	}
 	for _, url := range []string{e.url, replica.URL} {
-		status, m := rekey(url)
-		if status != 401 || m.code != string(exchange.BadAuthentication) || !strings.Contains(m.desc, "already renewed") {
+		status, m := e.rekey(t, url, sess)
+		if status != 401 || m.Error != string(exchange.BadAuthentication) || !strings.Contains(m.StatusDescription, "already renewed") {
 			t.Fatalf("second rekey of the same ticket at %s: %d %+v", url, status, m)
 		}
 	}
 }
-
-type exchangeAnswer struct{ code, desc string }
 
 // Attack 12: client state per origin, not per credential. Two keys share
 // one State: each answers as itself; a pin set after a session was kept

@@ -390,13 +390,7 @@ func TestRemovedCredentialStaysRemoved(t *testing.T) {
 			e.clock.Advance(30 * time.Second)
 			resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami"})
 			wantRefusal(t, "old key's session", resp, b, 403, exchange.UnknownCredential)
-			_, msg, _ := sess.NewRekey(rand.Reader, nil)
-			body, _ := json.Marshal(msg)
-			auth, err := sess.SignRekey(body, e.clock.Now())
-			if err != nil {
-				t.Fatal(err)
-			}
-			if status, m, _ := post(t, e.url, body, strings.TrimPrefix(auth, "JWC ")); status != 403 || m.Error != string(exchange.UnknownCredential) {
+			if status, m := e.rekey(t, e.url, sess); status != 403 || m.Error != string(exchange.UnknownCredential) {
 				t.Fatalf("rekey of the old key's session: %d %s", status, m.Error)
 			}
 		})

@@ -217,6 +217,20 @@ func (e *env) send(t *testing.T, sess *exchange.Session, r request) (*http.Respo
 	return resp, b
 }
 
+// rekey sends a rekey of sess to url, signed as a client signs it, and
+// returns the answer.
+func (e *env) rekey(t *testing.T, url string, sess *exchange.Session) (int, *wire.ExchangeResponse) {
+	t.Helper()
+	_, msg, _ := sess.NewRekey(rand.Reader, nil)
+	body, _ := json.Marshal(msg)
+	auth, err := sess.SignRekey(body, e.clock.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	status, m, _ := post(t, url, body, strings.TrimPrefix(auth, "JWC "))
+	return status, m
+}
+
 // covered fills the claims' hds and hdh (SPEC §6) for the headers h holds
 // (Authorization aside), as a client would, unless the test set them.
 func covered(c *jwc.Claims, h http.Header) *jwc.Claims {
