@@ -79,7 +79,9 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 		}
 		r.dialect = sqlite
 		// WAL and a busy timeout let the CLI change accounts while the service runs.
-		r.db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)")
+		// BEGIN IMMEDIATE: a transaction that reads before it writes would
+		// otherwise get SQLITE_BUSY at once on the upgrade, busy timeout or not.
+		r.db, err = sql.Open("sqlite", "file:"+dsn+"?_pragma=busy_timeout(5000)&_pragma=journal_mode(WAL)&_txlock=immediate")
 	}
 	if err != nil {
 		return nil, err

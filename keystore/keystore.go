@@ -21,5 +21,8 @@ type KeyInfo struct {
 	ID      string // credential kid, or ticket key id in hex
 	Label   string
 	Created time.Time
+	// Retired is when the key stopped being active (the next key of its
+	// kind was made); zero for the active key.
+	Retired time.Time
 	Active  bool
 }

@@ -333,7 +333,7 @@ func TestAttackPrunedTicketKey(t *testing.T) {
 	if _, err := e.ks.RotateTicketKey(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ks.Prune(ctx, 0); err != nil {
+	if _, err := e.ks.Prune(ctx, 0, false); err != nil {
 		t.Fatal(err)
 	}
 	resp, b := e.send(t, sess, request{method: "GET", path: "/v1/whoami"})

@@ -67,15 +67,24 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		if err != nil {
 			return err
 		}
-		pruned, err := ks.Prune(ctx, window)
+		if floor, err := c.ticketLifetime(); err != nil {
+			return err
+		} else if window < floor {
+			return usageError(fmt.Sprintf("--window %s is shorter than a ticket can live (session lifetime + rekey window = %s): keys retired since could still open live tickets", window, floor))
+		}
+		pruned, err := ks.Prune(ctx, window, c.dryRun)
+		verb := "deleted"
+		if c.dryRun {
+			verb = "would delete"
+		}
 		for _, k := range pruned {
-			fmt.Fprintf(out, "deleted %s %s (created %s)\n", k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339))
+			fmt.Fprintf(out, "%s %s %s (created %s, retired %s)\n", verb, k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339), k.Retired.UTC().Format(time.RFC3339))
 		}
 		if err != nil {
 			return err
 		}
 		if len(pruned) == 0 {
-			fmt.Fprintf(out, "no inactive key is older than %s\n", window)
+			fmt.Fprintf(out, "no key was retired more than %s ago\n", window)
 		}
 	default:
 		return usageError(fmt.Sprintf("unknown keys command %q", args[0]))
@@ -92,6 +101,12 @@ func (c *config) pruneDuration() (time.Duration, error) {
 	case c.pruneWindow != "":
 		return duration("prune-window", c.pruneWindow)
 	}
+	return c.ticketLifetime()
+}
+
+// ticketLifetime is the longest a ticket can be used: a key retired less
+// than this ago may still open a live ticket.
+func (c *config) ticketLifetime() (time.Duration, error) {
 	rw, err := duration("rekey-window", c.rekeyWindow)
 	if err != nil {
 		return 0, err

@@ -30,7 +30,7 @@ Commands:
   serve                               serve the jwcexchange endpoint and authenticated requests
   account add ACCOUNT --credential F  bind the credential in F ({"PublicKeyDH":…}) to ACCOUNT
   account list | disable A | enable A | remove A | remove-credential A KID
-  keys list | rotate-ticket-key | rotate-credential | prune [--window D]
+  keys list | rotate-ticket-key | rotate-credential | prune [--window D] [--dry-run]
 
 Flags (each also an environment variable, and a key of the --config file):
 `
@@ -43,6 +43,7 @@ type config struct {
 	tokenLabel    string
 	pinFile       string
 	metricsListen string
+	dryRun        bool
 	pinFileFlag   bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
 	db            string
 	listen        string
@@ -88,7 +89,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("upstream", "CUSTOS_UPSTREAM", "", "URL to forward authenticated requests to, with the account in Custos-Account", &c.upstream),
 		opt("session-lifetime", "CUSTOS_SESSION_LIFETIME", "1h", "how long a session's keys authenticate requests", &c.session),
 		opt("rekey-window", "CUSTOS_REKEY_WINDOW", "168h", "how long after an exchange a session may be rekeyed", &c.rekeyWindow),
-		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes inactive keys older than this (default: rekey window + session lifetime)", &c.pruneWindow),
+		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes keys retired longer ago than this (default and least: rekey window + session lifetime)", &c.pruneWindow),
 		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
 		opt("rate-per-address", "CUSTOS_RATE_PER_ADDRESS", "20/50", "exchanges and rekeys a second from one client address, and the burst allowed (0: no limit)", &c.ratePerAddr),
 		opt("rate-per-account", "CUSTOS_RATE_PER_ACCOUNT", "5/20", "exchanges and rekeys a second for one account, and the burst allowed (0: no limit)", &c.ratePerAcct),
@@ -99,7 +100,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	cli.Define(fs, settings)
 	fs.StringVar(&c.configFile, "config", os.Getenv("CUSTOS_CONFIG"), "JSON config file of flag-named settings (env CUSTOS_CONFIG)")
 	fs.StringVar(&c.credential, "credential", "", "account add: file holding the credential's {\"PublicKeyDH\":…}")
-	fs.StringVar(&c.window, "window", "", "keys prune: delete inactive keys older than this")
+	fs.StringVar(&c.window, "window", "", "keys prune: delete keys retired longer ago than this (at least session lifetime + rekey window)")
+	fs.BoolVar(&c.dryRun, "dry-run", false, "keys prune: print what would be deleted, delete nothing")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/custos-kx/custos/hsm"
@@ -98,10 +99,15 @@ func (k *Keystore) RotateTicketKey(ctx context.Context) (keystore.KeyInfo, error
 	return keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(id), Label: label, Created: created, Active: true}, nil
 }
 
-// Prune deletes keys that are not active and were made more than window
-// ago. Choose window at least as long as the longest ticket lifetime (the
-// rekey window): a ticket whose key is gone no longer opens.
-func (k *Keystore) Prune(ctx context.Context, window time.Duration) ([]keystore.KeyInfo, error) {
+// Prune deletes keys that stopped being active more than window ago: a
+// key retires when the next key of its kind is made, so its retirement
+// time is that key's creation time (a key made long ago but active until
+// a moment ago is not old). The active key of each kind is never deleted.
+// Choose window at least as long as a ticket can live (session lifetime
+// plus rekey window), or tickets sealed just before a rotation stop
+// opening. With dryRun nothing is deleted; the keys that would go are
+// returned.
+func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool) ([]keystore.KeyInfo, error) {
 	if err := k.Refresh(ctx); err != nil {
 		return nil, err
 	}
@@ -113,22 +119,40 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration) ([]keystore.
 	}
 	var victims []victim
 	k.mu.RLock()
+	creds := make([]*credentialKey, 0, len(k.creds))
 	for _, c := range k.creds {
-		if c != k.activeCred && c.created.Before(cutoff) {
+		creds = append(creds, c)
+	}
+	sort.Slice(creds, func(i, j int) bool { return newer(creds[j].created, creds[j].id, creds[i].created, creds[i].id) })
+	for i, c := range creds[:max(len(creds)-1, 0)] {
+		if retired := creds[i+1].created; c != k.activeCred && retired.Before(cutoff) {
 			victims = append(victims, victim{
-				keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created},
+				keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created, Retired: retired},
 				c.id, []hsm.KeyKind{hsm.DHPrivateKey, hsm.DHPublicKey}})
 		}
 	}
+	tickets := make([]*ticketKey, 0, len(k.tickets))
 	for _, tk := range k.tickets {
-		if tk != k.activeTicket && tk.created.Before(cutoff) {
+		tickets = append(tickets, tk)
+	}
+	sort.Slice(tickets, func(i, j int) bool {
+		return newer(tickets[j].created, tickets[j].id[:], tickets[i].created, tickets[i].id[:])
+	})
+	for i, tk := range tickets[:max(len(tickets)-1, 0)] {
+		if retired := tickets[i+1].created; tk != k.activeTicket && retired.Before(cutoff) {
 			victims = append(victims, victim{
-				keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created},
+				keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Retired: retired},
 				tk.id[:], []hsm.KeyKind{hsm.AESKey}})
 		}
 	}
 	k.mu.RUnlock()
 	var pruned []keystore.KeyInfo
+	if dryRun {
+		for _, v := range victims {
+			pruned = append(pruned, v.info)
+		}
+		return pruned, nil
+	}
 	for _, v := range victims {
 		err := k.tok.Do(ctx, "destroy", func(s *hsm.Session) error {
 			for _, kind := range v.kinds {

@@ -18,6 +18,7 @@ import (
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/softhsm"
 )
 
@@ -260,13 +261,25 @@ func TestRotationAndPrune(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// A window longer than the keys' age prunes nothing.
-	pruned, err := f.ks.Prune(ctx, 3*time.Hour)
+	// Keys are pruned by the time they stopped being active, not by their
+	// age: made two hours ago, retired just now, they stay.
+	pruned, err := f.ks.Prune(ctx, time.Hour, false)
 	if err != nil || len(pruned) != 0 {
+		t.Fatalf("pruned keys retired a moment ago: %+v, %v", pruned, err)
+	}
+	now = now.Add(2 * time.Hour) // retired two hours ago
+	if pruned, err = f.ks.Prune(ctx, 3*time.Hour, false); err != nil || len(pruned) != 0 {
 		t.Fatalf("pruned %v, %v", pruned, err)
 	}
-	pruned, err = f.ks.Prune(ctx, time.Hour)
-	if err != nil || len(pruned) != 2 {
+	// A dry run names what would go and deletes nothing.
+	if pruned, err = f.ks.Prune(ctx, time.Hour, true); err != nil || len(pruned) != 2 {
+		t.Fatalf("dry run: %+v, %v", pruned, err)
+	}
+	if _, err := ticket.Open(ctx, f.ks, oldTicket); err != nil {
+		t.Fatalf("a dry run deleted a key: %v", err)
+	}
+	pruned, err = f.ks.Prune(ctx, time.Hour, false)
+	if err != nil || len(pruned) != 2 || pruned[0].Retired.IsZero() {
 		t.Fatalf("pruned %+v, %v; want the old credential and ticket key", pruned, err)
 	}
 	if _, err := ticket.Open(ctx, f.ks, oldTicket); !errors.Is(err, ticket.ErrInvalid) {
@@ -283,7 +296,7 @@ func TestRotationAndPrune(t *testing.T) {
 		t.Fatalf("inventory after prune: %+v", keys)
 	}
 	// The active keys are never pruned, however old.
-	if pruned, _ := f.ks.Prune(ctx, 0); len(pruned) != 0 {
+	if pruned, _ := f.ks.Prune(ctx, 0, false); len(pruned) != 0 {
 		t.Fatalf("pruned active keys: %+v", pruned)
 	}
 }
@@ -416,5 +429,39 @@ func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
 		if _, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
 			t.Errorf("class %d: CKA_VALUE readable: %v", class, err)
 		}
+	}
+}
+
+// TestPruneByRetirement: the operator's case from issue 16. A ticket key
+// made 31 days ago and active until a second ago is not "older than 30
+// days": pruning with a 30-day window keeps it, and the ticket it sealed
+// still opens.
+func TestPruneByRetirement(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	day := 24 * time.Hour
+	base := time.Now()
+	now := base.Add(time.Hour)
+	f.ks.Now = func() time.Time { return now }
+	if _, err := f.ks.RotateTicketKey(ctx); err != nil { // key A, active from here
+		t.Fatal(err)
+	}
+	sealed, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("a live session"))
+	now = base.Add(31*day + time.Hour - time.Second)
+	if _, err := f.ks.RotateTicketKey(ctx); err != nil { // A retires, 31 days after it was made
+		t.Fatal(err)
+	}
+	now = base.Add(31*day + time.Hour)
+	pruned, err := f.ks.Prune(ctx, 30*day, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range pruned {
+		if k.Kind == keystore.KindTicket && now.Sub(k.Retired) < 30*day {
+			t.Errorf("pruned a ticket key retired %s ago", now.Sub(k.Retired))
+		}
+	}
+	if _, err := ticket.Open(ctx, f.ks, sealed); err != nil {
+		t.Fatalf("the ticket of a key made 31 days ago and retired a second ago no longer opens: %v", err)
 	}
 }

@@ -1,0 +1,139 @@
+package tests
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/custos-kx/custos/accounts"
+	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/softhsm"
+)
+
+// TestParallelAdminCommands: twenty `custosd account …` commands at once
+// against the SQLite registry that a serving custosd is using under load
+// all succeed (a transaction that reads before it writes used to get
+// "database is locked" at once), and the service keeps serving.
+func TestParallelAdminCommands(t *testing.T) {
+	st := softhsm.New(t)
+	dir := t.TempDir()
+	dsn := filepath.Join(dir, "custos.db")
+	env := custosdEnv(st, dsn)
+	runCustosd(t, env, "init")
+	reg, err := accounts.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateClientKey(rand.Reader)
+	if err := reg.Add(context.Background(), "load@example.com", key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	reg.Close()
+	r := startReplica(t, env)
+
+	// Load: exchanges and requests, each exchange reading the registry.
+	stop := make(chan struct{})
+	var served, failed atomic.Int64
+	var load sync.WaitGroup
+	for range 2 {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				tr := &client.Transport{Key: key}
+				resp, err := (&http.Client{Transport: tr}).Get(r.url + "/v1/whoami")
+				if err != nil || resp.StatusCode != 200 {
+					failed.Add(1)
+				} else {
+					served.Add(1)
+				}
+				if resp != nil {
+					resp.Body.Close()
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Second, "the load to be served", func() error {
+		if n := served.Load(); n < 5 {
+			return fmt.Errorf("%d served", n)
+		}
+		return nil
+	})
+
+	var cmds sync.WaitGroup
+	errs := make(chan string, 20)
+	for i := range 20 {
+		cred, _ := exchange.GenerateClientKey(rand.Reader)
+		pub, _ := json.Marshal(exchange.EncodeKey(cred.Public()))
+		file := filepath.Join(dir, fmt.Sprintf("cred-%d.pub", i))
+		os.WriteFile(file, pub, 0o600)
+		account := fmt.Sprintf("user-%d@example.com", i)
+		args := []string{"account", "add", account, "--credential", file}
+		switch i % 4 {
+		case 1:
+			args = []string{"account", "list"}
+		case 2:
+			args = []string{"account", "disable", "load-neighbour@example.com"}
+		}
+		cmds.Add(1)
+		go func() {
+			defer cmds.Done()
+			cmd := exec.Command(bin(t, "custosd"), args...)
+			cmd.Env = env
+			if out, err := cmd.CombinedOutput(); err != nil && !strings.Contains(string(out), "no account") {
+				errs <- fmt.Sprintf("custosd %s: %v\n%s", strings.Join(args, " "), err, out)
+			}
+		}()
+	}
+	cmds.Wait()
+	close(stop)
+	load.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+	if failed.Load() > 0 {
+		t.Errorf("%d requests failed while admin commands ran (%d served)", failed.Load(), served.Load())
+	}
+	list := runCustosd(t, env, "account", "list")
+	for i := 0; i < 20; i += 4 {
+		if !strings.Contains(list, fmt.Sprintf("user-%d@example.com", i)) {
+			t.Errorf("user-%d was not added:\n%s", i, list)
+		}
+	}
+}
+
+// TestPruneIsSafe: `keys prune` refuses a window shorter than a ticket can
+// live, and --dry-run deletes nothing.
+func TestPruneIsSafe(t *testing.T) {
+	st := softhsm.New(t)
+	env := custosdEnv(st, filepath.Join(t.TempDir(), "custos.db"))
+	runCustosd(t, env, "init")
+	runCustosd(t, env, "keys", "rotate-ticket-key")
+	cmd := exec.Command(bin(t, "custosd"), "keys", "prune", "--window", "1h")
+	cmd.Env = env
+	if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "shorter than a ticket can live") {
+		t.Fatalf("prune with a 1h window: %v\n%s", err, out)
+	}
+	before := runCustosd(t, env, "keys", "list")
+	out := runCustosd(t, env, "keys", "prune", "--dry-run", "--window", "200h")
+	if after := runCustosd(t, env, "keys", "list"); after != before || !strings.Contains(out, "no key was retired") {
+		t.Fatalf("a dry run changed the keys or said %q:\n%s\n%s", out, before, after)
+	}
+}
