@@ -101,6 +101,9 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 	return r, nil
 }
 
+// Ping checks that the registry answers.
+func (r *Registry) Ping(ctx context.Context) error { return r.db.PingContext(ctx) }
+
 // Close closes the database.
 func (r *Registry) Close() error { return r.db.Close() }
 

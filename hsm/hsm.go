@@ -90,6 +90,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = DefaultMaxSessions
 	}
+	sessionsMax.Set(float64(cfg.MaxSessions))
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 250 * time.Millisecond
 	}

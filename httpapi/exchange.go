@@ -36,7 +36,7 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	} else if body, e = s.readExchangeBody(w, r); e != nil {
 		// refused before taking a turn: a slow upload holds no slot
 	} else if e = s.takeTurn(r); e == nil {
-		defer func() { <-s.exchanges }()
+		defer func() { <-s.exchanges; queueRunning.Dec() }()
 		if kind == "rekey" {
 			account, kid, e = s.rekey(w, r, body)
 		} else {
@@ -49,7 +49,7 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e, 0)
 	}
 	d := s.cfg.Now().Sub(start)
-	exchangesTotal.WithLabelValues(kind, result).Inc()
+	exchangesTotal.WithLabelValues(profile, kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
 	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration", d.Round(time.Microsecond))
 }
@@ -77,8 +77,11 @@ func (s *Service) takeTurn(r *http.Request) *exchange.Error {
 		return exchange.Errorf(exchange.RateLimited, "The service has too many exchanges waiting; retry in a second.")
 	}
 	defer s.queued.Add(-1)
+	queueWaiting.Inc()
+	defer queueWaiting.Dec()
 	select {
 	case s.exchanges <- struct{}{}:
+		queueRunning.Inc()
 		return nil
 	case <-r.Context().Done():
 		return exchange.Errorf(exchange.KeystoreUnavailable, "The request ended while waiting for its turn.")

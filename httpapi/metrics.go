@@ -4,18 +4,25 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/metrics"
 )
 
 var (
 	exchangesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_exchanges_total",
-		Help: "Exchanges and rekeys answered, by result (ok or the SPEC error code).",
-	}, []string{"kind", "result"})
+		Help: "Exchanges and rekeys answered, by profile (modp2048), kind and result (ok or the SPEC error code).",
+	}, []string{"profile", "kind", "result"})
 	exchangeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "custos_exchange_duration_seconds",
 		Help:    "Time to answer an exchange or rekey, token operations included.",
-		Buckets: prometheus.ExponentialBucketsRange(100e-6, 10, 18),
+		Buckets: metrics.LatencyBuckets,
 	}, []string{"kind"})
+	exchangeQueue = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "custos_exchange_queue",
+		Help: "Exchanges and rekeys computing (running, at most --max-exchanges) and waiting their turn (waiting).",
+	}, []string{"state"})
+	queueRunning = exchangeQueue.WithLabelValues("running")
+	queueWaiting = exchangeQueue.WithLabelValues("waiting")
 	authRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_authenticated_requests_total",
 		Help: "Requests under a session, by result (ok or the SPEC error code).",
@@ -36,7 +43,32 @@ var (
 	}, func() float64 { _, _, n := exchange.TicketCacheStats(); return float64(n) })
 )
 
+// refusalCodes are the SPEC codes a request or an exchange can be refused
+// with; their series exist at zero from the start.
+var refusalCodes = []exchange.Code{
+	exchange.Malformed, exchange.NoCommonAlgorithm, exchange.BadAuthentication, exchange.TicketExpired,
+	exchange.UnknownCredential, exchange.AccountDisabled, exchange.TooLarge, exchange.UnsupportedMediaType,
+	exchange.InvalidPublicKey, exchange.KidMismatch, exchange.UnsupportedDomain, exchange.RateLimited,
+	exchange.Internal, exchange.KeystoreUnavailable, exchange.RegistryUnavailable,
+}
+
+func init() {
+	for _, kind := range []string{"exchange", "rekey"} {
+		exchangesTotal.WithLabelValues(profile, kind, "ok")
+		for _, c := range refusalCodes {
+			exchangesTotal.WithLabelValues(profile, kind, string(c))
+		}
+	}
+	for _, c := range refusalCodes {
+		authRequests.WithLabelValues(string(c))
+	}
+}
+
+// profile names the key-exchange profile in metrics; group 14 is the one
+// served today.
+const profile = "modp2048"
+
 // Collectors returns the service's own metrics.
 func Collectors() []prometheus.Collector {
-	return []prometheus.Collector{exchangesTotal, exchangeDuration, authRequests, ticketCacheHits, ticketCacheMisses, ticketCacheSessions}
+	return []prometheus.Collector{exchangesTotal, exchangeDuration, exchangeQueue, authRequests, ticketCacheHits, ticketCacheMisses, ticketCacheSessions}
 }

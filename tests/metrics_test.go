@@ -4,6 +4,8 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -34,5 +36,31 @@ func TestMetricsListen(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 200 || !strings.Contains(string(b), "custos_hsm_up") {
 		t.Fatalf("/metrics on --metrics-listen: %d\n%.300s", resp.StatusCode, b)
+	}
+	// What an operator watches for saturation, health and key age exists
+	// from the start; error series exist at zero; latency buckets are round.
+	for _, want := range []string{
+		`custos_build_info{goversion="go`,
+		"custos_hsm_sessions_max 16",
+		`custos_exchange_queue{state="waiting"} 0`,
+		`custos_exchange_queue{state="running"} 0`,
+		`custos_key_age_seconds{kind="credential"}`,
+		`custos_key_age_seconds{kind="ticket"}`,
+		"custos_registry_up 1",
+		`custos_exchanges_total{kind="exchange",profile="modp2048",result="KeystoreUnavailable"} 0`,
+		`custos_authenticated_requests_total{result="BadAuthentication"} 0`,
+		`custos_hsm_operation_errors_total{op="derive",reason="unavailable"} 0`,
+		`le="0.01"`,
+	} {
+		if !strings.Contains(string(b), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	for _, m := range regexp.MustCompile(`custos_[a-z_]+_bucket\{[^}]*le="([^"+]+)"`).FindAllSubmatch(b, -1) {
+		v, _ := strconv.ParseFloat(string(m[1]), 64)
+		if round, _ := strconv.ParseFloat(strconv.FormatFloat(v, 'g', 2, 64), 64); round != v {
+			t.Errorf("a bucket bound is not round: %s", m[0])
+			break
+		}
 	}
 }

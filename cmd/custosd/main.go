@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -102,6 +103,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.credential, "credential", "", "account add: file holding the credential's {\"PublicKeyDH\":…}")
 	fs.StringVar(&c.window, "window", "", "keys prune: delete keys retired longer ago than this (at least session lifetime + rekey window)")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "keys prune: print what would be deleted, delete nothing")
+	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
 		fs.PrintDefaults()
@@ -109,6 +111,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	words, err := cli.Parse(fs, args)
 	if err != nil {
 		return 2
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "custosd", version(), runtime.Version())
+		return 0
 	}
 	if err := cli.Resolve(fs, settings, c.configFile); err != nil {
 		fmt.Fprintln(stderr, "custosd:", err)

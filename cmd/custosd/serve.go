@@ -10,6 +10,8 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/debug"
 	"strconv"
 	"syscall"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
@@ -73,6 +76,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	metrics.MustRegister(hsm.Collectors()...)
 	metrics.MustRegister(httpapi.Collectors()...)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics.MustRegister(serviceCollectors(ks, reg)...)
 	// With --metrics-listen, /metrics is served there alone (an address
 	// operators reach and clients do not), not beside the API.
 	apiMetrics := metrics
@@ -186,4 +190,57 @@ func refreshOnHangup(ctx context.Context, ks *p11.Keystore, log *slog.Logger) {
 			}
 		}
 	}
+}
+
+// serviceCollectors are the metrics of this process's own parts: build,
+// key ages and the registry's health.
+func serviceCollectors(ks *p11.Keystore, reg *accounts.Registry) []prometheus.Collector {
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Name: "custos_build_info",
+		Help: "Always 1; the labels say which build serves.",
+	}, []string{"version", "goversion"})
+	build.WithLabelValues(version(), runtime.Version()).Set(1)
+	keyAge := func(kind string, pick func(cred, tk time.Time) time.Time) prometheus.Collector {
+		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "custos_key_age_seconds",
+			Help:        "Age of the active key of each kind; rotate before it grows past policy.",
+			ConstLabels: prometheus.Labels{"kind": kind},
+		}, func() float64 {
+			if t := pick(ks.ActiveSince()); !t.IsZero() {
+				return time.Since(t).Seconds()
+			}
+			return 0
+		})
+	}
+	registryUp := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "custos_registry_up",
+		Help: "1 while the account registry answers a ping, 0 while it does not.",
+	}, func() float64 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if reg.Ping(ctx) != nil {
+			return 0
+		}
+		return 1
+	})
+	return []prometheus.Collector{build,
+		keyAge("credential", func(cred, _ time.Time) time.Time { return cred }),
+		keyAge("ticket", func(_, tk time.Time) time.Time { return tk }),
+		registryUp}
+}
+
+// version is the module version custosd was built as, with its VCS
+// revision when the build recorded one.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	return v
 }

@@ -304,6 +304,21 @@ func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 	return k.activeTicket.id, nil
 }
 
+// ActiveSince returns when the active credential and ticket key were
+// made, from the inventory in memory (zero if there is none), for the key
+// age metric.
+func (k *Keystore) ActiveSince() (credential, ticketKey time.Time) {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	if k.activeCred != nil {
+		credential = k.activeCred.created
+	}
+	if k.activeTicket != nil {
+		ticketKey = k.activeTicket.created
+	}
+	return credential, ticketKey
+}
+
 // Holds reports whether the token held the ticket key id when the
 // inventory was last read (at most RefreshInterval ago): a key pruned by
 // any replica stops opening tickets here, cached or not, within that time.
