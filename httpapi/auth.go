@@ -3,7 +3,10 @@ package httpapi
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
+	"log/slog"
 	"net/http"
 	"strconv"
 	"strings"
@@ -61,19 +64,25 @@ func (b *openBudget) OpenFailed(remote string) { b.failedOpens.allow(addressOf(r
 // header and JWC challenge.
 func (s *Service) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := s.cfg.Now()
 		body, e := s.readBody(w, r) // any media type: only the signed enc claim decides
 		if e != nil {
 			s.refuse(w, nil, e)
+			s.logRequest(r, nil, e.Code.Status(), string(e.Code), "", start)
 			return
 		}
 		v, err := s.cfg.Engine.Verify(r.Context(), s.signedRequest(r, body))
 		if v == nil {
-			s.refuse(w, nil, s.refusal("authenticate", err))
+			e := s.refusal("authenticate", err)
+			s.refuse(w, nil, e)
+			s.logRequest(r, nil, e.Code.Status(), string(e.Code), "", start)
 			return
 		}
 		defer v.Done()
 		if err != nil {
-			s.refuse(w, v, s.refusal("authenticate", err))
+			e := s.refusal("authenticate", err)
+			s.refuse(w, v, e)
+			s.logRequest(r, v, e.Code.Status(), string(e.Code), "", start)
 			return
 		}
 		mediaType := r.Header.Get("Content-Type")
@@ -90,6 +99,13 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 		if mediaType != "" && len(body) > 0 {
 			r.Header.Set("Content-Type", mediaType)
 		}
+		// A request id the client signed is kept; otherwise one is made.
+		// The handler or upstream sees it, and the answer carries it.
+		id := r.Header.Get(requestIDHeader)
+		if id == "" {
+			id = newRequestID()
+			r.Header.Set(requestIDHeader, id)
+		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxKey{}, v))
 		r.Body, r.ContentLength = http.NoBody, 0
 		if len(body) > 0 {
@@ -98,8 +114,47 @@ func (s *Service) authenticated(next http.Handler) http.Handler {
 		rec := newRecorder()
 		next.ServeHTTP(rec, r)
 		scrub(rec.header)
+		rec.header.Set(requestIDHeader, id)
 		s.respond(w, v, v.Encrypted(), rec)
+		s.logRequest(r, v, rec.status, "ok", id, start)
 	})
+}
+
+const requestIDHeader = "X-Request-Id"
+
+func newRequestID() string {
+	var b [12]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// logRequest writes the one line of an authenticated request: refusals
+// always (at Info, or Warn for the service's own faults), answered
+// requests at the configured level and sampling.
+func (s *Service) logRequest(r *http.Request, v *exchange.Verified, status int, result, id string, start time.Time) {
+	level := s.cfg.RequestLog
+	switch {
+	case status >= 500:
+		level = slog.LevelWarn
+	case result != "ok":
+		level = max(level, slog.LevelInfo)
+	case s.cfg.RequestLogOff:
+		return
+	case s.cfg.RequestLogSample > 1 && s.requests.Add(1)%uint64(s.cfg.RequestLogSample) != 0:
+		return
+	}
+	if !s.log.Enabled(r.Context(), level) {
+		return
+	}
+	var account, kid string
+	if v != nil {
+		info := v.Session()
+		account, kid = info.Account, info.CredentialKID
+	}
+	s.log.LogAttrs(r.Context(), level, "request", slog.String("account", account), slog.String("kid", kid),
+		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", status),
+		slog.String("result", result), slog.Float64("duration_ms", ms(s.cfg.Now().Sub(start))),
+		slog.String("client", clientAddress(r)), slog.String("request_id", id))
 }
 
 // refuse sends the service's own refusal of an authenticated request:

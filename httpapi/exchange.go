@@ -51,8 +51,11 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	d := s.cfg.Now().Sub(start)
 	exchangesTotal.WithLabelValues(profile, kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
-	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration", d.Round(time.Microsecond))
+	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration_ms", ms(d), "client", clientAddress(r))
 }
+
+// ms is a duration in milliseconds, as logs give durations.
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // bodyDeadline bounds how long an exchange's body may take to arrive. The
 // body is read before the exchange takes its turn, so that slow uploads

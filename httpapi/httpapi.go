@@ -44,6 +44,13 @@ type Config struct {
 	// Metrics is the registry /metrics serves; nil serves none.
 	Metrics *prometheus.Registry
 	Logger  *slog.Logger
+	// RequestLog is the level of the line logged per authenticated
+	// request (default Info; refusals are logged at Info or above, always);
+	// RequestLogOff turns the lines for answered requests off, and
+	// RequestLogSample logs one answered request in that many (default 1).
+	RequestLog       slog.Level
+	RequestLogOff    bool
+	RequestLogSample int
 	// MaxBody bounds request bodies (SPEC: 64 KiB for the exchange).
 	MaxBody int64
 	// MaxExchanges bounds the exchanges and rekeys computed at once (default
@@ -70,6 +77,7 @@ type Service struct {
 	byAccount *buckets
 	// failedOpens counts, per address, tickets that did not open.
 	failedOpens *buckets
+	requests    atomic.Uint64 // answered authenticated requests, for log sampling
 }
 
 // WellKnown is the jwcexchange endpoint.

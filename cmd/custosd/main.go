@@ -38,31 +38,32 @@ Flags (each also an environment variable, and a key of the --config file):
 
 // config is every setting of custosd.
 type config struct {
-	configFile    string
-	module        string
-	uri           string
-	tokenLabel    string
-	pinFile       string
-	metricsListen string
-	dryRun        bool
-	pinFileFlag   bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
-	db            string
-	listen        string
-	tlsCert       string
-	tlsKey        string
-	insecure      string
-	upstream      string
-	session       string
-	rekeyWindow   string
-	pruneWindow   string
-	maxSessions   string
-	maxExch       string
-	ratePerAddr   string
-	ratePerAcct   string
-	keyRefresh    string
-	logFormat     string
-	credential    string
-	window        string
+	configFile                   string
+	module                       string
+	uri                          string
+	tokenLabel                   string
+	pinFile                      string
+	metricsListen                string
+	dryRun                       bool
+	pinFileFlag                  bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
+	db                           string
+	listen                       string
+	tlsCert                      string
+	tlsKey                       string
+	insecure                     string
+	upstream                     string
+	session                      string
+	rekeyWindow                  string
+	pruneWindow                  string
+	maxSessions                  string
+	maxExch                      string
+	ratePerAddr                  string
+	ratePerAcct                  string
+	keyRefresh                   string
+	logFormat                    string
+	requestLog, requestLogSample string
+	credential                   string
+	window                       string
 }
 
 func main() {
@@ -96,6 +97,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("rate-per-account", "CUSTOS_RATE_PER_ACCOUNT", "5/20", "exchanges and rekeys a second for one account, and the burst allowed (0: no limit)", &c.ratePerAcct),
 		opt("max-exchanges", "CUSTOS_MAX_EXCHANGES", "0", "exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs)", &c.maxExch),
 		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
+		opt("request-log", "CUSTOS_REQUEST_LOG", "info", "level of the line per answered authenticated request: debug, info, warn or off (refusals are always logged)", &c.requestLog),
+		opt("request-log-sample", "CUSTOS_REQUEST_LOG_SAMPLE", "1", "log one answered authenticated request in this many", &c.requestLogSample),
 		opt("key-refresh", "CUSTOS_KEY_REFRESH", "30s", "how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)", &c.keyRefresh),
 	}
 	cli.Define(fs, settings)
@@ -250,6 +253,22 @@ func rateSetting(name, value string) (float64, int, error) {
 }
 
 // count parses a whole-number setting of at least least.
+// requestLogging reads --request-log and --request-log-sample.
+func (c *config) requestLogging() (level slog.Level, off bool, sample int, err error) {
+	switch c.requestLog {
+	case "off":
+		off = true
+	case "debug", "info", "warn":
+		if err := level.UnmarshalText([]byte(c.requestLog)); err != nil {
+			return 0, false, 0, err
+		}
+	default:
+		return 0, false, 0, usageError(fmt.Sprintf("--request-log %q is not one of debug, info, warn, off", c.requestLog))
+	}
+	sample, err = count("request-log-sample", c.requestLogSample, 1)
+	return level, off, sample, err
+}
+
 func count(name, value string, least int) (int, error) {
 	n, err := strconv.Atoi(value)
 	if err != nil || n < least {

@@ -105,7 +105,12 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.ratePerAcct); err != nil {
 		return err
 	}
+	reqLevel, reqOff, reqSample, err := c.requestLogging()
+	if err != nil {
+		return err
+	}
 	svc := httpapi.New(httpapi.Config{
+		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: reqSample,
 		MaxExchanges: maxExchanges,
 		Limits:       limits,
 		Engine:       &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},

@@ -90,6 +90,8 @@ func (r *Rig) NewService() *httpapi.Service {
 		Ready:    r.Token.Healthy,
 		// custosd logs a line per exchange; so does the rig, into nothing.
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// What the protocol costs, not the log (docs/performance.md).
+		RequestLogOff: true,
 		// One benchmark is one client address and one account.
 		Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
 	})

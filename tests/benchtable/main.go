@@ -376,6 +376,9 @@ func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
 		"CUSTOS_LISTEN="+addr,
 		// One load generator is one address and one account.
 		"CUSTOS_RATE_PER_ADDRESS=0", "CUSTOS_RATE_PER_ACCOUNT=0",
+		// The table measures the protocol, not the log: a line per
+		// request is an operator's choice (docs/performance.md).
+		"CUSTOS_REQUEST_LOG=off",
 	)
 	cmd.Stderr = logFile
 	if err := cmd.Start(); err != nil {
