@@ -14,6 +14,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,9 +73,11 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 		r.dialect = postgres
 		r.db, err = sql.Open("pgx", dsn)
 	} else {
+		// A directory that does not exist is a typo more often than a
+		// wish: refuse it, naming it, rather than make an empty registry.
 		if dir := filepath.Dir(dsn); dir != "" {
-			if err := os.MkdirAll(dir, 0o700); err != nil {
-				return nil, fmt.Errorf("accounts: creating the directory of %s: %w", dsn, err)
+			if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+				return nil, fmt.Errorf("accounts: the registry's directory %s does not exist; create it, or correct the path", dir)
 			}
 		}
 		r.dialect = sqlite
@@ -88,10 +91,13 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 	}
 	if err := r.db.PingContext(ctx); err != nil {
 		r.db.Close()
-		return nil, fmt.Errorf("accounts: cannot reach the registry: %w", err)
+		return nil, fmt.Errorf("accounts: cannot reach the registry %s: %w", redact(dsn), err)
 	}
 	if err := r.migrate(ctx); err != nil {
 		r.db.Close()
+		if r.dialect == sqlite {
+			return nil, fmt.Errorf("accounts: the SQLite registry %s: %w (can the service's user write the file and its directory?)", dsn, err)
+		}
 		return nil, err
 	}
 	if err := r.prepare(ctx); err != nil {
@@ -99,6 +105,15 @@ func Open(ctx context.Context, dsn string) (*Registry, error) {
 		return nil, err
 	}
 	return r, nil
+}
+
+// redact drops the password of a PostgreSQL DSN before it is shown.
+func redact(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		u.User = url.User(u.User.Username())
+		return u.String()
+	}
+	return dsn
 }
 
 // Ping checks that the registry answers.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/custos-kx/custos/internal/group"
@@ -21,7 +22,13 @@ func key(t *testing.T) *group.Element {
 
 // each runs f against SQLite and PostgreSQL.
 func each(t *testing.T, f func(t *testing.T, dsn string)) {
-	t.Run("sqlite", func(t *testing.T) { f(t, filepath.Join(t.TempDir(), "sub", "custos.db")) })
+	t.Run("sqlite", func(t *testing.T) { f(t, filepath.Join(t.TempDir(), "custos.db")) })
+	t.Run("sqlite in a missing directory", func(t *testing.T) {
+		missing := filepath.Join(t.TempDir(), "sub")
+		if _, err := Open(context.Background(), filepath.Join(missing, "custos.db")); err == nil || !strings.Contains(err.Error(), missing) {
+			t.Fatalf("a registry in a missing directory: %v", err)
+		}
+	})
 	t.Run("postgres", func(t *testing.T) { f(t, pgtest.Start(t)) })
 }
 

@@ -137,3 +137,30 @@ func TestPruneIsSafe(t *testing.T) {
 		t.Fatalf("a dry run changed the keys or said %q:\n%s\n%s", out, before, after)
 	}
 }
+
+// TestStartupErrorsNameWhatToFix: a registry in a directory that does not
+// exist is refused, naming it, not created empty; a missing TLS
+// certificate stops serve before it says "serving".
+func TestStartupErrorsNameWhatToFix(t *testing.T) {
+	st := softhsm.New(t)
+	dir := t.TempDir()
+	env := custosdEnv(st, filepath.Join(dir, "custos.db"))
+	runCustosd(t, env, "init")
+	try := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(bin(t, "custosd"), args...)
+		cmd.Env = env
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	typo := filepath.Join(dir, "nonexistent", "custos.db")
+	if out, err := try(env, "account", "list", "--db", typo); err == nil || !strings.Contains(out, filepath.Dir(typo)) || !strings.Contains(out, "does not exist") {
+		t.Fatalf("a registry in a missing directory: %v\n%s", err, out)
+	}
+	if _, err := os.Stat(filepath.Dir(typo)); err == nil {
+		t.Fatal("custosd created the mistyped directory")
+	}
+	out, err := try(append(env, "CUSTOS_LISTEN="+freeAddr(t)), "serve", "--tls-cert", filepath.Join(dir, "missing.pem"), "--tls-key", filepath.Join(dir, "missing.key"))
+	if err == nil || !strings.Contains(out, "missing.pem") || strings.Contains(out, "msg=serving") {
+		t.Fatalf("serve with a missing certificate: %v\n%s", err, out)
+	}
+}

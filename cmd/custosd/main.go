@@ -10,8 +10,10 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -82,7 +84,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		opt("pkcs11-uri", "CUSTOS_PKCS11_URI", "", "RFC 7512 URI naming module, token and PIN source (instead of the three flags)", &c.uri),
 		opt("token-label", "CUSTOS_TOKEN_LABEL", "custos", "label of the token holding the keys", &c.tokenLabel),
 		opt("pin-file", "CUSTOS_PIN_FILE", "", "file holding the token's user PIN (or set CUSTOS_PIN)", &c.pinFile),
-		opt("db", "CUSTOS_DB", "var/custos.db", "account registry: a SQLite file, or a postgres:// DSN", &c.db),
+		opt("db", "CUSTOS_DB", defaultDB, "account registry: a SQLite file (the default is relative to the working directory; only its directory var is created) or a postgres:// DSN", &c.db),
 		opt("listen", "CUSTOS_LISTEN", "127.0.0.1:8443", "address to serve on", &c.listen),
 		opt("metrics-listen", "CUSTOS_METRICS_LISTEN", "", "serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)", &c.metricsListen),
 		opt("tls-cert", "CUSTOS_TLS_CERT", "", "TLS certificate file (PEM)", &c.tlsCert),
@@ -296,6 +298,28 @@ func (c *config) openKeystore(ctx context.Context, log *slog.Logger) (*hsm.Token
 	return tok, ks, nil
 }
 
+// defaultDB is the embedded registry: a SQLite file under ./var, the one
+// directory custosd creates by itself.
+const defaultDB = "var/custos.db"
+
 func (c *config) openRegistry(ctx context.Context) (*accounts.Registry, error) {
+	if c.db == defaultDB {
+		if err := os.MkdirAll(filepath.Dir(defaultDB), 0o700); err != nil {
+			return nil, fmt.Errorf("creating the registry's directory %s: %w", c.registryName(), err)
+		}
+	}
 	return accounts.Open(ctx, c.db)
+}
+
+// registryName says where the registry is: a SQLite path made absolute
+// (the default is relative to the working directory), or the database
+// host of a PostgreSQL DSN, never its password.
+func (c *config) registryName() string {
+	if u, err := url.Parse(c.db); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		return u.Scheme + "://" + u.Host + u.Path
+	}
+	if abs, err := filepath.Abs(c.db); err == nil {
+		return abs
+	}
+	return c.db
 }

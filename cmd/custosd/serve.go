@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +48,13 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if tlsOn && (c.tlsCert == "" || c.tlsKey == "") {
 		return usageError("give both --tls-cert and --tls-key")
 	}
+	var certs *certificate
+	if tlsOn {
+		// Loaded and checked before anything says "serving".
+		if certs, err = loadCertificate(c.tlsCert, c.tlsKey); err != nil {
+			return err
+		}
+	}
 	insecure, _ := strconv.ParseBool(c.insecure)
 	if !tlsOn && !insecure && !loopback(c.listen) {
 		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.listen))
@@ -61,7 +70,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer tok.Close()
 	ks.RefreshInterval = refresh
-	go refreshOnHangup(ctx, ks, log)
+	go refreshOnHangup(ctx, ks, certs, log)
 	kid, err := ks.Credential(ctx)
 	if err != nil {
 		return fmt.Errorf("token %q: %w", tok.Label(), err)
@@ -137,11 +146,12 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if tlsOn {
 		scheme = "https"
 	}
-	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "upstream", c.upstream)
+	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "registry", c.registryName(), "upstream", c.upstream)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsOn {
-			errc <- srv.ServeTLS(ln, c.tlsCert, c.tlsKey)
+			srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12, GetCertificate: certs.get}
+			errc <- srv.ServeTLS(ln, "", "")
 		} else {
 			errc <- srv.Serve(ln)
 		}
@@ -178,8 +188,10 @@ func loopback(addr string) bool {
 }
 
 // refreshOnHangup re-reads the token's keys on SIGHUP, so that an operator
-// who rotated keys from another process need not wait for --key-refresh.
-func refreshOnHangup(ctx context.Context, ks *p11.Keystore, log *slog.Logger) {
+// who rotated keys from another process need not wait for --key-refresh,
+// and the TLS certificate, which new connections then get (open ones keep
+// theirs; a certificate that does not load leaves the old one serving).
+func refreshOnHangup(ctx context.Context, ks *p11.Keystore, certs *certificate, log *slog.Logger) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -193,8 +205,39 @@ func refreshOnHangup(ctx context.Context, ks *p11.Keystore, log *slog.Logger) {
 			} else {
 				log.Info("keys refreshed")
 			}
+			if certs != nil {
+				if err := certs.reload(); err != nil {
+					log.Error("reloading the TLS certificate; the old one still serves", "error", err)
+				} else {
+					log.Info("TLS certificate reloaded", "file", certs.certFile)
+				}
+			}
 		}
 	}
+}
+
+// certificate is the TLS certificate being served, reloadable.
+type certificate struct {
+	certFile, keyFile string
+	current           atomic.Pointer[tls.Certificate]
+}
+
+func loadCertificate(certFile, keyFile string) (*certificate, error) {
+	c := &certificate{certFile: certFile, keyFile: keyFile}
+	return c, c.reload()
+}
+
+func (c *certificate) reload() error {
+	cert, err := tls.LoadX509KeyPair(c.certFile, c.keyFile)
+	if err != nil {
+		return fmt.Errorf("loading the TLS certificate %s and key %s: %w", c.certFile, c.keyFile, err)
+	}
+	c.current.Store(&cert)
+	return nil
+}
+
+func (c *certificate) get(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return c.current.Load(), nil
 }
 
 // serviceCollectors are the metrics of this process's own parts: build,
