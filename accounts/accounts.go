@@ -116,6 +116,42 @@ func redact(dsn string) string {
 	return dsn
 }
 
+// AuditEntry is one administrative action.
+type AuditEntry struct {
+	At      time.Time
+	Actor   string // the OS user who ran it
+	Action  string // "account add", "keys prune", …
+	Subject string // the account or key it acted on
+	Detail  string
+}
+
+// Audit appends an entry to the trail.
+func (r *Registry) Audit(ctx context.Context, e AuditEntry) error {
+	_, err := r.db.ExecContext(ctx, r.q(`INSERT INTO audit (at_ns, actor, action, subject, detail) VALUES (?, ?, ?, ?, ?)`),
+		e.At.UnixNano(), e.Actor, e.Action, e.Subject, e.Detail)
+	return err
+}
+
+// AuditSince returns the entries from since on, oldest first.
+func (r *Registry) AuditSince(ctx context.Context, since time.Time) ([]AuditEntry, error) {
+	rows, err := r.db.QueryContext(ctx, r.q(`SELECT at_ns, actor, action, subject, detail FROM audit WHERE at_ns >= ? ORDER BY at_ns`), since.UnixNano())
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AuditEntry
+	for rows.Next() {
+		var e AuditEntry
+		var ns int64
+		if err := rows.Scan(&ns, &e.Actor, &e.Action, &e.Subject, &e.Detail); err != nil {
+			return nil, err
+		}
+		e.At = time.Unix(0, ns).UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
 // Ping checks that the registry answers.
 func (r *Registry) Ping(ctx context.Context) error { return r.db.PingContext(ctx) }
 
@@ -170,6 +206,15 @@ var migrations = []string{
 		hash TEXT PRIMARY KEY,
 		until_at BIGINT NOT NULL
 	)`,
+	// The administrators' trail: appended to, never changed.
+	`CREATE TABLE audit (
+		at_ns BIGINT NOT NULL,
+		actor TEXT NOT NULL,
+		action TEXT NOT NULL,
+		subject TEXT NOT NULL,
+		detail TEXT NOT NULL
+	)`,
+	`CREATE INDEX audit_at ON audit(at_ns)`,
 }
 
 func (r *Registry) migrate(ctx context.Context) error {

@@ -164,3 +164,29 @@ func TestStartupErrorsNameWhatToFix(t *testing.T) {
 		t.Fatalf("serve with a missing certificate: %v\n%s", err, out)
 	}
 }
+
+// TestAuditTrail: each administrative action is recorded in the registry
+// with who did it, and `custosd audit` lists them.
+func TestAuditTrail(t *testing.T) {
+	st := softhsm.New(t)
+	dir := t.TempDir()
+	env := custosdEnv(st, filepath.Join(dir, "custos.db"))
+	runCustosd(t, env, "init")
+	cred, _ := exchange.GenerateClientKey(rand.Reader)
+	pub, _ := json.Marshal(exchange.EncodeKey(cred.Public()))
+	file := filepath.Join(dir, "cred.pub")
+	os.WriteFile(file, pub, 0o600)
+	runCustosd(t, env, "account", "add", "carol@example.com", "--credential", file)
+	runCustosd(t, env, "account", "disable", "carol@example.com")
+	runCustosd(t, env, "account", "remove-credential", "carol@example.com", cred.Public().KeyID())
+	runCustosd(t, env, "keys", "rotate-ticket-key")
+	trail := runCustosd(t, env, "audit", "--since", "1h")
+	for _, want := range []string{"account add", "account disable", "account remove-credential", cred.Public().KeyID(), "keys rotate-ticket-key", "carol@example.com"} {
+		if !strings.Contains(trail, want) {
+			t.Errorf("the audit trail lacks %q:\n%s", want, trail)
+		}
+	}
+	if n := strings.Count(trail, "\n"); n != 5 {
+		t.Errorf("the trail has %d lines, want a header and 4 actions:\n%s", n, trail)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"text/tabwriter"
 	"time"
 
@@ -38,6 +39,15 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		return err
 	}
 	defer tok.Close()
+	audit := func(action, subject, detail string) error { return nil }
+	if args[0] != "list" {
+		reg, err := c.openRegistry(ctx)
+		if err != nil {
+			return err
+		}
+		defer reg.Close()
+		audit = func(action, subject, detail string) error { return record(ctx, reg, log, action, subject, detail) }
+	}
 	switch args[0] {
 	case "list":
 		keys, err := ks.Keys(ctx)
@@ -56,12 +66,14 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 			return err
 		}
 		fmt.Fprintf(out, "new ticket key %s is active; older keys open their tickets until pruned\n", k.ID)
+		return audit("keys rotate-ticket-key", k.ID, "")
 	case "rotate-credential":
 		k, err := ks.RotateCredential(ctx)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "new service credential %s is active; clients that pinned the old one must re-pin\n", k.ID)
+		return audit("keys rotate-credential", k.ID, "")
 	case "prune":
 		window, err := c.pruneDuration()
 		if err != nil {
@@ -79,6 +91,11 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		}
 		for _, k := range pruned {
 			fmt.Fprintf(out, "%s %s %s (created %s, retired %s)\n", verb, k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339), k.Retired.UTC().Format(time.RFC3339))
+			if !c.dryRun {
+				if aerr := audit("keys prune", k.ID, string(k.Kind)+" retired "+k.Retired.UTC().Format(time.RFC3339)); aerr != nil {
+					return aerr
+				}
+			}
 		}
 		if err != nil {
 			return err
@@ -115,7 +132,48 @@ func (c *config) ticketLifetime() (time.Duration, error) {
 	return rw + sl, err
 }
 
-func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) error {
+// record appends an administrative action to the registry's audit trail,
+// with the OS user who ran it, and logs it as one line.
+func record(ctx context.Context, reg *accounts.Registry, log *slog.Logger, action, subject, detail string) error {
+	actor := "unknown"
+	if u, err := user.Current(); err == nil {
+		actor = u.Username
+	}
+	log.Info("audit", "action", action, "subject", subject, "detail", detail, "actor", actor)
+	if err := reg.Audit(ctx, accounts.AuditEntry{At: time.Now(), Actor: actor, Action: action, Subject: subject, Detail: detail}); err != nil {
+		return fmt.Errorf("done, but recording it in the audit trail failed: %w", err)
+	}
+	return nil
+}
+
+// cmdAudit lists the audit trail, from --since on.
+func cmdAudit(ctx context.Context, c *config, out io.Writer) error {
+	var since time.Time
+	if c.since != "" {
+		d, err := duration("since", c.since)
+		if err != nil {
+			return err
+		}
+		since = time.Now().Add(-d)
+	}
+	reg, err := c.openRegistry(ctx)
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	entries, err := reg.AuditSince(ctx, since)
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WHEN\tWHO\tACTION\tSUBJECT\tDETAIL")
+	for _, e := range entries {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.At.Format(time.RFC3339Nano), e.Actor, e.Action, e.Subject, e.Detail)
+	}
+	return tw.Flush()
+}
+
+func cmdAccount(ctx context.Context, c *config, log *slog.Logger, args []string, out io.Writer) error {
 	if len(args) == 0 {
 		return usageError("usage: custosd account add ACCOUNT --credential FILE | list | disable ACCOUNT | enable ACCOUNT | remove ACCOUNT | remove-credential ACCOUNT KID")
 	}
@@ -154,6 +212,7 @@ func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) er
 			return err
 		}
 		fmt.Fprintf(out, "%s may now exchange with credential %s\n", args[1], e.KeyID())
+		return record(ctx, reg, log, "account add", args[1], e.KeyID())
 	case "list":
 		list, err := reg.List(ctx)
 		if err != nil {
@@ -182,6 +241,7 @@ func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) er
 			return accountErr(args[1], err)
 		}
 		fmt.Fprintf(out, "%s %sd\n", args[1], args[0])
+		return record(ctx, reg, log, "account "+args[0], args[1], "")
 	case "remove":
 		if err := need(1); err != nil {
 			return err
@@ -190,6 +250,7 @@ func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) er
 			return accountErr(args[1], err)
 		}
 		fmt.Fprintf(out, "%s removed\n", args[1])
+		return record(ctx, reg, log, "account remove", args[1], "")
 	case "remove-credential":
 		if err := need(2); err != nil {
 			return err
@@ -201,10 +262,10 @@ func cmdAccount(ctx context.Context, c *config, args []string, out io.Writer) er
 			return err
 		}
 		fmt.Fprintf(out, "credential %s removed from %s; its sessions stop within 30 s\n", args[2], args[1])
+		return record(ctx, reg, log, "account remove-credential", args[1], args[2])
 	default:
 		return usageError(fmt.Sprintf("unknown account command %q", args[0]))
 	}
-	return nil
 }
 
 func accountErr(account string, err error) error {

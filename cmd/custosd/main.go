@@ -34,6 +34,7 @@ Commands:
   account add ACCOUNT --credential F  bind the credential in F ({"PublicKeyDH":…}) to ACCOUNT
   account list | disable A | enable A | remove A | remove-credential A KID
   keys list | rotate-ticket-key | rotate-credential | prune [--window D] [--dry-run]
+  audit [--since D]                   the administrators' trail: who did what, when
 
 Flags (each also an environment variable, and a key of the --config file):
 `
@@ -47,6 +48,7 @@ type config struct {
 	pinFile                      string
 	metricsListen                string
 	dryRun                       bool
+	since                        string
 	pinFileFlag                  bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
 	db                           string
 	listen                       string
@@ -108,6 +110,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	fs.StringVar(&c.credential, "credential", "", "account add: file holding the credential's {\"PublicKeyDH\":…}")
 	fs.StringVar(&c.window, "window", "", "keys prune: delete keys retired longer ago than this (at least session lifetime + rekey window)")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "keys prune: print what would be deleted, delete nothing")
+	fs.StringVar(&c.since, "since", "", "audit: only the entries of the last D (e.g. 24h)")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	fs.Usage = func() {
 		fmt.Fprint(stderr, usage)
@@ -145,7 +148,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "serve":
 		runErr = cmdServe(ctx, &c, log)
 	case "account":
-		runErr = cmdAccount(ctx, &c, words[1:], stdout)
+		runErr = cmdAccount(ctx, &c, log, words[1:], stdout)
+	case "audit":
+		runErr = cmdAudit(ctx, &c, stdout)
 	case "keys":
 		runErr = cmdKeys(ctx, &c, log, words[1:], stdout)
 	default:
