@@ -190,3 +190,46 @@ func TestAuditTrail(t *testing.T) {
 		t.Errorf("the trail has %d lines, want a header and 4 actions:\n%s", n, trail)
 	}
 }
+
+// TestCommandLineSaysWhatItRead: help exits 0; a setting that would be read
+// as something else is refused, not taken silently; a config file's whole
+// numbers are read as written; a config key holding a PIN gets its own
+// message.
+func TestCommandLineSaysWhatItRead(t *testing.T) {
+	st := softhsm.New(t)
+	dir := t.TempDir()
+	env := custosdEnv(st, filepath.Join(dir, "custos.db"))
+	run := func(args ...string) (string, int) {
+		cmd := exec.Command(bin(t, "custosd"), args...)
+		cmd.Env = env
+		out, _ := cmd.CombinedOutput()
+		return string(out), cmd.ProcessState.ExitCode()
+	}
+	if out, code := run("-h"); code != 0 || !strings.Contains(out, "Commands:") {
+		t.Errorf("custosd -h: exit %d\n%s", code, out)
+	}
+	if out, code := run("--version"); code != 0 || !strings.Contains(out, "custosd") {
+		t.Errorf("custosd --version: exit %d\n%s", code, out)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"keys", "list", "--insecure-http=yes"}, `--insecure-http "yes" is not true or false`},
+		{[]string{"keys", "list", "--log-format", "yaml"}, `--log-format "yaml" is not text or json`},
+	} {
+		if out, code := run(c.args...); code != 2 || !strings.Contains(out, c.want) {
+			t.Errorf("custosd %v: exit %d, want 2 saying %q\n%s", c.args, code, c.want, out)
+		}
+	}
+	cfg := filepath.Join(dir, "c.json")
+	os.WriteFile(cfg, []byte(`{"max-sessions": 1000000}`), 0o600)
+	runCustosd(t, env, "init")
+	if out, code := run("keys", "list", "--config", cfg); code != 0 {
+		t.Errorf("a config file with \"max-sessions\": 1000000: exit %d\n%s", code, out)
+	}
+	os.WriteFile(cfg, []byte(`{"pin": "1234"}`), 0o600)
+	if out, code := run("keys", "list", "--config", cfg); code != 2 || !strings.Contains(out, "never hold a PIN") {
+		t.Errorf("a config file holding a PIN: exit %d\n%s", code, out)
+	}
+}

@@ -472,15 +472,25 @@ func TestAttackPINSources(t *testing.T) {
 		return string(out), err
 	}
 	uri := "pkcs11:token=" + url.PathEscape(st.Label) + "?module-path=" + st.Module + "&pin-value=" + st.PIN
-	if out, err := try(base, "keys", "list", "--pkcs11-uri", uri); err == nil || !strings.Contains(out, "only from the environment") || strings.Contains(out, st.PIN) {
+	// The URI names the token by itself: no module or label beside it.
+	var uriBase []string
+	for _, kv := range base {
+		if !strings.HasPrefix(kv, "CUSTOS_PKCS11_MODULE=") && !strings.HasPrefix(kv, "CUSTOS_TOKEN_LABEL=") {
+			uriBase = append(uriBase, kv)
+		}
+	}
+	if out, err := try(base, "keys", "list", "--pkcs11-uri", uri); err == nil || !strings.Contains(out, "not both") {
+		t.Fatalf("--pkcs11-uri beside --pkcs11-module: %v\n%s", err, out)
+	}
+	if out, err := try(uriBase, "keys", "list", "--pkcs11-uri", uri); err == nil || !strings.Contains(out, "only from the environment") || strings.Contains(out, st.PIN) {
 		t.Fatalf("pin-value on the command line: %v\n%s", err, out)
 	}
 	cfg := filepath.Join(dir, "custos.json")
 	os.WriteFile(cfg, []byte(`{"pkcs11-uri": "`+uri+`"}`), 0o600)
-	if out, err := try(base, "keys", "list", "--config", cfg); err == nil || !strings.Contains(out, "only from the environment") {
+	if out, err := try(uriBase, "keys", "list", "--config", cfg); err == nil || !strings.Contains(out, "only from the environment") {
 		t.Fatalf("pin-value in the config file: %v\n%s", err, out)
 	}
-	if out, err := try(append(base, "CUSTOS_PKCS11_URI="+uri), "keys", "list"); err != nil {
+	if out, err := try(append(uriBase, "CUSTOS_PKCS11_URI="+uri), "keys", "list"); err != nil {
 		t.Fatalf("pin-value in the environment: %v\n%s", err, out)
 	}
 	pinFile := filepath.Join(dir, "pin")

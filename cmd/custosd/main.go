@@ -50,6 +50,7 @@ type config struct {
 	dryRun                       bool
 	since                        string
 	pinFileFlag                  bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
+	tokenLabelSet                bool // --token-label or CUSTOS_TOKEN_LABEL was given
 	db                           string
 	listen                       string
 	tlsCert                      string
@@ -117,6 +118,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fs.PrintDefaults()
 	}
 	words, err := cli.Parse(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		return 0 // -h asked for the usage, which was printed
+	}
 	if err != nil {
 		return 2
 	}
@@ -129,12 +133,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "pin-file" {
+		switch f.Name {
+		case "pin-file":
 			c.pinFileFlag = true
+		case "token-label":
+			c.tokenLabelSet = true
 		}
 	})
+	if os.Getenv("CUSTOS_TOKEN_LABEL") != "" {
+		c.tokenLabelSet = true
+	}
 	if len(words) == 0 {
 		fs.Usage()
+		return 2
+	}
+	if err := c.check(); err != nil {
+		fmt.Fprintln(stderr, "custosd:", err)
 		return 2
 	}
 	log := newLogger(c.logFormat, stderr)
@@ -173,6 +187,22 @@ func run(args []string, stdout, stderr io.Writer) int {
 type usageError string
 
 func (e usageError) Error() string { return string(e) }
+
+// check refuses settings that would otherwise be read as something else
+// without a word: a boolean that is not one, an unknown log format, two
+// ways of naming the token.
+func (c *config) check() error {
+	if _, err := strconv.ParseBool(c.insecure); err != nil {
+		return usageError(fmt.Sprintf("--insecure-http %q is not true or false", c.insecure))
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return usageError(fmt.Sprintf("--log-format %q is not text or json", c.logFormat))
+	}
+	if c.uri != "" && (c.module != "" || c.tokenLabelSet) {
+		return usageError("give the token either as --pkcs11-uri or as --pkcs11-module and --token-label, not both")
+	}
+	return nil
+}
 
 func newLogger(format string, w io.Writer) *slog.Logger {
 	if format == "json" {

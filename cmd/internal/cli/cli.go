@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -72,11 +73,11 @@ func Resolve(fs *flag.FlagSet, settings []Setting, path string) error {
 			known[s.Flag] = true
 		}
 		for k := range file {
+			if strings.Contains(k, "pin") && k != "pin-file" {
+				return fmt.Errorf("the config file %s has a setting %q: it may name a PIN file (pin-file), never hold a PIN", path, k)
+			}
 			if !known[k] {
 				return fmt.Errorf("the config file %s has an unknown setting %q", path, k)
-			}
-			if strings.Contains(k, "pin") && k != "pin-file" {
-				return fmt.Errorf("the config file may name a PIN file (pin-file), never hold a PIN")
 			}
 		}
 	}
@@ -89,8 +90,18 @@ func Resolve(fs *flag.FlagSet, settings []Setting, path string) error {
 			continue
 		}
 		if v, ok := file[s.Flag]; ok {
-			*s.Value = fmt.Sprint(v)
+			*s.Value = configValue(v)
 		}
 	}
 	return nil
+}
+
+// configValue is a config file's JSON value as the flag would be written:
+// a whole number as digits ("max-sessions": 1000000 is "1000000", not
+// "1e+06").
+func configValue(v any) string {
+	if f, ok := v.(float64); ok {
+		return strconv.FormatFloat(f, 'f', -1, 64)
+	}
+	return fmt.Sprint(v)
 }
