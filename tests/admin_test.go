@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/softhsm"
@@ -26,20 +24,8 @@ import (
 // all succeed (a transaction that reads before it writes used to get
 // "database is locked" at once), and the service keeps serving.
 func TestParallelAdminCommands(t *testing.T) {
-	st := softhsm.New(t)
 	dir := t.TempDir()
-	dsn := filepath.Join(dir, "custos.db")
-	env := custosdEnv(st, dsn)
-	runCustosd(t, env, "init")
-	reg, err := accounts.Open(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateClientKey(rand.Reader)
-	if err := reg.Add(context.Background(), "load@example.com", key.Public()); err != nil {
-		t.Fatal(err)
-	}
-	reg.Close()
+	env, key := initialised(t, dir, "load@example.com")
 	r := startReplica(t, env)
 
 	// Load: exchanges and requests, each exchange reading the registry.
@@ -146,12 +132,7 @@ func TestStartupErrorsNameWhatToFix(t *testing.T) {
 	dir := t.TempDir()
 	env := custosdEnv(st, filepath.Join(dir, "custos.db"))
 	runCustosd(t, env, "init")
-	try := func(env []string, args ...string) (string, error) {
-		cmd := exec.Command(bin(t, "custosd"), args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	try := func(env []string, args ...string) (string, error) { return tryCustosd(t, env, args...) }
 	typo := filepath.Join(dir, "nonexistent", "custos.db")
 	if out, err := try(env, "account", "list", "--db", typo); err == nil || !strings.Contains(out, filepath.Dir(typo)) || !strings.Contains(out, "does not exist") {
 		t.Fatalf("a registry in a missing directory: %v\n%s", err, out)

@@ -11,7 +11,6 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -465,12 +464,7 @@ func TestAttackPINSources(t *testing.T) {
 	dir := t.TempDir()
 	base := custosdEnv(st, filepath.Join(dir, "custos.db"))
 	runCustosd(t, base, "init")
-	try := func(env []string, args ...string) (string, error) {
-		cmd := exec.Command(bin(t, "custosd"), args...)
-		cmd.Env = env
-		out, err := cmd.CombinedOutput()
-		return string(out), err
-	}
+	try := func(env []string, args ...string) (string, error) { return tryCustosd(t, env, args...) }
 	uri := "pkcs11:token=" + url.PathEscape(st.Label) + "?module-path=" + st.Module + "&pin-value=" + st.PIN
 	// The URI names the token by itself: no module or label beside it.
 	var uriBase []string

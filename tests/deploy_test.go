@@ -2,8 +2,6 @@ package tests
 
 import (
 	"bytes"
-	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -16,10 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/client"
-	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/softhsm"
 )
 
 // tool finds a program the deployment tests need; .ci/run installs them.
@@ -74,18 +69,8 @@ func TestSystemdUnit(t *testing.T) {
 // return data), and lints /metrics with promtool check metrics.
 func TestDashboardAgainstPrometheus(t *testing.T) {
 	prom, promtool := tool(t, "prometheus"), tool(t, "promtool")
-	st := softhsm.New(t)
 	dir := t.TempDir()
-	dsn := filepath.Join(dir, "custos.db")
-	env := custosdEnv(st, dsn)
-	runCustosd(t, env, "init")
-	reg, err := accounts.Open(context.Background(), dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, _ := exchange.GenerateClientKey(rand.Reader)
-	reg.Add(context.Background(), "alice@example.com", key.Public())
-	reg.Close()
+	env, key := initialised(t, dir, "alice@example.com")
 	r := startReplica(t, env)
 
 	promAddr := freeAddr(t)

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -63,6 +64,36 @@ func runCustosd(t *testing.T, env []string, args ...string) string {
 		t.Fatalf("custosd %v: %v\n%s", args, err, out)
 	}
 	return string(out)
+}
+
+// tryCustosd runs custosd and returns what it printed and its error,
+// for tests of its refusals.
+func tryCustosd(t *testing.T, env []string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(bin(t, "custosd"), args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// initialised returns the environment of custosd processes on a fresh
+// token (initialised) and a SQLite registry in dir in which account holds
+// a new credential, and that credential.
+func initialised(t *testing.T, dir, account string) ([]string, *exchange.ClientKey) {
+	t.Helper()
+	dsn := filepath.Join(dir, "custos.db")
+	env := custosdEnv(softhsm.New(t), dsn)
+	runCustosd(t, env, "init")
+	reg, err := accounts.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reg.Close()
+	key, _ := exchange.GenerateClientKey(rand.Reader)
+	if err := reg.Add(context.Background(), account, key.Public()); err != nil {
+		t.Fatal(err)
+	}
+	return env, key
 }
 
 func startReplica(t *testing.T, env []string) *replica {
