@@ -196,8 +196,8 @@ func TestCommandLineSaysWhatItRead(t *testing.T) {
 		args []string
 		want string
 	}{
-		{[]string{"keys", "list", "--insecure-http=yes"}, `--insecure-http "yes" is not true or false`},
-		{[]string{"keys", "list", "--log-format", "yaml"}, `--log-format "yaml" is not text or json`},
+		{[]string{"keys", "list", "--insecure-http=yes"}, `--insecure-http: "yes" is not true or false`},
+		{[]string{"keys", "list", "--log-format", "yaml"}, `--log-format must be one of "text","json" but got "yaml"`},
 	} {
 		if out, code := run(c.args...); code != 2 || !strings.Contains(out, c.want) {
 			t.Errorf("custosd %v: exit %d, want 2 saying %q\n%s", c.args, code, c.want, out)

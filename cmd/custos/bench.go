@@ -14,18 +14,15 @@ import (
 	"github.com/custos-kx/custos/client/bench"
 )
 
-func cmdBench(o *options, kind, rawURL string, stdout, stderr io.Writer) error {
-	if kind != bench.Exchange && kind != bench.Requests {
-		return usageError(fmt.Sprintf("unknown bench %q: exchange or requests", kind))
-	}
-	u, key, err := o.target(rawURL)
+func cmdBench(o *options, kind string, b benchFlags, precompute bool, stdout, stderr io.Writer) error {
+	u, key, err := o.target(b.URL)
 	if err != nil {
 		return err
 	}
 	defer key.Zero()
 	cfg := bench.Config{
-		Kind: kind, Concurrency: o.concurrency, Duration: o.duration, Key: key,
-		Precompute: o.precompute, Encrypt: o.encrypt, Progress: stderr,
+		Kind: kind, Concurrency: b.Concurrency, Duration: b.Duration, Key: key,
+		Precompute: precompute, Encrypt: o.Encrypt, Progress: stderr,
 	}
 	switch kind {
 	case bench.Exchange:
@@ -35,18 +32,18 @@ func cmdBench(o *options, kind, rawURL string, stdout, stderr io.Writer) error {
 			u.Path = "/v1/whoami"
 		}
 		cfg.URL = u.String()
-		cfg.State = &client.State{Dir: o.state}
+		cfg.State = &client.State{Dir: o.State}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	if o.precompute {
-		fmt.Fprintf(stderr, "custos: precomputing nonce keys for %s…\n", o.duration)
+	if precompute {
+		fmt.Fprintf(stderr, "custos: precomputing nonce keys for %s…\n", b.Duration)
 	}
 	res, err := bench.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	if o.jsonl {
+	if b.JSON {
 		b, _ := json.Marshal(res)
 		fmt.Fprintf(stdout, "%s\n", b)
 		return nil

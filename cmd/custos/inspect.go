@@ -15,17 +15,13 @@ import (
 	"github.com/custos-kx/custos/internal/wire"
 )
 
-func cmdInspect(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
-	if len(args) != 1 {
-		fmt.Fprintln(stderr, "usage: custos inspect FILE   (FILE - reads stdin)")
-		return 2
-	}
+func cmdInspect(file string, stdin io.Reader, stdout, stderr io.Writer) int {
 	var data []byte
 	var err error
-	if args[0] == "-" {
+	if file == "-" {
 		data, err = io.ReadAll(stdin)
 	} else {
-		data, err = os.ReadFile(args[0])
+		data, err = os.ReadFile(file)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "custos inspect: %v\n", err)

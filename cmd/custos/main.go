@@ -7,7 +7,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -17,64 +16,87 @@ import (
 	"strings"
 	"time"
 
+	"github.com/alecthomas/kong"
+
 	"github.com/custos-kx/custos/client"
-	"github.com/custos-kx/custos/cmd/internal/cli"
+	"github.com/custos-kx/custos/client/bench"
 	"github.com/custos-kx/custos/exchange"
 )
 
-const usage = `usage: custos [flags] COMMAND [ARGS]
+// options is the command line of custos.
+type options struct {
+	Key     string `name:"key" env:"CUSTOS_KEY" placeholder:"FILE" help:"credential file"`
+	State   string `name:"state" env:"CUSTOS_STATE" default:"${defaultState}" placeholder:"DIR" help:"directory keeping pins and sessions"`
+	Pin     string `name:"pin" placeholder:"KID" help:"the service credential's kid to insist on (default: pin the first one seen)"`
+	Encrypt bool   `name:"encrypt" help:"encrypt request and response bodies under the session"`
 
-Commands:
-  keygen --out FILE           make a credential (FILE, mode 0600) and print its public key to register
-  exchange URL                run a key exchange with the service at URL and keep the session
-  get URL                     GET URL under the session (exchanging first if needed)
-  post URL --data STRING      POST STRING to URL under the session [--encrypt]
-  rekey URL                   renew the session with the service at URL
-  inspect FILE                check the keys of a jwcexchange message ("-" reads stdin)
-  bench exchange URL -c N -d DURATION [--precompute] [--json]
-                              load the service with full exchanges (--precompute: nonce keys made beforehand)
-  bench requests URL -c N -d DURATION [--encrypt] [--json]
-                              load the service with authenticated GETs of URL (default path /v1/whoami) on one session
+	Keygen struct {
+		Out string `name:"out" required:"" placeholder:"FILE" help:"where to write the credential (mode 0600)"`
+	} `cmd:"" help:"Make a credential and print its public key to register."`
+	Exchange target `cmd:"" help:"Run a key exchange with the service at URL and keep the session."`
+	Get      target `cmd:"" help:"GET URL under the session (exchanging first if needed)."`
+	Post     struct {
+		target
+		Data string `name:"data" placeholder:"STRING" help:"the request body"`
+	} `cmd:"" help:"POST the --data to URL under the session."`
+	Rekey   target `cmd:"" help:"Renew the session with the service at URL."`
+	Inspect struct {
+		File string `arg:"" help:"a jwcexchange message (- reads stdin)"`
+	} `cmd:"" help:"Check the keys of a jwcexchange message."`
+	Bench struct {
+		Exchange struct {
+			benchFlags
+			Precompute bool `name:"precompute" help:"make nonce keys and requests before the clock starts; verify a sample of responses after"`
+		} `cmd:"" help:"Load the service with full exchanges."`
+		Requests benchFlags `cmd:"" help:"Load the service with authenticated GETs of URL (default path /v1/whoami) on one session."`
+	} `cmd:"" help:"Load the service and report throughput and latency."`
+	Help struct {
+		Command []string `arg:"" optional:"" help:"the command to explain"`
+	} `cmd:"" help:"Show the help of a command."`
+}
 
-Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success.
+type target struct {
+	URL string `arg:"" name:"url"`
+}
 
-Flags:
-`
+type benchFlags struct {
+	target
+	Concurrency int           `name:"concurrency" short:"c" default:"8" help:"requests in flight"`
+	Duration    time.Duration `name:"duration" short:"d" default:"10s" help:"how long to run"`
+	JSON        bool          `name:"json" help:"print the result as one JSON object"`
+}
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-type options struct {
-	key, state, out, data, pin string
-	encrypt                    bool
-	// bench
-	concurrency       int
-	duration          time.Duration
-	precompute, jsonl bool
-}
+// exit carries kong's request to exit (after -h) out of Parse.
+type exit int
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 	var o options
-	fs := flag.NewFlagSet("custos", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.StringVar(&o.key, "key", os.Getenv("CUSTOS_KEY"), "credential file (env CUSTOS_KEY)")
-	fs.StringVar(&o.state, "state", defaultState(), "directory keeping pins and sessions (env CUSTOS_STATE)")
-	fs.StringVar(&o.out, "out", "", "keygen: where to write the credential")
-	fs.StringVar(&o.data, "data", "", "post: the request body")
-	fs.BoolVar(&o.encrypt, "encrypt", false, "encrypt request and response bodies under the session")
-	fs.StringVar(&o.pin, "pin", "", "the service credential's kid to insist on (default: pin the first one seen)")
-	fs.IntVar(&o.concurrency, "c", 8, "bench: requests in flight")
-	fs.DurationVar(&o.duration, "d", 10*time.Second, "bench: how long to run")
-	fs.BoolVar(&o.precompute, "precompute", false, "bench exchange: make nonce keys and requests before the clock starts; verify a sample of responses after")
-	fs.BoolVar(&o.jsonl, "json", false, "bench: print the result as one JSON object")
-	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
-	words, err := cli.Parse(fs, args)
+	parser, err := kong.New(&o,
+		kong.Name("custos"),
+		kong.Description("The Custos client. Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success."),
+		kong.Vars{"defaultState": defaultState()},
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(exit(code)) }),
+	)
 	if err != nil {
-		return 2
+		panic(err) // the grammar above is wrong
 	}
-	if len(words) == 0 {
-		fs.Usage()
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(exit)
+			if !ok {
+				panic(r)
+			}
+			code = int(e)
+		}
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "custos: %v (custos -h for help)\n", err)
 		return 2
 	}
 	fail := func(err error) int {
@@ -85,45 +107,45 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 		}
 		return 1
 	}
-	switch cmd := words[0]; cmd {
-	case "inspect":
-		return cmdInspect(words[1:], stdin, stdout, stderr)
-	case "keygen":
-		if o.out == "" || len(words) != 1 {
-			return fail(usageError("usage: custos keygen --out FILE"))
+	switch cmd := strings.Fields(kctx.Command()); cmd[0] {
+	case "help":
+		hctx, err := kong.Trace(parser, o.Help.Command)
+		if err == nil {
+			err = hctx.Error
 		}
-		k, err := client.GenerateKey(o.out)
+		if err != nil {
+			return fail(usageError(err.Error()))
+		}
+		hctx.PrintUsage(false)
+		return 0
+	case "inspect":
+		return cmdInspect(o.Inspect.File, stdin, stdout, stderr)
+	case "keygen":
+		k, err := client.GenerateKey(o.Keygen.Out)
 		if err != nil {
 			return fail(err)
 		}
 		pub, _ := client.PublicKeyJSON(k)
 		fmt.Fprintf(stdout, "%s\n", pub)
-		fmt.Fprintf(stderr, "custos: wrote the credential %s to %s; register the public key above with the service\n", k.Public().KeyID(), o.out)
+		fmt.Fprintf(stderr, "custos: wrote the credential %s to %s; register the public key above with the service\n", k.Public().KeyID(), o.Keygen.Out)
 		return 0
 	case "exchange", "rekey", "get", "post":
-		if len(words) != 2 {
-			return fail(usageError(fmt.Sprintf("usage: custos %s URL", cmd)))
-		}
-		if err := call(&o, cmd, words[1], stdout, stderr); err != nil {
+		rawURL := map[string]string{"exchange": o.Exchange.URL, "rekey": o.Rekey.URL, "get": o.Get.URL, "post": o.Post.URL}[cmd[0]]
+		if err := call(&o, cmd[0], rawURL, stdout, stderr); err != nil {
 			return fail(err)
 		}
 		return 0
 	case "bench":
-		if len(words) != 3 {
-			return fail(usageError("usage: custos bench exchange|requests URL -c N -d DURATION"))
+		b, precompute := o.Bench.Requests, false
+		if cmd[1] == bench.Exchange {
+			b, precompute = o.Bench.Exchange.benchFlags, o.Bench.Exchange.Precompute
 		}
-		if err := cmdBench(&o, words[1], words[2], stdout, stderr); err != nil {
+		if err := cmdBench(&o, cmd[1], b, precompute, stdout, stderr); err != nil {
 			return fail(err)
 		}
 		return 0
-	case "help":
-		fs.SetOutput(stdout)
-		fs.Usage()
-		return 0
-	default:
-		fs.Usage()
-		return fail(usageError(fmt.Sprintf("unknown command %q", cmd)))
 	}
+	return 0
 }
 
 type usageError string
@@ -131,9 +153,6 @@ type usageError string
 func (e usageError) Error() string { return string(e) }
 
 func defaultState() string {
-	if v := os.Getenv("CUSTOS_STATE"); v != "" {
-		return v
-	}
 	dir, err := os.UserConfigDir()
 	if err != nil {
 		return ".custos"
@@ -147,10 +166,10 @@ func (o *options) target(rawURL string) (*url.URL, *exchange.ClientKey, error) {
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return nil, nil, usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
 	}
-	if o.key == "" {
+	if o.Key == "" {
 		return nil, nil, usageError("no credential: give --key FILE (make one with custos keygen --out FILE, and register it with the service)")
 	}
-	key, err := client.LoadKey(o.key)
+	key, err := client.LoadKey(o.Key)
 	return u, key, err
 }
 
@@ -160,7 +179,7 @@ func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer key.Zero()
-	tr := &client.Transport{Key: key, State: &client.State{Dir: o.state}, PinnedKID: o.pin, Encrypt: o.encrypt}
+	tr := &client.Transport{Key: key, State: &client.State{Dir: o.State}, PinnedKID: o.Pin, Encrypt: o.Encrypt}
 	ctx := context.Background()
 	origin := u.Scheme + "://" + u.Host
 	switch cmd {
@@ -181,7 +200,7 @@ func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
 	var body io.Reader
 	method := http.MethodGet
 	if cmd == "post" {
-		method, body = http.MethodPost, strings.NewReader(o.data)
+		method, body = http.MethodPost, strings.NewReader(o.Post.Data)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, rawURL, body)
 	if err != nil {

@@ -30,17 +30,14 @@ func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) er
 	return nil
 }
 
-func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, out io.Writer) error {
-	if len(args) != 1 {
-		return usageError("usage: custosd keys list | rotate-ticket-key | rotate-credential | prune [--window D]")
-	}
+func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out io.Writer) error {
 	tok, ks, err := c.openKeystore(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer tok.Close()
 	audit := func(action, subject, detail string) error { return nil }
-	if args[0] != "list" {
+	if verb != "list" {
 		reg, err := c.openRegistry(ctx)
 		if err != nil {
 			return err
@@ -48,7 +45,7 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		defer reg.Close()
 		audit = func(action, subject, detail string) error { return record(ctx, reg, log, action, subject, detail) }
 	}
-	switch args[0] {
+	switch verb {
 	case "list":
 		keys, err := ks.Keys(ctx)
 		if err != nil {
@@ -75,23 +72,18 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		fmt.Fprintf(out, "new service credential %s is active; clients that pinned the old one must re-pin\n", k.ID)
 		return audit("keys rotate-credential", k.ID, "")
 	case "prune":
-		window, err := c.pruneDuration()
-		if err != nil {
-			return err
-		}
-		if floor, err := c.ticketLifetime(); err != nil {
-			return err
-		} else if window < floor {
+		window := c.pruneDuration()
+		if floor := c.ticketLifetime(); window < floor {
 			return usageError(fmt.Sprintf("--window %s is shorter than a ticket can live (session lifetime + rekey window = %s): keys retired since could still open live tickets", window, floor))
 		}
-		pruned, err := ks.Prune(ctx, window, c.dryRun)
+		pruned, err := ks.Prune(ctx, window, c.Keys.Prune.DryRun)
 		verb := "deleted"
-		if c.dryRun {
+		if c.Keys.Prune.DryRun {
 			verb = "would delete"
 		}
 		for _, k := range pruned {
 			fmt.Fprintf(out, "%s %s %s (created %s, retired %s)\n", verb, k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339), k.Retired.UTC().Format(time.RFC3339))
-			if !c.dryRun {
+			if !c.Keys.Prune.DryRun {
 				if aerr := audit("keys prune", k.ID, string(k.Kind)+" retired "+k.Retired.UTC().Format(time.RFC3339)); aerr != nil {
 					return aerr
 				}
@@ -103,34 +95,25 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, args []string, ou
 		if len(pruned) == 0 {
 			fmt.Fprintf(out, "no key was retired more than %s ago\n", window)
 		}
-	default:
-		return usageError(fmt.Sprintf("unknown keys command %q", args[0]))
 	}
 	return nil
 }
 
 // pruneDuration is --window, else --prune-window, else the longest a
 // ticket can stay useful: the rekey window plus a session lifetime.
-func (c *config) pruneDuration() (time.Duration, error) {
+func (c *config) pruneDuration() time.Duration {
 	switch {
-	case c.window != "":
-		return duration("window", c.window)
-	case c.pruneWindow != "":
-		return duration("prune-window", c.pruneWindow)
+	case c.Keys.Prune.Window != 0:
+		return c.Keys.Prune.Window
+	case c.PruneWindow != 0:
+		return c.PruneWindow
 	}
 	return c.ticketLifetime()
 }
 
 // ticketLifetime is the longest a ticket can be used: a key retired less
 // than this ago may still open a live ticket.
-func (c *config) ticketLifetime() (time.Duration, error) {
-	rw, err := duration("rekey-window", c.rekeyWindow)
-	if err != nil {
-		return 0, err
-	}
-	sl, err := duration("session-lifetime", c.session)
-	return rw + sl, err
-}
+func (c *config) ticketLifetime() time.Duration { return c.RekeyWindow + c.Session }
 
 // record appends an administrative action to the registry's audit trail,
 // with the OS user who ran it, and logs it as one line.
@@ -149,12 +132,8 @@ func record(ctx context.Context, reg *accounts.Registry, log *slog.Logger, actio
 // cmdAudit lists the audit trail, from --since on.
 func cmdAudit(ctx context.Context, c *config, out io.Writer) error {
 	var since time.Time
-	if c.since != "" {
-		d, err := duration("since", c.since)
-		if err != nil {
-			return err
-		}
-		since = time.Now().Add(-d)
+	if c.Audit.Since != 0 {
+		since = time.Now().Add(-c.Audit.Since)
 	}
 	reg, err := c.openRegistry(ctx)
 	if err != nil {
@@ -173,46 +152,33 @@ func cmdAudit(ctx context.Context, c *config, out io.Writer) error {
 	return tw.Flush()
 }
 
-func cmdAccount(ctx context.Context, c *config, log *slog.Logger, args []string, out io.Writer) error {
-	if len(args) == 0 {
-		return usageError("usage: custosd account add ACCOUNT --credential FILE | list | disable ACCOUNT | enable ACCOUNT | remove ACCOUNT | remove-credential ACCOUNT KID")
-	}
+func cmdAccount(ctx context.Context, c *config, log *slog.Logger, verb string, out io.Writer) error {
 	reg, err := c.openRegistry(ctx)
 	if err != nil {
 		return err
 	}
 	defer reg.Close()
-	need := func(n int) error {
-		if len(args) != n+1 {
-			return usageError(fmt.Sprintf("custosd account %s takes %d argument(s)", args[0], n))
-		}
-		return nil
-	}
-	switch args[0] {
+	a := &c.Account
+	switch verb {
 	case "add":
-		if err := need(1); err != nil {
-			return err
-		}
-		if c.credential == "" {
-			return usageError("custosd account add needs --credential FILE (the {\"PublicKeyDH\":…} that `custos keygen` printed)")
-		}
-		b, err := os.ReadFile(c.credential)
+		account, file := a.Add.Account, a.Add.Credential
+		b, err := os.ReadFile(file)
 		if err != nil {
 			return err
 		}
 		var k wire.PublicKey
 		if err := wire.Unmarshal(b, &k); err != nil {
-			return fmt.Errorf("%s does not hold a {\"PublicKeyDH\":…} object: %v", c.credential, err)
+			return fmt.Errorf("%s does not hold a {\"PublicKeyDH\":…} object: %v", file, err)
 		}
 		e, err := exchange.ParseKey(&k, "credential")
 		if err != nil {
-			return fmt.Errorf("%s: %v", c.credential, err)
+			return fmt.Errorf("%s: %v", file, err)
 		}
-		if err := reg.Add(ctx, args[1], e); err != nil {
+		if err := reg.Add(ctx, account, e); err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "%s may now exchange with credential %s\n", args[1], e.KeyID())
-		return record(ctx, reg, log, "account add", args[1], e.KeyID())
+		fmt.Fprintf(out, "%s may now exchange with credential %s\n", account, e.KeyID())
+		return record(ctx, reg, log, "account add", account, e.KeyID())
 	case "list":
 		list, err := reg.List(ctx)
 		if err != nil {
@@ -234,38 +200,33 @@ func cmdAccount(ctx context.Context, c *config, log *slog.Logger, args []string,
 		}
 		return tw.Flush()
 	case "disable", "enable":
-		if err := need(1); err != nil {
-			return err
+		account := a.Disable.Account
+		if verb == "enable" {
+			account = a.Enable.Account
 		}
-		if err := reg.SetDisabled(ctx, args[1], args[0] == "disable"); err != nil {
-			return accountErr(args[1], err)
+		if err := reg.SetDisabled(ctx, account, verb == "disable"); err != nil {
+			return accountErr(account, err)
 		}
-		fmt.Fprintf(out, "%s %sd\n", args[1], args[0])
-		return record(ctx, reg, log, "account "+args[0], args[1], "")
+		fmt.Fprintf(out, "%s %sd\n", account, verb)
+		return record(ctx, reg, log, "account "+verb, account, "")
 	case "remove":
-		if err := need(1); err != nil {
-			return err
+		if err := reg.Remove(ctx, a.Remove.Account); err != nil {
+			return accountErr(a.Remove.Account, err)
 		}
-		if err := reg.Remove(ctx, args[1]); err != nil {
-			return accountErr(args[1], err)
-		}
-		fmt.Fprintf(out, "%s removed\n", args[1])
-		return record(ctx, reg, log, "account remove", args[1], "")
+		fmt.Fprintf(out, "%s removed\n", a.Remove.Account)
+		return record(ctx, reg, log, "account remove", a.Remove.Account, "")
 	case "remove-credential":
-		if err := need(2); err != nil {
-			return err
-		}
-		if err := reg.RemoveCredential(ctx, args[1], args[2]); err != nil {
+		account, kid := a.RemoveCredential.Account, a.RemoveCredential.KID
+		if err := reg.RemoveCredential(ctx, account, kid); err != nil {
 			if errors.Is(err, accounts.ErrNotFound) {
-				return fmt.Errorf("no credential %s on account %q (see custosd account list)", args[2], args[1])
+				return fmt.Errorf("no credential %s on account %q (see custosd account list)", kid, account)
 			}
 			return err
 		}
-		fmt.Fprintf(out, "credential %s removed from %s; its sessions stop within 30 s\n", args[2], args[1])
-		return record(ctx, reg, log, "account remove-credential", args[1], args[2])
-	default:
-		return usageError(fmt.Sprintf("unknown account command %q", args[0]))
+		fmt.Fprintf(out, "credential %s removed from %s; its sessions stop within 30 s\n", kid, account)
+		return record(ctx, reg, log, "account remove-credential", account, kid)
 	}
+	return nil
 }
 
 func accountErr(account string, err error) error {

@@ -5,8 +5,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -14,163 +14,180 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/alecthomas/kong"
+
 	"github.com/custos-kx/custos/accounts"
-	"github.com/custos-kx/custos/cmd/internal/cli"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/keystore/p11"
 )
 
-const usage = `usage: custosd [flags] COMMAND [ARGS]
-
-Commands:
-  init                                create the service credential and a ticket key if absent; print the kid
-  serve                               serve the jwcexchange endpoint and authenticated requests
-  account add ACCOUNT --credential F  bind the credential in F ({"PublicKeyDH":…}) to ACCOUNT
-  account list | disable A | enable A | remove A | remove-credential A KID
-  keys list | rotate-ticket-key | rotate-credential | prune [--window D] [--dry-run]
-  audit [--since D]                   the administrators' trail: who did what, when
-
-Flags (each also an environment variable, and a key of the --config file):
-`
-
-// config is every setting of custosd.
+// config is every setting of custosd, and its command line: kong reads a
+// flag, else its environment variable, else the --config file's key of the
+// flag's name (see configFile).
 type config struct {
-	configFile                   string
-	module                       string
-	uri                          string
-	tokenLabel                   string
-	pinFile                      string
-	metricsListen                string
-	dryRun                       bool
-	since                        string
-	pinFileFlag                  bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
-	tokenLabelSet                bool // --token-label or CUSTOS_TOKEN_LABEL was given
-	db                           string
-	listen                       string
-	tlsCert                      string
-	tlsKey                       string
-	insecure                     string
-	upstream                     string
-	session                      string
-	rekeyWindow                  string
-	pruneWindow                  string
-	maxSessions                  string
-	maxExch                      string
-	ratePerAddr                  string
-	ratePerAcct                  string
-	keyRefresh                   string
-	logFormat                    string
-	requestLog, requestLogSample string
-	credential                   string
-	window                       string
+	Config  kong.ConfigFlag  `name:"config" env:"CUSTOS_CONFIG" placeholder:"FILE" help:"JSON config file of settings keyed by flag name"`
+	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
+
+	settings `embed:"" group:"settings"`
+
+	Init    struct{}   `cmd:"" help:"Create the service credential and a ticket key if absent; print the kid."`
+	Serve   struct{}   `cmd:"" help:"Serve the jwcexchange endpoint and authenticated requests."`
+	Account accountCmd `cmd:"" help:"Manage the account registry."`
+	Keys    keysCmd    `cmd:"" help:"Manage the token's keys."`
+	Audit   struct {
+		Since time.Duration `name:"since" placeholder:"D" help:"only the entries of the last D (e.g. 24h)"`
+	} `cmd:"" help:"The administrators' trail: who did what, when."`
+	Help struct {
+		Command []string `arg:"" optional:"" help:"the command to explain"`
+	} `cmd:"" help:"Show the help of a command."`
+
+	pinFileFlag   bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
+	tokenLabelSet bool // --token-label or CUSTOS_TOKEN_LABEL was given
+}
+
+// settings are the flags every command takes, each with an environment
+// variable and a config file key.
+type settings struct {
+	Module           string        `name:"pkcs11-module" env:"CUSTOS_PKCS11_MODULE" placeholder:"FILE" help:"path of the PKCS#11 library"`
+	URI              string        `name:"pkcs11-uri" env:"CUSTOS_PKCS11_URI" placeholder:"URI" help:"RFC 7512 URI naming module, token and PIN source (instead of the three flags)"`
+	TokenLabel       string        `name:"token-label" env:"CUSTOS_TOKEN_LABEL" default:"custos" help:"label of the token holding the keys"`
+	PINFile          string        `name:"pin-file" env:"CUSTOS_PIN_FILE" placeholder:"FILE" help:"file holding the token's user PIN (or set CUSTOS_PIN)"`
+	MaxSessions      int           `name:"max-sessions" env:"CUSTOS_MAX_SESSIONS" default:"16" help:"PKCS#11 sessions in the pool (operations on the token at once)"`
+	DB               string        `name:"db" env:"CUSTOS_DB" default:"${defaultDB}" help:"account registry: a SQLite file (the default is relative to the working directory; only its directory var is created) or a postgres:// DSN"`
+	Listen           string        `name:"listen" env:"CUSTOS_LISTEN" default:"127.0.0.1:8443" help:"address to serve on"`
+	MetricsListen    string        `name:"metrics-listen" env:"CUSTOS_METRICS_LISTEN" placeholder:"ADDR" help:"serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)"`
+	TLSCert          string        `name:"tls-cert" env:"CUSTOS_TLS_CERT" placeholder:"FILE" help:"TLS certificate file (PEM)"`
+	TLSKey           string        `name:"tls-key" env:"CUSTOS_TLS_KEY" placeholder:"FILE" help:"TLS private key file (PEM)"`
+	Insecure         bool          `name:"insecure-http" env:"CUSTOS_INSECURE_HTTP" help:"serve plain HTTP on an address other than loopback"`
+	Upstream         string        `name:"upstream" env:"CUSTOS_UPSTREAM" placeholder:"URL" help:"URL to forward authenticated requests to, with the account in Custos-Account"`
+	Session          time.Duration `name:"session-lifetime" env:"CUSTOS_SESSION_LIFETIME" default:"1h" help:"how long a session's keys authenticate requests"`
+	RekeyWindow      time.Duration `name:"rekey-window" env:"CUSTOS_REKEY_WINDOW" default:"168h" help:"how long after an exchange a session may be rekeyed"`
+	PruneWindow      time.Duration `name:"prune-window" env:"CUSTOS_PRUNE_WINDOW" placeholder:"D" help:"keys prune deletes keys retired longer ago than this (default and least: rekey window + session lifetime)"`
+	KeyRefresh       time.Duration `name:"key-refresh" env:"CUSTOS_KEY_REFRESH" default:"30s" help:"how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)"`
+	RatePerAddr      string        `name:"rate-per-address" env:"CUSTOS_RATE_PER_ADDRESS" default:"20/50" help:"exchanges and rekeys a second from one client address, and the burst allowed (0: no limit)"`
+	RatePerAcct      string        `name:"rate-per-account" env:"CUSTOS_RATE_PER_ACCOUNT" default:"5/20" help:"exchanges and rekeys a second for one account, and the burst allowed (0: no limit)"`
+	MaxExch          int           `name:"max-exchanges" env:"CUSTOS_MAX_EXCHANGES" default:"0" help:"exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs)"`
+	LogFormat        string        `name:"log-format" env:"CUSTOS_LOG_FORMAT" default:"text" enum:"text,json" help:"log format: text or json"`
+	RequestLog       string        `name:"request-log" env:"CUSTOS_REQUEST_LOG" default:"info" enum:"debug,info,warn,off" help:"level of the line per answered authenticated request: debug, info, warn or off (refusals are always logged)"`
+	RequestLogSample int           `name:"request-log-sample" env:"CUSTOS_REQUEST_LOG_SAMPLE" default:"1" help:"log one answered authenticated request in this many"`
+}
+
+type accountCmd struct {
+	Add struct {
+		Account    string `arg:""`
+		Credential string `name:"credential" required:"" placeholder:"FILE" help:"file holding the credential's {\"PublicKeyDH\":…} that custos keygen printed"`
+	} `cmd:"" help:"Bind the credential in FILE to the account."`
+	List    struct{} `cmd:"" help:"List the accounts and their credentials."`
+	Disable struct {
+		Account string `arg:""`
+	} `cmd:"" help:"Refuse the account's exchanges and sessions."`
+	Enable struct {
+		Account string `arg:""`
+	} `cmd:"" help:"Let a disabled account in again."`
+	Remove struct {
+		Account string `arg:""`
+	} `cmd:"" help:"Delete the account and its credentials."`
+	RemoveCredential struct {
+		Account string `arg:""`
+		KID     string `arg:""`
+	} `cmd:"" name:"remove-credential" help:"Unbind the credential kid from the account."`
+}
+
+type keysCmd struct {
+	List            struct{} `cmd:"" help:"List the token's keys."`
+	RotateTicketKey struct{} `cmd:"" name:"rotate-ticket-key" help:"Make a new ticket key the active one."`
+	RotateCred      struct{} `cmd:"" name:"rotate-credential" help:"Make a new service credential the active one."`
+	Prune           struct {
+		Window time.Duration `name:"window" placeholder:"D" help:"delete keys retired longer ago than this (at least session lifetime + rekey window; default --prune-window)"`
+		DryRun bool          `name:"dry-run" help:"print what would be deleted, delete nothing"`
+	} `cmd:"" help:"Delete retired keys no live ticket can need."`
 }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// exit carries kong's request to exit (after -h or --version) out of Parse.
+type exit int
+
+func run(args []string, stdout, stderr io.Writer) (code int) {
 	var c config
-	fs := flag.NewFlagSet("custosd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	opt := func(flag, env, def, usage string, v *string) cli.Setting {
-		return cli.Setting{Flag: flag, Env: env, Default: def, Usage: usage, Value: v}
-	}
-	settings := []cli.Setting{
-		opt("pkcs11-module", "CUSTOS_PKCS11_MODULE", "", "path of the PKCS#11 library", &c.module),
-		opt("pkcs11-uri", "CUSTOS_PKCS11_URI", "", "RFC 7512 URI naming module, token and PIN source (instead of the three flags)", &c.uri),
-		opt("token-label", "CUSTOS_TOKEN_LABEL", "custos", "label of the token holding the keys", &c.tokenLabel),
-		opt("pin-file", "CUSTOS_PIN_FILE", "", "file holding the token's user PIN (or set CUSTOS_PIN)", &c.pinFile),
-		opt("db", "CUSTOS_DB", defaultDB, "account registry: a SQLite file (the default is relative to the working directory; only its directory var is created) or a postgres:// DSN", &c.db),
-		opt("listen", "CUSTOS_LISTEN", "127.0.0.1:8443", "address to serve on", &c.listen),
-		opt("metrics-listen", "CUSTOS_METRICS_LISTEN", "", "serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)", &c.metricsListen),
-		opt("tls-cert", "CUSTOS_TLS_CERT", "", "TLS certificate file (PEM)", &c.tlsCert),
-		opt("tls-key", "CUSTOS_TLS_KEY", "", "TLS private key file (PEM)", &c.tlsKey),
-		opt("insecure-http", "CUSTOS_INSECURE_HTTP", "false", "serve plain HTTP on an address other than loopback", &c.insecure),
-		opt("upstream", "CUSTOS_UPSTREAM", "", "URL to forward authenticated requests to, with the account in Custos-Account", &c.upstream),
-		opt("session-lifetime", "CUSTOS_SESSION_LIFETIME", "1h", "how long a session's keys authenticate requests", &c.session),
-		opt("rekey-window", "CUSTOS_REKEY_WINDOW", "168h", "how long after an exchange a session may be rekeyed", &c.rekeyWindow),
-		opt("prune-window", "CUSTOS_PRUNE_WINDOW", "", "keys prune deletes keys retired longer ago than this (default and least: rekey window + session lifetime)", &c.pruneWindow),
-		opt("max-sessions", "CUSTOS_MAX_SESSIONS", "16", "PKCS#11 sessions in the pool (operations on the token at once)", &c.maxSessions),
-		opt("rate-per-address", "CUSTOS_RATE_PER_ADDRESS", "20/50", "exchanges and rekeys a second from one client address, and the burst allowed (0: no limit)", &c.ratePerAddr),
-		opt("rate-per-account", "CUSTOS_RATE_PER_ACCOUNT", "5/20", "exchanges and rekeys a second for one account, and the burst allowed (0: no limit)", &c.ratePerAcct),
-		opt("max-exchanges", "CUSTOS_MAX_EXCHANGES", "0", "exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs)", &c.maxExch),
-		opt("log-format", "CUSTOS_LOG_FORMAT", "text", "log format: text or json", &c.logFormat),
-		opt("request-log", "CUSTOS_REQUEST_LOG", "info", "level of the line per answered authenticated request: debug, info, warn or off (refusals are always logged)", &c.requestLog),
-		opt("request-log-sample", "CUSTOS_REQUEST_LOG_SAMPLE", "1", "log one answered authenticated request in this many", &c.requestLogSample),
-		opt("key-refresh", "CUSTOS_KEY_REFRESH", "30s", "how often serve re-reads the token's keys to pick up rotations by other processes (SIGHUP: now)", &c.keyRefresh),
-	}
-	cli.Define(fs, settings)
-	fs.StringVar(&c.configFile, "config", os.Getenv("CUSTOS_CONFIG"), "JSON config file of flag-named settings (env CUSTOS_CONFIG)")
-	fs.StringVar(&c.credential, "credential", "", "account add: file holding the credential's {\"PublicKeyDH\":…}")
-	fs.StringVar(&c.window, "window", "", "keys prune: delete keys retired longer ago than this (at least session lifetime + rekey window)")
-	fs.BoolVar(&c.dryRun, "dry-run", false, "keys prune: print what would be deleted, delete nothing")
-	fs.StringVar(&c.since, "since", "", "audit: only the entries of the last D (e.g. 24h)")
-	showVersion := fs.Bool("version", false, "print the version and exit")
-	fs.Usage = func() {
-		fmt.Fprint(stderr, usage)
-		fs.PrintDefaults()
-	}
-	words, err := cli.Parse(fs, args)
-	if errors.Is(err, flag.ErrHelp) {
-		return 0 // -h asked for the usage, which was printed
-	}
+	parser, err := kong.New(&c,
+		kong.Name("custosd"),
+		kong.Description("The Custos service and its administration."),
+		kong.Vars{"defaultDB": defaultDB, "version": "custosd " + version() + " " + runtime.Version()},
+		kong.Configuration(configFile),
+		kong.KindMapper(reflect.Bool, strictBool{}),
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(exit(code)) }),
+		kong.ExplicitGroups([]kong.Group{{Key: "settings", Title: "Settings (a flag, else its $CUSTOS_ variable, else its --config key):"}}),
+	)
 	if err != nil {
-		return 2
+		panic(err) // the grammar above is wrong
 	}
-	if *showVersion {
-		fmt.Fprintln(stdout, "custosd", version(), runtime.Version())
-		return 0
-	}
-	if err := cli.Resolve(fs, settings, c.configFile); err != nil {
-		fmt.Fprintln(stderr, "custosd:", err)
-		return 2
-	}
-	fs.Visit(func(f *flag.Flag) {
-		switch f.Name {
-		case "pin-file":
-			c.pinFileFlag = true
-		case "token-label":
-			c.tokenLabelSet = true
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(exit)
+			if !ok {
+				panic(r)
+			}
+			code = int(e)
 		}
-	})
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		fmt.Fprintf(stderr, "custosd: %v (custosd -h for help)\n", err)
+		return 2
+	}
+	for _, p := range kctx.Path {
+		if p.Flag != nil && !p.Resolved { // on the command line, not from the config file
+			c.pinFileFlag = c.pinFileFlag || p.Flag.Name == "pin-file"
+			c.tokenLabelSet = c.tokenLabelSet || p.Flag.Name == "token-label"
+		}
+	}
 	if os.Getenv("CUSTOS_TOKEN_LABEL") != "" {
 		c.tokenLabelSet = true
 	}
-	if len(words) == 0 {
-		fs.Usage()
-		return 2
+	cmd := strings.Fields(kctx.Command())
+	if cmd[0] == "help" {
+		hctx, err := kong.Trace(parser, c.Help.Command)
+		if err == nil {
+			err = hctx.Error
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "custosd: %v (custosd -h for help)\n", err)
+			return 2
+		}
+		hctx.PrintUsage(false)
+		return 0
 	}
 	if err := c.check(); err != nil {
 		fmt.Fprintln(stderr, "custosd:", err)
 		return 2
 	}
-	log := newLogger(c.logFormat, stderr)
+	log := newLogger(c.LogFormat, stderr)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
 	var runErr error
-	switch words[0] {
+	switch cmd[0] {
 	case "init":
 		runErr = cmdInit(ctx, &c, log, stdout)
 	case "serve":
 		runErr = cmdServe(ctx, &c, log)
 	case "account":
-		runErr = cmdAccount(ctx, &c, log, words[1:], stdout)
+		runErr = cmdAccount(ctx, &c, log, cmd[1], stdout)
 	case "audit":
 		runErr = cmdAudit(ctx, &c, stdout)
 	case "keys":
-		runErr = cmdKeys(ctx, &c, log, words[1:], stdout)
-	default:
-		fmt.Fprintf(stderr, "custosd: unknown command %q\n", words[0])
-		fs.Usage()
-		return 2
+		runErr = cmdKeys(ctx, &c, log, cmd[1], stdout)
 	}
 	var ue usageError
 	if errors.As(runErr, &ue) {
@@ -184,22 +201,117 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
+// strictBool reads a boolean as strconv.ParseBool does, refusing the "yes"
+// and "no" kong would take: --insecure-http=yse must not quietly mean false.
+type strictBool struct{}
+
+func (strictBool) IsBool() bool { return true }
+
+func (strictBool) Decode(ctx *kong.DecodeContext, target reflect.Value) error {
+	if ctx.Scan.Peek().Type != kong.FlagValueToken {
+		target.SetBool(true) // a bare --flag
+		return nil
+	}
+	switch v := ctx.Scan.Pop().Value.(type) {
+	case bool: // from the config file
+		target.SetBool(v)
+		return nil
+	case string:
+		if b, err := strconv.ParseBool(v); err == nil {
+			target.SetBool(b)
+			return nil
+		}
+		return fmt.Errorf("%q is not true or false", v)
+	default:
+		return fmt.Errorf("%v is not true or false", v)
+	}
+}
+
+// configFile reads the --config file: a JSON object keyed by the names of
+// the settings, the flags that have an environment variable. It may name
+// a PIN file, never hold a PIN.
+func configFile(r io.Reader) (kong.Resolver, error) {
+	name := "the config file"
+	if f, ok := r.(interface{ Name() string }); ok {
+		name += " " + f.Name()
+	}
+	var values map[string]any
+	if err := json.NewDecoder(r).Decode(&values); err != nil {
+		return nil, fmt.Errorf("%s is not a JSON object: %v", name, err)
+	}
+	for k := range values {
+		if strings.Contains(k, "pin") && k != "pin-file" {
+			return nil, fmt.Errorf("%s has a setting %q: it may name a PIN file (pin-file), never hold a PIN", name, k)
+		}
+	}
+	return fileSettings{name, values}, nil
+}
+
+type fileSettings struct {
+	name   string
+	values map[string]any
+}
+
+func isSetting(f *kong.Flag) bool { return len(f.Envs) > 0 && f.Name != "config" }
+
+// Resolve gives a setting from the file only if its environment variable
+// is unset: kong by itself would let the file override the environment.
+func (s fileSettings) Resolve(_ *kong.Context, _ *kong.Path, f *kong.Flag) (any, error) {
+	if !isSetting(f) {
+		return nil, nil
+	}
+	for _, env := range f.Envs {
+		if _, ok := os.LookupEnv(env); ok {
+			return nil, nil
+		}
+	}
+	return s.values[f.Name], nil
+}
+
+// Validate refuses a key that is no setting, which would otherwise be
+// ignored without a word.
+func (s fileSettings) Validate(app *kong.Application) error {
+	known := map[string]bool{}
+	for _, f := range app.Flags {
+		known[f.Name] = isSetting(f)
+	}
+	for k := range s.values {
+		if !known[k] {
+			return fmt.Errorf("%s has an unknown setting %q", s.name, k)
+		}
+	}
+	return nil
+}
+
 type usageError string
 
 func (e usageError) Error() string { return string(e) }
 
-// check refuses settings that would otherwise be read as something else
-// without a word: a boolean that is not one, an unknown log format, two
-// ways of naming the token.
+// check refuses what kong cannot: two ways of naming the token, and
+// numbers out of their range.
 func (c *config) check() error {
-	if _, err := strconv.ParseBool(c.insecure); err != nil {
-		return usageError(fmt.Sprintf("--insecure-http %q is not true or false", c.insecure))
-	}
-	if c.logFormat != "text" && c.logFormat != "json" {
-		return usageError(fmt.Sprintf("--log-format %q is not text or json", c.logFormat))
-	}
-	if c.uri != "" && (c.module != "" || c.tokenLabelSet) {
+	if c.URI != "" && (c.Module != "" || c.tokenLabelSet) {
 		return usageError("give the token either as --pkcs11-uri or as --pkcs11-module and --token-label, not both")
+	}
+	for _, d := range []struct {
+		name      string
+		d         time.Duration
+		zeroUnset bool // 0 is "not given"
+	}{
+		{"session-lifetime", c.Session, false}, {"rekey-window", c.RekeyWindow, false}, {"key-refresh", c.KeyRefresh, false},
+		{"prune-window", c.PruneWindow, true}, {"window", c.Keys.Prune.Window, true}, {"since", c.Audit.Since, true},
+	} {
+		if d.d < 0 || d.d == 0 && !d.zeroUnset {
+			return usageError(fmt.Sprintf("--%s %s is not a positive duration (like 1h or 30m)", d.name, d.d))
+		}
+	}
+	for _, n := range []struct {
+		name     string
+		n, least int
+	}{{"max-sessions", c.MaxSessions, 1}, {"max-exchanges", c.MaxExch, 0}, {"request-log-sample", c.RequestLogSample, 1}} {
+		if n.n < n.least {
+			return usageError(fmt.Sprintf("--%s %d is less than %d", n.name, n.n, n.least))
+		}
 	}
 	return nil
 }
@@ -211,14 +323,6 @@ func newLogger(format string, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, nil))
 }
 
-func duration(name, v string) (time.Duration, error) {
-	d, err := time.ParseDuration(v)
-	if err != nil || d <= 0 {
-		return 0, usageError(fmt.Sprintf("--%s %q is not a positive duration (like 1h or 30m)", name, v))
-	}
-	return d, nil
-}
-
 // hsmConfig assembles the token configuration. The PIN comes from, in
 // this order: the URI's pin-source; an explicit --pin-file; CUSTOS_PIN; the PIN file of
 // CUSTOS_PIN_FILE or the config file; the URI's pin-source — never from
@@ -226,33 +330,33 @@ func duration(name, v string) (time.Duration, error) {
 // the environment.
 func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	var hc hsm.Config
-	if c.uri != "" {
-		if hsm.URIHoldsPIN(c.uri) && os.Getenv("CUSTOS_PKCS11_URI") != c.uri {
+	if c.URI != "" {
+		if hsm.URIHoldsPIN(c.URI) && os.Getenv("CUSTOS_PKCS11_URI") != c.URI {
 			return hc, errors.New("the pkcs11-uri holds the PIN (pin-value=), which custosd accepts only from the environment (CUSTOS_PKCS11_URI), never from the command line or the config file; use pin-source=file:PATH instead")
 		}
 		var err error
-		if hc, err = hsm.ParseURI(c.uri); err != nil {
+		if hc, err = hsm.ParseURI(c.URI); err != nil {
 			return hc, err
 		}
 	}
 	if hc.Module == "" {
-		hc.Module = c.module
+		hc.Module = c.Module
 	}
 	if hc.TokenLabel == "" {
-		hc.TokenLabel = c.tokenLabel
+		hc.TokenLabel = c.TokenLabel
 	}
 	switch {
 	case hc.PIN != "": // the URI's pin-source (or, from the environment, pin-value)
 	case c.pinFileFlag:
-		pin, err := hsm.ReadPINFile(c.pinFile)
+		pin, err := hsm.ReadPINFile(c.PINFile)
 		if err != nil {
 			return hc, err
 		}
 		hc.PIN = pin
 	case os.Getenv("CUSTOS_PIN") != "":
 		hc.PIN = os.Getenv("CUSTOS_PIN")
-	case c.pinFile != "":
-		pin, err := hsm.ReadPINFile(c.pinFile)
+	case c.PINFile != "":
+		pin, err := hsm.ReadPINFile(c.PINFile)
 		if err != nil {
 			return hc, err
 		}
@@ -260,11 +364,7 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	default:
 		return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
 	}
-	n, err := count("max-sessions", c.maxSessions, 1)
-	if err != nil {
-		return hc, err
-	}
-	hc.MaxSessions = n
+	hc.MaxSessions = c.MaxSessions
 	hc.Logger = log
 	return hc, nil
 }
@@ -289,23 +389,17 @@ func rateSetting(name, value string) (float64, int, error) {
 	return perSecond, burst, nil
 }
 
-// count parses a whole-number setting of at least least.
-// requestLogging reads --request-log and --request-log-sample.
-func (c *config) requestLogging() (level slog.Level, off bool, sample int, err error) {
-	switch c.requestLog {
-	case "off":
-		off = true
-	case "debug", "info", "warn":
-		if err := level.UnmarshalText([]byte(c.requestLog)); err != nil {
-			return 0, false, 0, err
-		}
-	default:
-		return 0, false, 0, usageError(fmt.Sprintf("--request-log %q is not one of debug, info, warn, off", c.requestLog))
+// requestLogging reads --request-log (kong has checked it is one of
+// debug, info, warn, off).
+func (c *config) requestLogging() (level slog.Level, off bool) {
+	if c.RequestLog == "off" {
+		return 0, true
 	}
-	sample, err = count("request-log-sample", c.requestLogSample, 1)
-	return level, off, sample, err
+	level.UnmarshalText([]byte(c.RequestLog))
+	return level, false
 }
 
+// count parses a whole number of at least least, the burst of a rate.
 func count(name, value string, least int) (int, error) {
 	n, err := strconv.Atoi(value)
 	if err != nil || n < least {
@@ -338,23 +432,23 @@ func (c *config) openKeystore(ctx context.Context, log *slog.Logger) (*hsm.Token
 const defaultDB = "var/custos.db"
 
 func (c *config) openRegistry(ctx context.Context) (*accounts.Registry, error) {
-	if c.db == defaultDB {
+	if c.DB == defaultDB {
 		if err := os.MkdirAll(filepath.Dir(defaultDB), 0o700); err != nil {
 			return nil, fmt.Errorf("creating the registry's directory %s: %w", c.registryName(), err)
 		}
 	}
-	return accounts.Open(ctx, c.db)
+	return accounts.Open(ctx, c.DB)
 }
 
 // registryName says where the registry is: a SQLite path made absolute
 // (the default is relative to the working directory), or the database
 // host of a PostgreSQL DSN, never its password.
 func (c *config) registryName() string {
-	if u, err := url.Parse(c.db); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+	if u, err := url.Parse(c.DB); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
 		return u.Scheme + "://" + u.Host + u.Path
 	}
-	if abs, err := filepath.Abs(c.db); err == nil {
+	if abs, err := filepath.Abs(c.DB); err == nil {
 		return abs
 	}
-	return c.db
+	return c.DB
 }

@@ -13,7 +13,6 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -30,46 +29,35 @@ import (
 )
 
 func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
-	session, err := duration("session-lifetime", c.session)
-	if err != nil {
-		return err
-	}
-	rekey, err := duration("rekey-window", c.rekeyWindow)
-	if err != nil {
-		return err
-	}
+	session, rekey := c.Session, c.RekeyWindow
 	var upstream *url.URL
-	if c.upstream != "" {
-		if upstream, err = url.Parse(c.upstream); err != nil || upstream.Scheme == "" || upstream.Host == "" {
-			return usageError(fmt.Sprintf("--upstream %q is not an absolute URL", c.upstream))
+	var err error
+	if c.Upstream != "" {
+		if upstream, err = url.Parse(c.Upstream); err != nil || upstream.Scheme == "" || upstream.Host == "" {
+			return usageError(fmt.Sprintf("--upstream %q is not an absolute URL", c.Upstream))
 		}
 	}
-	tlsOn := c.tlsCert != "" || c.tlsKey != ""
-	if tlsOn && (c.tlsCert == "" || c.tlsKey == "") {
+	tlsOn := c.TLSCert != "" || c.TLSKey != ""
+	if tlsOn && (c.TLSCert == "" || c.TLSKey == "") {
 		return usageError("give both --tls-cert and --tls-key")
 	}
 	var certs *certificate
 	if tlsOn {
 		// Loaded and checked before anything says "serving".
-		if certs, err = loadCertificate(c.tlsCert, c.tlsKey); err != nil {
+		if certs, err = loadCertificate(c.TLSCert, c.TLSKey); err != nil {
 			return err
 		}
 	}
-	insecure, _ := strconv.ParseBool(c.insecure)
-	if !tlsOn && !insecure && !loopback(c.listen) {
-		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.listen))
+	if !tlsOn && !c.Insecure && !loopback(c.Listen) {
+		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.Listen))
 	}
 
-	refresh, err := duration("key-refresh", c.keyRefresh)
-	if err != nil {
-		return err
-	}
 	tok, ks, err := c.openKeystore(ctx, log)
 	if err != nil {
 		return err
 	}
 	defer tok.Close()
-	ks.RefreshInterval = refresh
+	ks.RefreshInterval = c.KeyRefresh
 	go refreshOnHangup(ctx, ks, certs, log)
 	kid, err := ks.Credential(ctx)
 	if err != nil {
@@ -89,9 +77,9 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	// With --metrics-listen, /metrics is served there alone (an address
 	// operators reach and clients do not), not beside the API.
 	apiMetrics := metrics
-	if c.metricsListen != "" {
+	if c.MetricsListen != "" {
 		apiMetrics = nil
-		mln, err := net.Listen("tcp", c.metricsListen)
+		mln, err := net.Listen("tcp", c.MetricsListen)
 		if err != nil {
 			return fmt.Errorf("--metrics-listen: %w", err)
 		}
@@ -103,24 +91,17 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		log.Info("serving metrics", "url", "http://"+mln.Addr().String()+"/metrics")
 	}
 
-	maxExchanges, err := count("max-exchanges", c.maxExch, 0)
-	if err != nil {
-		return err
-	}
 	var limits httpapi.Limits
-	if limits.PerAddress, limits.AddressBurst, err = rateSetting("rate-per-address", c.ratePerAddr); err != nil {
+	if limits.PerAddress, limits.AddressBurst, err = rateSetting("rate-per-address", c.RatePerAddr); err != nil {
 		return err
 	}
-	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.ratePerAcct); err != nil {
+	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.RatePerAcct); err != nil {
 		return err
 	}
-	reqLevel, reqOff, reqSample, err := c.requestLogging()
-	if err != nil {
-		return err
-	}
+	reqLevel, reqOff := c.requestLogging()
 	svc := httpapi.New(httpapi.Config{
-		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: reqSample,
-		MaxExchanges: maxExchanges,
+		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
+		MaxExchanges: c.MaxExch,
 		Limits:       limits,
 		Engine:       &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
 		Accounts:     reg,
@@ -129,7 +110,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		Metrics:      apiMetrics,
 		Logger:       log,
 	})
-	ln, err := net.Listen("tcp", c.listen)
+	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return err
 	}
@@ -146,7 +127,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if tlsOn {
 		scheme = "https"
 	}
-	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "registry", c.registryName(), "upstream", c.upstream)
+	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "registry", c.registryName(), "upstream", c.Upstream)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsOn {
