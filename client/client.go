@@ -69,6 +69,9 @@ func (t *Transport) init() {
 		if t.RenewMargin <= 0 {
 			t.RenewMargin = 5 * time.Minute
 		}
+		// A margin as long as the session would renew before every
+		// request: renew at half the session's life at the latest.
+		t.RenewMargin = min(t.RenewMargin, t.SessionLifetime/2)
 		if t.Now == nil {
 			t.Now = time.Now
 		}
@@ -142,6 +145,10 @@ func (t *Transport) stored(origin string) (*session, error) {
 		return nil, err
 	}
 	if err := t.checkPin(origin, sess.serverKID); err != nil {
+		// The kept session was agreed with a credential the pin refuses:
+		// it is of no further use, and keeping it would make every request
+		// cost the service a refused request and rekey first.
+		t.State.setSession(origin, t.kid, nil)
 		return nil, err
 	}
 	return sess, nil
@@ -206,7 +213,10 @@ func (t *Transport) renew(ctx context.Context, origin string, sess *session) (*s
 	resp, err := t.post(ctx, origin, msg, token)
 	var se *ServiceError
 	if errors.As(err, &se) && (se.Code == string(exchange.TicketExpired) || se.Code == string(exchange.BadAuthentication)) {
-		return t.exchange(ctx, origin) // the rekey window closed, or the service no longer knows the ticket
+		// The rekey window closed, or the service no longer knows the
+		// ticket: the session is dead, whatever the exchange gives.
+		t.State.setSession(origin, t.kid, nil)
+		return t.exchange(ctx, origin)
 	}
 	if err != nil {
 		return nil, err

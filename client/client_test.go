@@ -537,10 +537,12 @@ func TestPinError(t *testing.T) {
 					t.Errorf("the pin became %q", pin)
 				}
 			}
-			// It stays refused: the changed credential is never trusted.
+			// It stays refused: the changed credential is never trusted,
+			// and the dead session is not tried again first.
 			if _, _, _, err := get(tr, s); !errors.As(err, &pe) {
 				t.Errorf("second request: %v, want a *PinError", err)
 			}
+			wantWire(t, wl, "exchange 200")
 		})
 	}
 	t.Run("PinnedKID of the service's credential", func(t *testing.T) {
@@ -576,4 +578,16 @@ func TestEncryptedBodies(t *testing.T) {
 	if ct := wl.headers[1].Get("Content-Type"); ct != "application/jose" || bytes.Contains(wl.bodies[1], msg) {
 		t.Errorf("the request went as %q, %q", ct, wl.bodies[1])
 	}
+}
+
+// TestShortSessionLifetime: a SessionLifetime at or below RenewMargin does
+// not make every request renew first: the margin is at most half the life.
+func TestShortSessionLifetime(t *testing.T) {
+	s := newService(t)
+	tr, wl := newTransport(s, nil)
+	tr.SessionLifetime = 2 * time.Minute // below the default 5 min margin
+	for range 3 {
+		whoami(t, tr, s)
+	}
+	wantWire(t, wl, "exchange 200", "GET /v1/whoami 200", "GET /v1/whoami 200", "GET /v1/whoami 200")
 }
