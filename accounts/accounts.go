@@ -23,7 +23,7 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	_ "modernc.org/sqlite"
 
-	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/exchange"
 )
 
 // Account is one registered account.
@@ -37,7 +37,7 @@ type Account struct {
 // Credential is a public key bound to an account.
 type Credential struct {
 	KID    string
-	Public []byte // wire form
+	Public []byte // the key object's Public member: a group-14 value or a P-256 point
 	Added  time.Time
 }
 
@@ -270,7 +270,7 @@ func validAccount(id string) error {
 
 // Add binds a credential to an account, creating the account if needed.
 // Binding a credential to the account it is already bound to is not an error.
-func (r *Registry) Add(ctx context.Context, account string, cred *group.Element) error {
+func (r *Registry) Add(ctx context.Context, account string, cred *exchange.PublicKey) error {
 	if err := validAccount(account); err != nil {
 		return err
 	}
@@ -300,7 +300,7 @@ func (r *Registry) Add(ctx context.Context, account string, cred *group.Element)
 		return err
 	}
 	if _, err := tx.ExecContext(ctx, r.q(`INSERT INTO credentials (kid, account_id, public, added_at) VALUES (?, ?, ?, ?)`),
-		kid, account, b64(cred.Wire()), now); err != nil {
+		kid, account, b64(exchange.EncodeKey(cred).Public), now); err != nil {
 		return err
 	}
 	return tx.Commit()

@@ -8,16 +8,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/tests/pgtest"
 )
 
-func key(t *testing.T) *group.Element {
+func key(t *testing.T) *exchange.PublicKey {
 	s, err := group.GenerateScalar(rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s.Public()
+	return exchange.DHKey(s.Public())
 }
 
 // each runs f against SQLite and PostgreSQL.
@@ -43,7 +44,7 @@ func TestRegistry(t *testing.T) {
 		alice1, alice2, bob := key(t), key(t), key(t)
 		for _, c := range []struct {
 			account string
-			key     *group.Element
+			key     *exchange.PublicKey
 		}{{"alice@example.com", alice1}, {"alice@example.com", alice2}, {"bob@example.com", bob}, {"alice@example.com", alice1}} {
 			if err := r.Add(ctx, c.account, c.key); err != nil {
 				t.Fatal(err)

@@ -36,7 +36,8 @@ type Transport struct {
 	// State keeps pins and sessions; nil keeps them in memory.
 	State *State
 	// PinnedKID, if set, is the kid the service credential must have.
-	// Otherwise the first credential seen for an origin is pinned.
+	// Otherwise the first credential seen for an origin is pinned, one
+	// per profile.
 	PinnedKID string
 	// Encrypt sends request bodies as JWE under the session's EK.
 	Encrypt bool
@@ -180,16 +181,16 @@ func (t *Transport) exchange(ctx context.Context, origin string) (*session, erro
 }
 
 func (t *Transport) checkPin(origin, kid string) error {
-	pinned := t.PinnedKID
+	pinned, p := t.PinnedKID, t.Key.Profile()
 	if pinned == "" {
 		var err error
-		if pinned, err = t.State.Pin(origin); err != nil {
+		if pinned, err = t.State.Pin(origin, p); err != nil {
 			return err
 		}
 	}
 	switch {
 	case pinned == "":
-		return t.State.setPin(origin, kid)
+		return t.State.setPin(origin, p, kid)
 	case pinned != kid:
 		return &PinError{Origin: origin, Pinned: pinned, Presented: kid}
 	}

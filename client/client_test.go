@@ -62,7 +62,7 @@ func newService(t *testing.T) *service {
 	}
 	t.Cleanup(func() { reg.Close() })
 	s := &service{clock: testclock.New(), reg: reg}
-	if s.key, err = exchange.GenerateClientKey(rand.Reader); err != nil {
+	if s.key, err = exchange.GenerateClientKey(rand.Reader, exchange.ModP2048); err != nil {
 		t.Fatal(err)
 	}
 	if err := reg.Add(ctx, alice, s.key.Public()); err != nil {
@@ -439,7 +439,7 @@ func TestStatePersists(t *testing.T) {
 		t.Errorf("second Transport: generation %d", w.Generation)
 	}
 	wantWire(t, wl, "GET /v1/whoami 200")
-	if pin, err := tr2.State.Pin(s.url); err != nil || pin != s.credentialKID() {
+	if pin, err := tr2.State.Pin(s.url, exchange.ModP2048); err != nil || pin != s.credentialKID() {
 		t.Errorf("pin read back %q (%v), want %s", pin, err, s.credentialKID())
 	}
 
@@ -533,7 +533,7 @@ func TestPinError(t *testing.T) {
 			}
 			wantWire(t, wl, c.wire...)
 			if tr.PinnedKID == "" {
-				if pin, _ := tr.State.Pin(s.url); pin != pinned {
+				if pin, _ := tr.State.Pin(s.url, exchange.ModP2048); pin != pinned {
 					t.Errorf("the pin became %q", pin)
 				}
 			}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/wire"
 )
 
@@ -18,10 +19,10 @@ type keyFile struct {
 	Public  *wire.PublicKey `json:"Public"`
 }
 
-// GenerateKey makes a credential and writes it to path (mode 0600, never
-// overwriting a file). It returns the key.
-func GenerateKey(path string) (*exchange.ClientKey, error) {
-	k, err := exchange.GenerateClientKey(rand.Reader)
+// GenerateKey makes a credential of profile p and writes it to path (mode
+// 0600, never overwriting a file). It returns the key.
+func GenerateKey(path string, p exchange.Profile) (*exchange.ClientKey, error) {
+	k, err := exchange.GenerateClientKey(rand.Reader, p)
 	if err != nil {
 		return nil, err
 	}
@@ -55,18 +56,28 @@ func LoadKey(path string) (*exchange.ClientKey, error) {
 		return nil, fmt.Errorf("client: %s is not a Custos credential: %v", path, err)
 	}
 	defer clear(kf.Private)
-	s, err := group.NewScalar(kf.Private)
-	if err != nil {
-		return nil, fmt.Errorf("client: %s: %v", path, err)
+	var k *exchange.ClientKey
+	if kf.Public != nil && kf.Public.Type == wire.KeyECDH {
+		s, err := p256.NewScalar(kf.Private)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %v", path, err)
+		}
+		k = exchange.NewClientKeyP256(s)
+	} else {
+		s, err := group.NewScalar(kf.Private)
+		if err != nil {
+			return nil, fmt.Errorf("client: %s: %v", path, err)
+		}
+		k = exchange.NewClientKey(s)
 	}
-	k := exchange.NewClientKey(s)
 	if kf.Public != nil && kf.Public.KID != k.Public().KeyID() {
 		return nil, errors.New("client: the key file's public key does not match its private key")
 	}
 	return k, nil
 }
 
-// PublicKeyJSON returns the credential's {"PublicKeyDH":…} object, which the
+// PublicKeyJSON returns the credential's {"PublicKeyDH":…} or
+// {"PublicKeyECDH":…} object, which the
 // service's operator registers.
 func PublicKeyJSON(k *exchange.ClientKey) ([]byte, error) {
 	return json.Marshal(exchange.EncodeKey(k.Public()))

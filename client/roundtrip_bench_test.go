@@ -30,7 +30,7 @@ func (e echoSigner) RoundTrip(r *http.Request) (*http.Response, error) {
 }
 
 func BenchmarkTransportRoundTrip(b *testing.B) {
-	key, _ := exchange.GenerateClientKey(rand.Reader)
+	key, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	s := &exchange.Session{Ticket: bytes.Repeat([]byte{7}, 200), Suite: exchange.DefaultSuite, ServerCredential: key.Public()}
 	rand.Read(s.AK[:])
 	st := &State{}

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 // State keeps what a client learns across runs: the service credential it
@@ -49,7 +49,7 @@ type storedSession struct {
 	AK, EK, RK       []byte
 	Encryption       string
 	Authentication   string
-	ServerCredential []byte // wire form
+	ServerCredential *wire.PublicKey
 	Renewed          time.Time
 	Exchanged        time.Time
 }
@@ -73,24 +73,34 @@ func (s *State) load() error {
 	return nil
 }
 
-// Pin returns the credential kid pinned for origin, if any.
-func (s *State) Pin(origin string) (string, error) {
+// Pin returns the credential kid pinned for origin and profile p, if any.
+// A service has one credential per profile, so each is pinned on its own.
+func (s *State) Pin(origin string, p exchange.Profile) (string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.load(); err != nil {
 		return "", err
 	}
-	return s.pins[origin], nil
+	return s.pins[pinKey(origin, p)], nil
 }
 
-func (s *State) setPin(origin, kid string) error {
+func (s *State) setPin(origin string, p exchange.Profile, kid string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if err := s.load(); err != nil {
 		return err
 	}
-	s.pins[origin] = kid
+	s.pins[pinKey(origin, p)] = kid
 	return s.writeJSON("pins.json", s.pins)
+}
+
+// pinKey names a pin in pins.json: the origin for the group-14 profile,
+// as before there were two, and "origin profile" for the others.
+func pinKey(origin string, p exchange.Profile) string {
+	if p == exchange.ModP2048 {
+		return origin
+	}
+	return origin + " " + p.String()
 }
 
 // session returns the kept session of the credential kid with origin.
@@ -115,7 +125,7 @@ func (s *State) session(origin, kid string) (*session, error) {
 	if err := json.Unmarshal(b, &st); err != nil || len(st.AK) != ticket.KeySize || len(st.EK) != ticket.KeySize || len(st.RK) != ticket.KeySize {
 		return nil, nil // a damaged session file only costs an exchange
 	}
-	x, err := group.DecodeWire(st.ServerCredential)
+	x, err := exchange.ParseKey(st.ServerCredential, "ServerCredential")
 	if err != nil {
 		return nil, nil
 	}
@@ -156,7 +166,7 @@ func (s *State) setSession(origin, kid string, sess *session) error {
 	st := storedSession{
 		Ticket: sess.Ticket, AK: sess.AK[:], EK: sess.EK[:], RK: sess.RK[:],
 		Encryption: sess.Suite.Encryption, Authentication: sess.Suite.Authentication,
-		ServerCredential: sess.ServerCredential.Wire(), Renewed: sess.Renewed, Exchanged: sess.Exchanged,
+		ServerCredential: exchange.EncodeKey(sess.ServerCredential), Renewed: sess.Renewed, Exchanged: sess.Exchanged,
 	}
 	return s.writeJSON(name, st)
 }

@@ -8,7 +8,6 @@ import (
 
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
-	"github.com/custos-kx/custos/keystore"
 )
 
 // BenchmarkServerExchange is the service's whole exchange computation with
@@ -16,7 +15,7 @@ import (
 // constant-time exponentiation, and sealing by software AES-GCM.
 func BenchmarkServerExchange(b *testing.B) {
 	srv, _ := newServer(b)
-	key, _ := GenerateClientKey(rand.Reader)
+	key, _ := GenerateClientKey(rand.Reader, ModP2048)
 	_, m, _ := key.NewExchange(rand.Reader, nil)
 	req, err := ParseRequest(m)
 	if err != nil {
@@ -43,19 +42,19 @@ func BenchmarkServerAgreeReference(b *testing.B) {
 // key, the request, and Finish (validation, σ, schedule, witness).
 func BenchmarkClientExchange(b *testing.B) {
 	srv, _ := newServer(b)
-	key, _ := GenerateClientKey(rand.Reader)
+	key, _ := GenerateClientKey(rand.Reader, ModP2048)
 	pending, m, _ := key.NewExchange(rand.Reader, nil)
 	req, _ := ParseRequest(m)
 	resp, err := srv.Exchange(context.Background(), req, "alice@example.com")
 	if err != nil {
 		b.Fatal(err)
 	}
-	nonce := pending.n.Bytes()
+	nonce := pending.n.dh.Bytes()
 	for b.Loop() {
 		// A fresh nonce for each round, then the response made for the first one.
 		_, _, _ = key.NewExchange(rand.Reader, nil)
 		n, _ := group.NewScalar(nonce)
-		p := &PendingExchange{key: key, n: n, nPub: pending.nPub}
+		p := &PendingExchange{key: key, n: &privateKey{dh: n, pub: pending.n.pub}}
 		if _, err := p.Finish(resp); err != nil {
 			b.Fatal(err)
 		}
@@ -81,8 +80,8 @@ func BenchmarkSchedule(b *testing.B) {
 	}
 }
 
-func BenchmarkSoftwareSeal(b *testing.B) {
-	ks, _ := keystore.NewSoftware(nil)
+func BenchmarkMemorySeal(b *testing.B) {
+	ks := newMemKeystore(b)
 	pt := make([]byte, 260)
 	for b.Loop() {
 		ticket.Seal(context.Background(), ks, rand.Reader, pt)

@@ -10,56 +10,69 @@ import (
 
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 )
 
-// ClientKey is a client's long-term credential.
+// ClientKey is a client's long-term credential, of either profile.
 type ClientKey struct {
-	priv *group.Scalar
-	pub  *group.Element
+	k *privateKey
 }
 
-// GenerateClientKey makes a new credential.
-func GenerateClientKey(rand io.Reader) (*ClientKey, error) {
-	s, err := group.GenerateScalar(rand)
+// GenerateClientKey makes a new credential of profile p.
+func GenerateClientKey(rand io.Reader, p Profile) (*ClientKey, error) {
+	k, err := generateKey(p, rand)
 	if err != nil {
 		return nil, err
 	}
-	return NewClientKey(s), nil
+	return &ClientKey{k: k}, nil
 }
 
-// NewClientKey wraps a private exponent. The key takes ownership of it.
+// NewClientKey wraps a group-14 private exponent. The key takes ownership of it.
 func NewClientKey(priv *group.Scalar) *ClientKey {
-	return &ClientKey{priv: priv, pub: priv.Public()}
+	return &ClientKey{k: &privateKey{dh: priv, pub: DHKey(priv.Public())}}
 }
 
-// Public returns the credential's public value, which the service registers.
-func (k *ClientKey) Public() *group.Element { return k.pub }
+// NewClientKeyP256 wraps a P-256 private key. The key takes ownership of it.
+func NewClientKeyP256(priv *p256.Scalar) *ClientKey {
+	return &ClientKey{k: &privateKey{ec: priv, pub: ECDHKey(priv.Public())}}
+}
 
-// PrivateBytes returns the private exponent, for storing the key.
-func (k *ClientKey) PrivateBytes() []byte { return k.priv.Bytes() }
+// Public returns the credential's public key, which the service registers.
+func (k *ClientKey) Public() *PublicKey { return k.k.pub }
 
-// Zero overwrites the private exponent.
-func (k *ClientKey) Zero() { k.priv.Zero() }
+// Profile returns the credential's profile.
+func (k *ClientKey) Profile() Profile { return k.k.pub.Profile() }
+
+// PrivateBytes returns the private key's 32 big-endian bytes, for storing it.
+func (k *ClientKey) PrivateBytes() []byte {
+	if k.k.ec != nil {
+		return k.k.ec.Bytes()
+	}
+	return k.k.dh.Bytes()
+}
+
+// Zero overwrites the private key.
+func (k *ClientKey) Zero() { k.k.zero() }
 
 // PendingExchange is an exchange request sent and not yet answered.
 type PendingExchange struct {
 	key   *ClientKey
-	n     *group.Scalar
-	nPub  *group.Element
+	n     *privateKey
 	offer []wire.Suite
 }
 
-// NewExchange makes a fresh nonce key and the request to send. A nil offer
-// leaves Offer out, which asks for the default suite.
+// NewExchange makes a fresh nonce key of the credential's profile and the
+// request to send. A nil offer leaves Offer out, which asks for the
+// default suite.
 func (k *ClientKey) NewExchange(rand io.Reader, offer []wire.Suite) (*PendingExchange, *wire.ExchangeRequest, error) {
-	n, err := group.GenerateScalar(rand)
+	n, err := generateKey(k.Profile(), rand)
 	if err != nil {
 		return nil, nil, err
 	}
-	p := &PendingExchange{key: k, n: n, nPub: n.Public(), offer: offer}
-	return p, &wire.ExchangeRequest{ClientCredential: EncodeKey(k.pub), ClientNonce: EncodeKey(p.nPub), Offer: offer}, nil
+	p := &PendingExchange{key: k, n: n, offer: offer}
+	return p, &wire.ExchangeRequest{ClientCredential: EncodeKey(k.Public()), ClientNonce: EncodeKey(n.pub), Offer: offer}, nil
 }
 
 // ErrWitness means the response's witness did not verify: the responder
@@ -70,8 +83,8 @@ var ErrWitness = errors.New("exchange: the witness does not verify; the response
 // Finish checks the response and returns the session. The nonce key is
 // zeroed whatever the outcome; a pending exchange finishes once.
 func (p *PendingExchange) Finish(resp *wire.ExchangeResponse) (*Session, error) {
-	defer p.n.Zero()
-	x, r, err := parseServerKeys(resp, true)
+	defer p.n.zero()
+	x, r, err := parseServerKeys(resp, p.key.Profile(), true)
 	if err != nil {
 		return nil, err
 	}
@@ -79,7 +92,7 @@ func (p *PendingExchange) Finish(resp *wire.ExchangeResponse) (*Session, error) 
 	if err != nil {
 		return nil, err
 	}
-	sigma, th, err := clientAgree(p.key.priv, p.n, p.key.pub, p.nPub, x, r)
+	sigma, th, err := clientAgree(p.key.k, p.n, x, r)
 	if err != nil {
 		return nil, err
 	}
@@ -112,7 +125,7 @@ func checkResponse(resp *wire.ExchangeResponse, offer []wire.Suite) (Suite, erro
 }
 
 // finishSession verifies the witness and builds the session; k is zeroed.
-func finishSession(k *keys, resp *wire.ExchangeResponse, suite Suite, offer []wire.Suite, x *group.Element) (*Session, error) {
+func finishSession(k *keys, resp *wire.ExchangeResponse, suite Suite, offer []wire.Suite, x *PublicKey) (*Session, error) {
 	defer k.zero()
 	if !witnessOK(k.wk[:], resp, suite, offer) {
 		return nil, ErrWitness
@@ -138,9 +151,10 @@ func witnessOK(wk []byte, resp *wire.ExchangeResponse, suite Suite, offer []wire
 type Session struct {
 	Ticket []byte
 	Suite  Suite
-	// ServerCredential is the credential the session was agreed with. A
-	// rekeyed session keeps the one of the session it came from.
-	ServerCredential *group.Element
+	// ServerCredential is the credential the session was agreed with, of
+	// the session's profile. A rekeyed session keeps the one of the
+	// session it came from.
+	ServerCredential *PublicKey
 	AK, EK, RK       [ticket.KeySize]byte
 
 	mu     sync.Mutex
@@ -167,26 +181,25 @@ func (s *Session) zeroLocked() {
 // PendingRekey is a rekey request sent and not yet answered.
 type PendingRekey struct {
 	old   *Session
-	n     *group.Scalar
-	nPub  *group.Element
+	n     *privateKey
 	offer []wire.Suite
 }
 
-// NewRekey makes a fresh nonce key and the rekey request. The caller sends
-// it signed under s.RK (SPEC §7).
+// NewRekey makes a fresh nonce key of the session's profile and the rekey
+// request. The caller sends it signed under s.RK (SPEC §7).
 func (s *Session) NewRekey(rand io.Reader, offer []wire.Suite) (*PendingRekey, *wire.ExchangeRequest, error) {
-	n, err := group.GenerateScalar(rand)
+	n, err := generateKey(s.ServerCredential.Profile(), rand)
 	if err != nil {
 		return nil, nil, err
 	}
-	p := &PendingRekey{old: s, n: n, nPub: n.Public(), offer: offer}
-	return p, &wire.ExchangeRequest{ClientNonce: EncodeKey(p.nPub), Offer: offer}, nil
+	p := &PendingRekey{old: s, n: n, offer: offer}
+	return p, &wire.ExchangeRequest{ClientNonce: EncodeKey(n.pub), Offer: offer}, nil
 }
 
 // Finish checks the rekey response and returns the new session.
 func (p *PendingRekey) Finish(resp *wire.ExchangeResponse) (*Session, error) {
-	defer p.n.Zero()
-	_, r, err := parseServerKeys(resp, false)
+	defer p.n.zero()
+	_, r, err := parseServerKeys(resp, p.old.ServerCredential.Profile(), false)
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +207,7 @@ func (p *PendingRekey) Finish(resp *wire.ExchangeResponse) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	th := rekeyTranscript(p.nPub, r, p.old.Ticket)
+	th := rekeyTranscript(p.n.pub, r, p.old.Ticket)
 	sigma, err := rekeyAgree(r, p.n)
 	if err != nil {
 		return nil, err

@@ -41,7 +41,7 @@ func FuzzDecodeRequest(f *testing.F) {
 // FuzzClientFinish feeds arbitrary responses to a pending client exchange.
 func FuzzClientFinish(f *testing.F) {
 	srv, _ := newServer(f)
-	key, _ := GenerateClientKey(rand.Reader)
+	key, _ := GenerateClientKey(rand.Reader, ModP2048)
 	_, reqMsg, _ := key.NewExchange(rand.Reader, nil)
 	req, _ := ParseRequest(reqMsg)
 	resp, _ := srv.Exchange(context.Background(), req, "a")
@@ -66,7 +66,7 @@ func FuzzClientFinish(f *testing.F) {
 // sealed may open, and whatever does not open is BadAuthentication.
 func FuzzOpenTicket(f *testing.F) {
 	srv, _ := newServer(f)
-	key, _ := GenerateClientKey(rand.Reader)
+	key, _ := GenerateClientKey(rand.Reader, ModP2048)
 	_, resp := exchangeOnce(f, srv, key, nil)
 	f.Add([]byte(resp.Ticket))
 	f.Add([]byte{1})

@@ -55,7 +55,10 @@ func refHKDF(salt, ikm []byte, info string, th []byte, n int) (prk, out []byte) 
 type refKeys struct{ PRK, AK, EK, RK, WK []byte }
 
 func refSchedule(salt []byte, sigma *big.Int, th []byte) refKeys {
-	ikm := refBE(sigma)
+	return refScheduleIKM(salt, refBE(sigma), th)
+}
+
+func refScheduleIKM(salt, ikm, th []byte) refKeys {
 	var k refKeys
 	k.PRK, k.AK = refHKDF(salt, ikm, "authentication", th, 64)
 	_, k.EK = refHKDF(salt, ikm, "encryption", th, 64)

@@ -5,11 +5,12 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
@@ -97,18 +98,17 @@ func (s *Server) lifetimes() (session, rekey time.Duration) {
 // Exchange answers a validated request from a known account. It costs one
 // keystore derivation and one seal.
 func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*wire.ExchangeResponse, error) {
-	x, err := s.Keystore.Credential(ctx)
+	x, err := s.credential(ctx, req.Profile())
 	if err != nil {
 		return nil, err
 	}
-	r, err := group.GenerateScalar(s.rand())
+	r, err := generateKey(req.Profile(), s.rand())
 	if err != nil {
 		return nil, err
 	}
-	defer r.Zero()
-	rPub := r.Public()
+	defer r.zero()
 
-	sigma, th, err := serverAgree(ctx, s.Keystore, req.Credential, req.Nonce, x, rPub, r)
+	sigma, th, err := serverAgree(ctx, s.Keystore, req.Credential, req.Nonce, x, r)
 	if err != nil {
 		return nil, err
 	}
@@ -126,6 +126,7 @@ func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*w
 		RekeyExpires:   now.Add(window),
 		Encryption:     req.Suite.Encryption,
 		Authentication: req.Suite.Authentication,
+		Profile:        uint8(req.Profile()),
 		AK:             k.ak, EK: k.ek, RK: k.rk,
 	}
 	defer sess.Zero()
@@ -133,7 +134,7 @@ func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*w
 	if err != nil {
 		return nil, err
 	}
-	resp := success(t, witness(k.wk[:], t, req.Suite, req.offer), rPub, req.Suite)
+	resp := success(t, witness(k.wk[:], t, req.Suite, req.offer), r.pub, req.Suite)
 	resp.ServerCredential = EncodeKey(x)
 	return resp, nil
 }
@@ -188,13 +189,15 @@ func (s *Server) Rekey(ctx context.Context, r *SignedRequest, admit func(account
 // rekey answers a validated rekey request for the session in old, whose
 // ticket was oldTicket and whose RK signed the request.
 func (s *Server) rekey(ctx context.Context, req *RekeyRequest, old *ticket.Session, oldTicket []byte) (*wire.ExchangeResponse, error) {
-	r, err := group.GenerateScalar(s.rand())
+	if p := Profile(old.Profile); req.Nonce.Profile() != p {
+		return nil, Errorf(Malformed, "This session is of the %s profile and the rekey's ClientNonce is a %s key; a rekey keeps its session's profile.", p, req.Nonce.Profile())
+	}
+	r, err := generateKey(req.Nonce.Profile(), s.rand())
 	if err != nil {
 		return nil, err
 	}
-	defer r.Zero()
-	rPub := r.Public()
-	th := rekeyTranscript(req.Nonce, rPub, oldTicket)
+	defer r.zero()
+	th := rekeyTranscript(req.Nonce, r.pub, oldTicket)
 	sigma, err := rekeyAgree(req.Nonce, r)
 	if err != nil {
 		return nil, err
@@ -214,6 +217,7 @@ func (s *Server) rekey(ctx context.Context, req *RekeyRequest, old *ticket.Sessi
 		Encryption:     req.Suite.Encryption,
 		Authentication: req.Suite.Authentication,
 		Generation:     old.Generation + 1,
+		Profile:        old.Profile,
 		AK:             k.ak, EK: k.ek, RK: k.rk,
 	}
 	defer sess.Zero()
@@ -221,7 +225,7 @@ func (s *Server) rekey(ctx context.Context, req *RekeyRequest, old *ticket.Sessi
 	if err != nil {
 		return nil, err
 	}
-	return success(t, witness(k.wk[:], t, req.Suite, req.offer), rPub, req.Suite), nil
+	return success(t, witness(k.wk[:], t, req.Suite, req.offer), r.pub, req.Suite), nil
 }
 
 func (s *Server) seal(ctx context.Context, sess *ticket.Session) ([]byte, error) {
@@ -233,7 +237,7 @@ func (s *Server) seal(ctx context.Context, sess *ticket.Session) ([]byte, error)
 	return ticket.Seal(ctx, s.Keystore, s.rand(), pt)
 }
 
-func success(t, w []byte, rPub *group.Element, suite Suite) *wire.ExchangeResponse {
+func success(t, w []byte, rPub *PublicKey, suite Suite) *wire.ExchangeResponse {
 	return &wire.ExchangeResponse{
 		Status:            201,
 		StatusDescription: "Operation completed successfully",
@@ -245,17 +249,54 @@ func success(t, w []byte, rPub *group.Element, suite Suite) *wire.ExchangeRespon
 	}
 }
 
-// Describe returns the discovery document (SPEC §8).
-func (s *Server) Describe(ctx context.Context) (*wire.ServiceDescription, error) {
-	x, err := s.Keystore.Credential(ctx)
-	if err != nil {
-		return nil, err
+// credential returns the active service credential of profile p; a
+// profile the keystore does not serve is the client's to change.
+func (s *Server) credential(ctx context.Context, p Profile) (*PublicKey, error) {
+	x, err := s.Keystore.Credential(ctx, p)
+	if errors.Is(err, ErrProfileNotServed) {
+		return nil, Errorf(UnsupportedDomain, "This service does not serve the %s profile; it serves %s (see GET %s).", p, s.served(ctx), WellKnown)
 	}
-	domain := group.Domain()
-	return &wire.ServiceDescription{
-		ServerCredential: EncodeKey(x),
-		Domain:           domain[:],
-		Encryption:       Supported.Encryption,
-		Authentication:   Supported.Authentication,
-	}, nil
+	return x, err
+}
+
+// served names the profiles the keystore has credentials for.
+func (s *Server) served(ctx context.Context) string {
+	var names []string
+	for _, p := range Profiles {
+		if _, err := s.Keystore.Credential(ctx, p); err == nil {
+			names = append(names, p.String())
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, " and ")
+}
+
+// Describe returns the discovery document (SPEC §8): every profile's
+// credential in Credentials, the group-14 one also as ServerCredential.
+func (s *Server) Describe(ctx context.Context) (*wire.ServiceDescription, error) {
+	d := &wire.ServiceDescription{
+		Encryption:     Supported.Encryption,
+		Authentication: Supported.Authentication,
+		Credentials:    []wire.PublicKey{},
+	}
+	for _, p := range Profiles {
+		x, err := s.Keystore.Credential(ctx, p)
+		switch {
+		case errors.Is(err, ErrProfileNotServed):
+			continue
+		case err != nil:
+			return nil, err
+		}
+		k := EncodeKey(x)
+		d.Credentials = append(d.Credentials, *k)
+		if p == ModP2048 {
+			d.ServerCredential, d.Domain = k, k.Domain
+		}
+	}
+	if len(d.Credentials) == 0 {
+		return nil, fmt.Errorf("%w: the keystore serves no profile", ErrKeystoreUnavailable)
+	}
+	return d, nil
 }

@@ -14,7 +14,6 @@ import (
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
-	"github.com/custos-kx/custos/keystore"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/kx-vectors.json from the reference implementation")
@@ -185,13 +184,11 @@ func scalarOf(t *testing.T, s string) *group.Scalar {
 	return sc
 }
 
-func elementOf(t *testing.T, s string) *group.Element {
+// dhPrivate is the group-14 private key of a vector's hex exponent.
+func dhPrivate(t *testing.T, s string) *privateKey {
 	t.Helper()
-	e, err := group.NewElement(unhex(t, s))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return e
+	sc := scalarOf(t, s)
+	return &privateKey{dh: sc, pub: DHKey(sc.Public())}
 }
 
 func toWireOffer(o []refSuite) []wire.Suite {
@@ -226,14 +223,13 @@ func TestKXVectors(t *testing.T) {
 	}
 	ctx := context.Background()
 	for i, v := range vs {
-		c, n, x, r := scalarOf(t, v.C), scalarOf(t, v.N), scalarOf(t, v.X), scalarOf(t, v.R)
-		C, N, X, R := c.Public(), n.Public(), x.Public(), r.Public()
-		check(t, i, "C", C.Bytes(), v.CPub)
-		check(t, i, "N", N.Bytes(), v.NPub)
-		check(t, i, "X", X.Bytes(), v.XPub)
-		check(t, i, "R", R.Bytes(), v.RPub)
+		c, n, x, r := dhPrivate(t, v.C), dhPrivate(t, v.N), dhPrivate(t, v.X), dhPrivate(t, v.R)
+		check(t, i, "C", c.pub.transcriptBytes(), v.CPub)
+		check(t, i, "N", n.pub.transcriptBytes(), v.NPub)
+		check(t, i, "X", x.pub.transcriptBytes(), v.XPub)
+		check(t, i, "R", r.pub.transcriptBytes(), v.RPub)
 
-		sigma, th, err := clientAgree(c, n, C, N, X, R)
+		sigma, th, err := clientAgree(c, n, x.pub, r.pub)
 		if err != nil {
 			t.Fatalf("vector %d: client: %v", i, err)
 		}
@@ -243,9 +239,9 @@ func TestKXVectors(t *testing.T) {
 		check(t, i, "d", new(big.Int).SetBytes(d).Bytes(), v.D)
 		check(t, i, "e", new(big.Int).SetBytes(e).Bytes(), v.E)
 
-		ks, _ := keystore.NewSoftware(nil)
-		ks.AddCredential(x)
-		sigmaS, _, err := serverAgree(ctx, ks, C, N, X, R, r)
+		ks := newMemKeystore(t)
+		ks.AddCredential(x.dh)
+		sigmaS, _, err := serverAgree(ctx, ks, c.pub, n.pub, x.pub, r)
 		if err != nil {
 			t.Fatalf("vector %d: server: %v", i, err)
 		}
@@ -261,10 +257,10 @@ func TestKXVectors(t *testing.T) {
 		check(t, i, "witness", witness(k.wk[:], unhex(t, v.Ticket), DefaultSuite, offer), v.Witness)
 
 		// The client engine accepts the vector's response and derives its keys.
-		p := &PendingExchange{key: NewClientKey(c), n: n, nPub: N, offer: offer}
+		p := &PendingExchange{key: &ClientKey{k: c}, n: n, offer: offer}
 		sess, err := p.Finish(&wire.ExchangeResponse{
 			Status: 201, Ticket: unhex(t, v.Ticket), Witness: unhex(t, v.Witness),
-			ServerCredential: EncodeKey(X), ServerNonce: EncodeKey(R),
+			ServerCredential: EncodeKey(x.pub), ServerNonce: EncodeKey(r.pub),
 			Encryption: v.Encryption, Authentication: v.Authentication,
 		})
 		if err != nil {
@@ -273,13 +269,12 @@ func TestKXVectors(t *testing.T) {
 		check(t, i, "session AK", sess.AK[:], v.AK)
 
 		rv := v.Rekey
-		n2, r2 := scalarOf(t, rv.N), scalarOf(t, rv.R)
-		N2, R2 := n2.Public(), r2.Public()
-		check(t, i, "rekey N", N2.Bytes(), rv.NPub)
-		check(t, i, "rekey R", R2.Bytes(), rv.RPub)
-		rth := rekeyTranscript(N2, R2, unhex(t, v.Ticket))
+		n2, r2 := dhPrivate(t, rv.N), dhPrivate(t, rv.R)
+		check(t, i, "rekey N", n2.pub.transcriptBytes(), rv.NPub)
+		check(t, i, "rekey R", r2.pub.transcriptBytes(), rv.RPub)
+		rth := rekeyTranscript(n2.pub, r2.pub, unhex(t, v.Ticket))
 		check(t, i, "rekey TH", rth, rv.TH)
-		rs, _ := rekeyAgree(N2, r2)
+		rs, _ := rekeyAgree(n2.pub, r2)
 		check(t, i, "rekey sigma (server)", rs, rv.Sigma)
 		rk := schedule(k.rk[:], rs, rth)
 		check(t, i, "rekey PRK", rk.prk[:], rv.PRK)
@@ -288,10 +283,10 @@ func TestKXVectors(t *testing.T) {
 		check(t, i, "rekey RK", rk.rk[:], rv.RK)
 		check(t, i, "rekey WK", rk.wk[:], rv.WK)
 
-		pr := &PendingRekey{old: sess, n: n2, nPub: N2, offer: offer}
+		pr := &PendingRekey{old: sess, n: n2, offer: offer}
 		sess2, err := pr.Finish(&wire.ExchangeResponse{
 			Status: 201, Ticket: unhex(t, rv.Ticket), Witness: unhex(t, rv.Witness),
-			ServerNonce: EncodeKey(R2), Encryption: v.Encryption, Authentication: v.Authentication,
+			ServerNonce: EncodeKey(r2.pub), Encryption: v.Encryption, Authentication: v.Authentication,
 		})
 		if err != nil {
 			t.Fatalf("vector %d: client rekey Finish: %v", i, err)

@@ -82,12 +82,13 @@ type SessionInfo struct {
 	CredentialKID string
 	Expires       time.Time
 	Generation    uint32
+	Profile       Profile
 }
 
 // Session describes the request's session.
 func (v *Verified) Session() SessionInfo {
 	s := v.entry.sess
-	return SessionInfo{Account: s.Account, CredentialKID: s.CredentialKID, Expires: s.Expires, Generation: s.Generation}
+	return SessionInfo{Account: s.Account, CredentialKID: s.CredentialKID, Expires: s.Expires, Generation: s.Generation, Profile: Profile(s.Profile)}
 }
 
 // Done ends the request's hold on its session's keys.

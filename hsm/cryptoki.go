@@ -9,6 +9,7 @@ type Cryptoki interface {
 	Finalize() error
 	GetSlotList(tokenPresent bool) ([]uint, error)
 	GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error)
+	GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error)
 	OpenSession(slotID uint, flags uint) (pkcs11.SessionHandle, error)
 	CloseSession(sh pkcs11.SessionHandle) error
 	CloseAllSessions(slotID uint) error

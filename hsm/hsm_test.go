@@ -3,6 +3,7 @@ package hsm
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/rand"
 	"errors"
 	"math/big"
@@ -55,6 +56,19 @@ func genDH(t *testing.T, tok *Token) dhKey {
 	return k
 }
 
+func genEC(t *testing.T, tok *Token) dhKey {
+	t.Helper()
+	var k dhKey
+	err := tok.Do(context.Background(), "generate", func(s *Session) (err error) {
+		k.public, k.pub, k.priv, err = s.GenerateECKeyPair("test ec", []byte{3})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
 func genAES(t *testing.T, tok *Token) Object {
 	t.Helper()
 	var h Object
@@ -93,6 +107,7 @@ func TestOpenErrors(t *testing.T) {
 func TestPrivateKeysStayInside(t *testing.T) {
 	tok, _ := openToken(t, Config{})
 	dh := genDH(t, tok)
+	ec := genEC(t, tok)
 	aes := genAES(t, tok)
 	ctx := context.Background()
 	err := tok.Do(ctx, "test", func(s *Session) error {
@@ -108,7 +123,7 @@ func TestPrivateKeysStayInside(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		for name, h := range map[string]Object{"DH private key": dh.priv, "AES key": aes} {
+		for name, h := range map[string]Object{"DH private key": dh.priv, "EC private key": ec.priv, "AES key": aes} {
 			if _, err := s.attribute(pkcs11.ObjectHandle(h), pkcs11.CKA_VALUE); !Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
 				t.Errorf("%s: reading CKA_VALUE: %v", name, err)
 			}
@@ -134,9 +149,16 @@ func TestPrivateKeysStayInside(t *testing.T) {
 				t.Error("the sealing key can wrap")
 			}
 		}
-		for _, attr := range []uint{pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE} {
-			if v, err := s.attribute(pkcs11.ObjectHandle(dh.priv), attr); err != nil || !bytes.Equal(v, []byte{0}) {
-				t.Errorf("DH private key attribute 0x%x = %v, %v; want false", attr, v, err)
+		for name, priv := range map[string]Object{"DH": dh.priv, "EC": ec.priv} {
+			for _, attr := range []uint{pkcs11.CKA_SIGN, pkcs11.CKA_DECRYPT, pkcs11.CKA_UNWRAP, pkcs11.CKA_EXTRACTABLE} {
+				if v, err := s.attribute(pkcs11.ObjectHandle(priv), attr); err != nil || !bytes.Equal(v, []byte{0}) {
+					t.Errorf("%s private key attribute 0x%x = %v, %v; want false", name, attr, v, err)
+				}
+			}
+			for _, attr := range []uint{pkcs11.CKA_DERIVE, pkcs11.CKA_SENSITIVE, pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE} {
+				if v, err := s.attribute(pkcs11.ObjectHandle(priv), attr); err != nil || !bytes.Equal(v, []byte{1}) {
+					t.Errorf("%s private key attribute 0x%x = %v, %v; want true", name, attr, v, err)
+				}
 			}
 		}
 		for _, attr := range []uint{pkcs11.CKA_WRAP, pkcs11.CKA_UNWRAP, pkcs11.CKA_SIGN, pkcs11.CKA_DERIVE, pkcs11.CKA_EXTRACTABLE} {
@@ -148,6 +170,58 @@ func TestPrivateKeysStayInside(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestDeriveECDHMatchesCryptoECDH checks the token's P-256 derive
+// against crypto/ecdh: x·(k·G) = k·X.
+func TestDeriveECDHMatchesCryptoECDH(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	ec := genEC(t, tok)
+	X, err := ecdh.P256().NewPublicKey(ec.public)
+	if err != nil {
+		t.Fatalf("the token's point is not valid: %v", err)
+	}
+	for i := 0; i < 100; i++ {
+		k, _ := ecdh.P256().GenerateKey(rand.Reader)
+		want, _ := k.ECDH(X)
+		var got []byte
+		err := tok.Do(context.Background(), "derive", func(s *Session) (err error) {
+			got, err = s.DeriveECDH(ec.priv, k.PublicKey().Bytes())
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("peer %d: derive differs from crypto/ecdh", i)
+		}
+	}
+	tok.Do(context.Background(), "find", func(s *Session) error {
+		hs, err := s.findObjects([]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET)})
+		if err != nil || len(hs) != 0 {
+			t.Errorf("%d derived objects left behind (%v)", len(hs), err)
+		}
+		return nil
+	})
+}
+
+func TestUnwrapPoint(t *testing.T) {
+	pt := append([]byte{4}, make([]byte, 64)...)
+	for _, tc := range []struct {
+		in []byte
+		ok bool
+	}{
+		{pt, true},
+		{append([]byte{0x04, 65}, pt...), true},
+		{append([]byte{0x04, 64}, pt[:64]...), false},
+		{pt[:33], false},
+		{nil, false},
+	} {
+		got, err := unwrapPoint(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && !bytes.Equal(got, pt)) {
+			t.Errorf("unwrapPoint(%x) = %x, %v", tc.in, got, err)
+		}
 	}
 }
 

@@ -9,8 +9,8 @@ import (
 // Metrics are process-wide, like the module: every Token adds to them.
 var (
 	opDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name: "custos_hsm_operation_duration_seconds",
-		Help: "Time for one token operation, including the wait for a session.",
+		Name:    "custos_hsm_operation_duration_seconds",
+		Help:    "Time for one token operation, including the wait for a session.",
 		Buckets: metrics.LatencyBuckets,
 	}, []string{"op"})
 	opErrors = prometheus.NewCounterVec(prometheus.CounterOpts{

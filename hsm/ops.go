@@ -23,6 +23,8 @@ const (
 	DHPrivateKey KeyKind = iota + 1
 	DHPublicKey
 	AESKey
+	ECPrivateKey
+	ECPublicKey
 )
 
 func (k KeyKind) template() []*pkcs11.Attribute {
@@ -34,6 +36,10 @@ func (k KeyKind) template() []*pkcs11.Attribute {
 		class, keyType = pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_DH
 	case AESKey:
 		class, keyType = pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES
+	case ECPrivateKey:
+		class, keyType = pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_EC
+	case ECPublicKey:
+		class, keyType = pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_EC
 	default:
 		panic("hsm: unknown key kind")
 	}
@@ -91,9 +97,80 @@ func (s *Session) DestroyKeys(kind KeyKind, id []byte) error {
 	return nil
 }
 
-// PublicValue returns a public key's CKA_VALUE (for DH, y big-endian).
+// PublicValue returns a DH public key's CKA_VALUE, y big-endian.
 func (s *Session) PublicValue(o Object) ([]byte, error) {
 	return s.attribute(pkcs11.ObjectHandle(o), pkcs11.CKA_VALUE)
+}
+
+// PublicPoint returns an EC public key's point in its uncompressed form.
+func (s *Session) PublicPoint(o Object) ([]byte, error) {
+	v, err := s.attribute(pkcs11.ObjectHandle(o), pkcs11.CKA_EC_POINT)
+	if err != nil {
+		return nil, err
+	}
+	return unwrapPoint(v)
+}
+
+// unwrapPoint takes the point out of CKA_EC_POINT, which PKCS#11 defines
+// as the DER OCTET STRING of the encoded point; some tokens store the bare
+// point instead.
+func unwrapPoint(v []byte) ([]byte, error) {
+	switch {
+	case len(v) == P256PointSize && v[0] == 0x04:
+		return v, nil
+	case len(v) == P256PointSize+2 && v[0] == 0x04 && v[1] == P256PointSize:
+		return v[2:], nil
+	}
+	return nil, fmt.Errorf("hsm: CKA_EC_POINT is %d bytes, neither a P-256 point nor one in an OCTET STRING", len(v))
+}
+
+// P256PointSize is the length of an uncompressed P-256 point.
+const P256PointSize = 65
+
+// prime256v1 is CKA_EC_PARAMS for P-256: the DER of its named-curve OID
+// 1.2.840.10045.3.1.7.
+var prime256v1 = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07}
+
+// GenerateECKeyPair creates a P-256 key pair in the token. The private key
+// can only derive: it is sensitive, not extractable, and has no other
+// usage. It returns the public point (uncompressed) and both objects.
+func (s *Session) GenerateECKeyPair(label string, id []byte) (point []byte, pubObj, privObj Object, err error) {
+	pubT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, prime256v1),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	privT := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	ck := s.t.ck
+	pub, priv, err := ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	point, err = s.PublicPoint(Object(pub))
+	return point, Object(pub), Object(priv), err
 }
 
 // DHParams are the domain parameters of a Diffie-Hellman key.
@@ -153,6 +230,22 @@ func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public
 // derived secret exists in the token only as a session object, destroyed
 // before this returns. The caller zeroes the result.
 func (s *Session) DeriveDH(priv Object, peer []byte, size int) ([]byte, error) {
+	return s.derive(priv, pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer), size)
+}
+
+// DeriveECDH returns the 32-byte x-coordinate of x·peer for the P-256
+// private key priv (CKM_ECDH1_DERIVE with CKD_NULL) and the uncompressed
+// point peer, which the caller must have validated. As with DeriveDH, the
+// derived object is destroyed before this returns; the caller zeroes the
+// result.
+func (s *Session) DeriveECDH(priv Object, peer []byte) ([]byte, error) {
+	params := pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer)
+	return s.derive(priv, pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, params), 32)
+}
+
+// derive runs a key-agreement mechanism into a session object of size
+// bytes, reads its value and destroys it.
+func (s *Session) derive(priv Object, mech *pkcs11.Mechanism, size int) ([]byte, error) {
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
@@ -170,7 +263,7 @@ func (s *Session) DeriveDH(priv Object, peer []byte, size int) ([]byte, error) {
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
 	}
 	ck := s.t.ck
-	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer)}, pkcs11.ObjectHandle(priv), tmpl)
+	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{mech}, pkcs11.ObjectHandle(priv), tmpl)
 	if err != nil {
 		return nil, err
 	}
@@ -323,4 +416,42 @@ func (s *Session) attribute(h pkcs11.ObjectHandle, typ uint) ([]byte, error) {
 		return nil, err
 	}
 	return attrs[0].Value, nil
+}
+
+// Capability is a family of operations Custos needs of a token.
+type Capability int
+
+const (
+	// DH is group-14 key generation and derivation (CKM_DH_PKCS_*).
+	DH Capability = iota + 1
+	// ECDH is P-256 key generation and CKM_ECDH1_DERIVE.
+	ECDH
+)
+
+func (c Capability) mechanisms() []uint {
+	switch c {
+	case DH:
+		return []uint{pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, pkcs11.CKM_DH_PKCS_DERIVE}
+	case ECDH:
+		return []uint{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDH1_DERIVE}
+	}
+	panic("hsm: unknown capability")
+}
+
+// Can reports whether the token lists every mechanism of c.
+func (s *Session) Can(c Capability) (bool, error) {
+	mechs, err := s.t.ck.GetMechanismList(s.t.slot)
+	if err != nil {
+		return false, err
+	}
+	listed := map[uint]bool{}
+	for _, m := range mechs {
+		listed[m.Mechanism] = true
+	}
+	for _, m := range c.mechanisms() {
+		if !listed[m] {
+			return false, nil
+		}
+	}
+	return true, nil
 }

@@ -27,8 +27,8 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		kind = "rekey"
 	}
 	var (
-		account, kid string
-		e            *exchange.Error
+		who party
+		e   *exchange.Error
 	)
 	var body []byte
 	if ok, retry := s.byAddress.allow(clientAddress(r), start); !ok {
@@ -38,9 +38,9 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	} else if e = s.takeTurn(r); e == nil {
 		defer func() { <-s.exchanges; queueRunning.Dec() }()
 		if kind == "rekey" {
-			account, kid, e = s.rekey(w, r, body)
+			who, e = s.rekey(w, r, body)
 		} else {
-			account, kid, e = s.exchange(w, r, body)
+			who, e = s.exchange(w, r, body)
 		}
 	}
 	result := "ok"
@@ -49,9 +49,25 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		writeError(w, e, 0)
 	}
 	d := s.cfg.Now().Sub(start)
-	exchangesTotal.WithLabelValues(profile, kind, result).Inc()
+	exchangesTotal.WithLabelValues(who.profileLabel(), kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
-	s.log.Info(kind, "account", account, "kid", kid, "result", result, "duration_ms", ms(d), "client", clientAddress(r))
+	s.log.Info(kind, "account", who.account, "kid", who.kid, "profile", who.profileLabel(), "result", result, "duration_ms", ms(d), "client", clientAddress(r))
+}
+
+// party is who an exchange or rekey was from, as far as it got: the
+// account and credential once known, and the profile of its keys.
+type party struct {
+	account, kid string
+	profile      exchange.Profile
+}
+
+// profileLabel names the profile in metrics and logs, "unknown" for a
+// request refused before its keys were read.
+func (p party) profileLabel() string {
+	if p.profile == 0 {
+		return "unknown"
+	}
+	return p.profile.String()
 }
 
 // ms is a duration in milliseconds, as logs give durations.
@@ -101,52 +117,55 @@ func (s *Service) accountTurn(account string) *exchange.Error {
 
 // exchange follows the SPEC's order of work: parse, validate both keys,
 // look up the credential, and only then spend token time.
-func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) (account, kid string, _ *exchange.Error) {
+func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) (party, *exchange.Error) {
 	var msg wire.ExchangeRequest
 	if err := wire.Unmarshal(body, &msg); err != nil {
-		return "", "", s.refusal("exchange", err)
+		return party{}, s.refusal("exchange", err)
 	}
 	if msg.ClientCredential == nil && msg.ClientNonce != nil {
 		// SPEC §7: a request with only a nonce is a rekey, unsigned.
-		return "", "", exchange.Errorf(exchange.BadAuthentication, "A request without ClientCredential is a rekey, which needs an Authorization: JWC header signed under the session's rekey key; send ClientCredential to exchange.")
+		return party{}, exchange.Errorf(exchange.BadAuthentication, "A request without ClientCredential is a rekey, which needs an Authorization: JWC header signed under the session's rekey key; send ClientCredential to exchange.")
 	}
 	req, err := exchange.ParseRequest(&msg)
 	if err != nil {
-		return "", "", s.refusal("exchange", err)
+		return party{}, s.refusal("exchange", err)
 	}
-	kid = req.CredentialKID()
-	account, disabled, err := s.cfg.Accounts.Lookup(r.Context(), kid)
+	who := party{kid: req.CredentialKID(), profile: req.Profile()}
+	account, disabled, err := s.cfg.Accounts.Lookup(r.Context(), who.kid)
 	switch {
 	case errors.Is(err, accounts.ErrNotFound):
-		return "", kid, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", kid)
+		return who, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", who.kid)
 	case err != nil:
-		return "", kid, s.refusal("exchange", exchange.RegistryError(err))
-	case disabled:
-		return account, kid, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
+		return who, s.refusal("exchange", exchange.RegistryError(err))
+	}
+	who.account = account
+	if disabled {
+		return who, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
 	}
 	if e := s.accountTurn(account); e != nil {
-		return account, kid, e
+		return who, e
 	}
 	resp, err := s.cfg.Engine.Exchange(r.Context(), req, account)
 	if err != nil {
-		return account, kid, s.refusal("exchange", err)
+		return who, s.refusal("exchange", err)
 	}
 	writeJSON(w, http.StatusOK, resp)
-	return account, kid, nil
+	return who, nil
 }
 
 // rekey renews a session: the engine verifies the request, signed under
 // the old session's RK (typ jwc-rekey), and answers it.
-func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (account, kid string, _ *exchange.Error) {
+func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (party, *exchange.Error) {
 	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), s.signedRequest(r, body), func(account string) error {
 		if e := s.accountTurn(account); e != nil {
 			return e
 		}
 		return nil
 	})
+	who := party{account: sess.Account, kid: sess.CredentialKID, profile: sess.Profile}
 	if err != nil {
-		return sess.Account, sess.CredentialKID, s.refusal("rekey", err)
+		return who, s.refusal("rekey", err)
 	}
 	writeJSON(w, http.StatusOK, resp)
-	return sess.Account, sess.CredentialKID, nil
+	return who, nil
 }

@@ -16,7 +16,6 @@ import (
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/keystore"
 )
 
@@ -26,7 +25,7 @@ type failingKeystore struct {
 	err error
 }
 
-func (k *failingKeystore) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
+func (k *failingKeystore) Derive(ctx context.Context, kid string, peer *exchange.PublicKey) ([]byte, error) {
 	return nil, k.err
 }
 
@@ -53,7 +52,7 @@ func TestUnexpectedErrors(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { reg.Close() })
-		key, _ := exchange.GenerateClientKey(rand.Reader)
+		key, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 		if err := reg.Add(context.Background(), "alice@example.com", key.Public()); err != nil {
 			t.Fatal(err)
 		}

@@ -81,7 +81,7 @@ func newFixture(t *testing.T, tune ...func(*Config)) *fixture {
 // register makes a credential and binds it to account.
 func (f *fixture) register(t *testing.T, account string) *exchange.ClientKey {
 	t.Helper()
-	k, err := exchange.GenerateClientKey(rand.Reader)
+	k, err := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -425,7 +425,7 @@ func refusalCases() []refusalCase {
 			return newRequest(http.MethodPost, WellKnown, []byte("hello"), "", "application/json")
 		}},
 		{"exchange for an unregistered credential", http.StatusForbidden, exchange.UnknownCredential, "not registered", func(t *testing.T, f *fixture) *http.Request {
-			stranger, err := exchange.GenerateClientKey(rand.Reader)
+			stranger, err := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -546,7 +546,11 @@ func TestAccepted(t *testing.T) {
 
 func TestDiscovery(t *testing.T) {
 	f := newFixture(t)
-	x, err := f.ks.Credential(context.Background())
+	x, err := f.ks.Credential(context.Background(), exchange.ModP2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := f.ks.Credential(context.Background(), exchange.P256)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -576,6 +580,16 @@ func TestDiscovery(t *testing.T) {
 		// The session's credential is the one discovery names.
 		if !f.sess.ServerCredential.Equal(got) {
 			t.Errorf("GET %s: the exchange was agreed with another credential", path)
+		}
+		// Credentials lists both profiles' credentials, group 14 first (SPEC §8).
+		if len(d.Credentials) != 2 {
+			t.Fatalf("GET %s: Credentials has %d keys, want 2", path, len(d.Credentials))
+		}
+		for i, want := range []*exchange.PublicKey{x, e} {
+			k, err := exchange.ParseKey(&d.Credentials[i], "Credentials")
+			if err != nil || !k.Equal(want) {
+				t.Errorf("GET %s: Credentials[%d] = %s (%v), want %s", path, i, d.Credentials[i].KID, err, want.KeyID())
+			}
 		}
 	}
 	rec := f.serve(newRequest(http.MethodPut, WellKnown, nil, "", ""))

@@ -10,7 +10,7 @@ import (
 var (
 	exchangesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_exchanges_total",
-		Help: "Exchanges and rekeys answered, by profile (modp2048), kind and result (ok or the SPEC error code).",
+		Help: "Exchanges and rekeys answered, by profile (modp2048, p256, or unknown when refused before the keys were read), kind and result (ok or the SPEC error code).",
 	}, []string{"profile", "kind", "result"})
 	exchangeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "custos_exchange_duration_seconds",
@@ -54,19 +54,17 @@ var refusalCodes = []exchange.Code{
 
 func init() {
 	for _, kind := range []string{"exchange", "rekey"} {
-		exchangesTotal.WithLabelValues(profile, kind, "ok")
-		for _, c := range refusalCodes {
-			exchangesTotal.WithLabelValues(profile, kind, string(c))
+		for _, p := range exchange.Profiles {
+			exchangesTotal.WithLabelValues(p.String(), kind, "ok")
+			for _, c := range refusalCodes {
+				exchangesTotal.WithLabelValues(p.String(), kind, string(c))
+			}
 		}
 	}
 	for _, c := range refusalCodes {
 		authRequests.WithLabelValues(string(c))
 	}
 }
-
-// profile names the key-exchange profile in metrics; group 14 is the one
-// served today.
-const profile = "modp2048"
 
 // Collectors returns the service's own metrics.
 func Collectors() []prometheus.Collector {

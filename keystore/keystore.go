@@ -5,7 +5,11 @@
 // It also describes keys for operators.
 package keystore
 
-import "time"
+import (
+	"time"
+
+	"github.com/custos-kx/custos/exchange"
+)
 
 // KeyKind tells what a key is for.
 type KeyKind string
@@ -17,7 +21,9 @@ const (
 
 // KeyInfo describes one key without revealing it.
 type KeyInfo struct {
-	Kind    KeyKind
+	Kind KeyKind
+	// Profile is a credential's profile; zero for a ticket key.
+	Profile exchange.Profile
 	ID      string // credential kid, or ticket key id in hex
 	Label   string
 	Created time.Time

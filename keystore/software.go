@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 )
 
@@ -21,19 +23,24 @@ import (
 type Software struct {
 	mu      sync.RWMutex
 	rand    io.Reader
-	creds   map[string]*group.Scalar
-	active  string
-	public  *group.Element // of the active credential
+	creds   map[string]softCredential
+	active  map[exchange.Profile]*exchange.PublicKey
 	sealers map[ticket.KeyID]cipher.AEAD
 	sealID  ticket.KeyID
 	info    []KeyInfo
 }
 
-// NewSoftware returns a Software keystore with a fresh credential and
-// sealing key. rand is used for key generation and ticket IVs; nil means
-// crypto/rand.
+// softCredential is a credential's private key, of one profile.
+type softCredential struct {
+	dh *group.Scalar
+	ec *p256.Scalar
+}
+
+// NewSoftware returns a Software keystore with a fresh credential of each
+// profile and a sealing key. rand is used for key generation and ticket
+// IVs; nil means crypto/rand.
 func NewSoftware(rand io.Reader) (*Software, error) {
-	s := &Software{rand: rand, creds: map[string]*group.Scalar{}, sealers: map[ticket.KeyID]cipher.AEAD{}}
+	s := &Software{rand: rand, creds: map[string]softCredential{}, active: map[exchange.Profile]*exchange.PublicKey{}, sealers: map[ticket.KeyID]cipher.AEAD{}}
 	if s.rand == nil {
 		s.rand = cryptoRand
 	}
@@ -42,6 +49,11 @@ func NewSoftware(rand io.Reader) (*Software, error) {
 		return nil, err
 	}
 	s.AddCredential(x)
+	xe, err := p256.GenerateScalar(s.rand)
+	if err != nil {
+		return nil, err
+	}
+	s.AddCredentialP256(xe)
 	if _, err := s.RotateTicketKey(); err != nil {
 		return nil, err
 	}
@@ -50,15 +62,33 @@ func NewSoftware(rand io.Reader) (*Software, error) {
 
 var cryptoRand = rand.Reader
 
-// AddCredential makes x the active credential, keeping earlier ones for Derive.
+// AddCredential makes x the active group-14 credential, keeping earlier
+// ones for Derive.
 func (s *Software) AddCredential(x *group.Scalar) string {
-	pub := x.Public()
+	return s.addCredential(softCredential{dh: x}, exchange.DHKey(x.Public()))
+}
+
+// AddCredentialP256 makes x the active P-256 credential, keeping earlier
+// ones for Derive.
+func (s *Software) AddCredentialP256(x *p256.Scalar) string {
+	return s.addCredential(softCredential{ec: x}, exchange.ECDHKey(x.Public()))
+}
+
+// DropProfile forgets the active credential of profile p, as a token
+// without its mechanisms would have none.
+func (s *Software) DropProfile(p exchange.Profile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.active, p)
+}
+
+func (s *Software) addCredential(c softCredential, pub *exchange.PublicKey) string {
 	kid := pub.KeyID()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.creds[kid] = x
-	s.active, s.public = kid, pub
-	s.info = append(s.info, KeyInfo{Kind: KindCredential, ID: kid, Created: time.Now()})
+	s.creds[kid] = c
+	s.active[pub.Profile()] = pub
+	s.info = append(s.info, KeyInfo{Kind: KindCredential, Profile: pub.Profile(), ID: kid, Created: time.Now()})
 	return kid
 }
 
@@ -83,22 +113,30 @@ func (s *Software) RotateTicketKey() (ticket.KeyID, error) {
 	return id, nil
 }
 
-func (s *Software) Credential(ctx context.Context) (*group.Element, error) {
+func (s *Software) Credential(ctx context.Context, p exchange.Profile) (*exchange.PublicKey, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.public, nil
+	if x := s.active[p]; x != nil {
+		return x, nil
+	}
+	return nil, fmt.Errorf("keystore: no %s credential: %w", p, exchange.ErrProfileNotServed)
 }
 
-func (s *Software) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
+func (s *Software) Derive(ctx context.Context, kid string, peer *exchange.PublicKey) ([]byte, error) {
 	s.mu.RLock()
 	x, ok := s.creds[kid]
 	s.mu.RUnlock()
-	if !ok {
+	switch {
+	case !ok:
 		return nil, fmt.Errorf("keystore: no credential %s", kid)
+	case x.ec != nil && peer.Point() != nil:
+		return x.ec.DH(peer.Point())
+	case x.dh != nil && peer.DH() != nil:
+		sec := group.ExpScalar(peer.DH(), x.dh)
+		defer sec.Zero()
+		return sec.Bytes(), nil
 	}
-	sec := group.ExpSecret(peer, x.Bytes())
-	defer sec.Zero()
-	return sec.Bytes(), nil
+	return nil, fmt.Errorf("keystore: credential %s is not of the %s profile", kid, peer.Profile())
 }
 
 func (s *Software) SealingKey(ctx context.Context) (ticket.KeyID, error) {
@@ -151,7 +189,7 @@ func (s *Software) Keys(ctx context.Context) ([]KeyInfo, error) {
 	for i := range out {
 		switch out[i].Kind {
 		case KindCredential:
-			out[i].Active = out[i].ID == s.active
+			out[i].Active = s.active[out[i].Profile] != nil && out[i].ID == s.active[out[i].Profile].KeyID()
 		case KindTicket:
 			out[i].Active = out[i].ID == hex.EncodeToString(s.sealID[:])
 		}

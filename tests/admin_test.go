@@ -65,7 +65,7 @@ func TestParallelAdminCommands(t *testing.T) {
 	var cmds sync.WaitGroup
 	errs := make(chan string, 20)
 	for i := range 20 {
-		cred, _ := exchange.GenerateClientKey(rand.Reader)
+		cred, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 		pub, _ := json.Marshal(exchange.EncodeKey(cred.Public()))
 		file := filepath.Join(dir, fmt.Sprintf("cred-%d.pub", i))
 		os.WriteFile(file, pub, 0o600)
@@ -153,7 +153,7 @@ func TestAuditTrail(t *testing.T) {
 	dir := t.TempDir()
 	env := custosdEnv(st, filepath.Join(dir, "custos.db"))
 	runCustosd(t, env, "init")
-	cred, _ := exchange.GenerateClientKey(rand.Reader)
+	cred, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	pub, _ := json.Marshal(exchange.EncodeKey(cred.Public()))
 	file := filepath.Join(dir, "cred.pub")
 	os.WriteFile(file, pub, 0o600)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/softhsm"
 )
 
@@ -31,7 +32,7 @@ func TestClientPinning(t *testing.T) {
 	if err := tofu.Exchange(context.Background(), e.url); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.ks.RotateCredential(context.Background()); err != nil {
+	if _, err := e.ks.RotateCredential(context.Background(), exchange.ModP2048); err != nil {
 		t.Fatal(err)
 	}
 	if err := tofu.Exchange(context.Background(), e.url); !errors.As(err, &pe) {

@@ -33,33 +33,49 @@ func TestFullFlow(t *testing.T) {
 	}{{"sqlite", sqliteDSN}, {"postgres", func(t *testing.T) string { return pgtest.Start(t) }}} {
 		t.Run(backend.name, func(t *testing.T) {
 			e := newEnv(t, backend.dsn(t))
-			key := e.register(t, "alice@example.com")
-			tr := &client.Transport{Key: key, State: &client.State{Dir: t.TempDir()}}
-			hc := &http.Client{Transport: tr}
-
-			if err := tr.Exchange(context.Background(), e.url); err != nil {
-				t.Fatal(err)
+			// One client state for both profiles: each pins its own
+			// credential of the service.
+			state := &client.State{Dir: t.TempDir()}
+			for _, p := range exchange.Profiles {
+				fullFlow(t, e, e.registerProfile(t, "alice@example.com", p), state)
 			}
-			who := whoami(t, hc, e.url)
-			if who["account"] != "alice@example.com" || who["credential_kid"] != key.Public().KeyID() || who["generation"] != float64(0) {
-				t.Fatalf("whoami: %v", who)
-			}
-			enc := &http.Client{Transport: &client.Transport{Key: key, State: tr.State, Encrypt: true}}
-			resp, err := enc.Post(e.url+"/v1/echo", "text/plain", strings.NewReader("hello, custos"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			if resp.StatusCode != 200 || string(b) != "hello, custos" {
-				t.Fatalf("encrypted echo: %d %q", resp.StatusCode, b)
-			}
-			if err := tr.Rekey(context.Background(), e.url); err != nil {
-				t.Fatal(err)
-			}
-			if who := whoami(t, hc, e.url); who["generation"] != float64(1) || who["account"] != "alice@example.com" {
-				t.Fatalf("whoami after rekey: %v", who)
+			for _, p := range exchange.Profiles {
+				x, _ := e.ks.Credential(context.Background(), p)
+				if pin, err := state.Pin(e.url, p); err != nil || pin != x.KeyID() {
+					t.Errorf("%s pin %s (%v), want %s", p, pin, err, x.KeyID())
+				}
 			}
 		})
+	}
+}
+
+// fullFlow exchanges, makes plain and encrypted requests, rekeys and
+// checks the session is of the key's profile.
+func fullFlow(t *testing.T, e *env, key *exchange.ClientKey, state *client.State) {
+	t.Helper()
+	tr := &client.Transport{Key: key, State: state}
+	hc := &http.Client{Transport: tr}
+	if err := tr.Exchange(context.Background(), e.url); err != nil {
+		t.Fatal(err)
+	}
+	who := whoami(t, hc, e.url)
+	if who["account"] != "alice@example.com" || who["credential_kid"] != key.Public().KeyID() || who["generation"] != float64(0) {
+		t.Fatalf("%s: whoami: %v", key.Profile(), who)
+	}
+	enc := &http.Client{Transport: &client.Transport{Key: key, State: state, Encrypt: true}}
+	resp, err := enc.Post(e.url+"/v1/echo", "text/plain", strings.NewReader("hello, custos"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 || string(b) != "hello, custos" {
+		t.Fatalf("encrypted echo: %d %q", resp.StatusCode, b)
+	}
+	if err := tr.Rekey(context.Background(), e.url); err != nil {
+		t.Fatal(err)
+	}
+	if who := whoami(t, hc, e.url); who["generation"] != float64(1) || who["account"] != "alice@example.com" || who["credential_kid"] != key.Public().KeyID() {
+		t.Fatalf("%s: whoami after rekey: %v", key.Profile(), who)
 	}
 }
 
@@ -113,7 +129,7 @@ func TestSeedRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want, _ := e.ks.Credential(context.Background()); !x.Equal(want) {
+	if want, _ := e.ks.Credential(context.Background(), exchange.ModP2048); !x.Equal(want) {
 		t.Fatal("ServerCredential is not the token's credential")
 	}
 	if _, err := exchange.ParseKey(m.ServerNonce, "ServerNonce"); err != nil {
@@ -259,8 +275,8 @@ func TestRotationWhileActive(t *testing.T) {
 		t.Error(err)
 	}
 	keys, _ := e.ks.Keys(context.Background())
-	if len(keys) != 5 {
-		t.Fatalf("expected 1 credential and 4 ticket keys, have %d", len(keys))
+	if len(keys) != 6 {
+		t.Fatalf("expected 2 credentials (one per profile) and 4 ticket keys, have %d", len(keys))
 	}
 }
 
@@ -276,7 +292,7 @@ func TestDiscoveryAndHealth(t *testing.T) {
 		t.Fatalf("%v: %s", err, b)
 	}
 	x, err := exchange.ParseKey(d.ServerCredential, "ServerCredential")
-	if want, _ := e.ks.Credential(context.Background()); err != nil || !x.Equal(want) {
+	if want, _ := e.ks.Credential(context.Background(), exchange.ModP2048); err != nil || !x.Equal(want) {
 		t.Fatal("discovery does not name the token's credential")
 	}
 	for _, path := range []string{"/healthz", "/readyz"} {

@@ -123,7 +123,13 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 // register makes a credential for account and registers it.
 func (e *env) register(t *testing.T, account string) *exchange.ClientKey {
 	t.Helper()
-	k, err := exchange.GenerateClientKey(rand.Reader)
+	return e.registerProfile(t, account, exchange.ModP2048)
+}
+
+// registerProfile makes a credential of profile p for account and registers it.
+func (e *env) registerProfile(t *testing.T, account string, p exchange.Profile) *exchange.ClientKey {
+	t.Helper()
+	k, err := exchange.GenerateClientKey(rand.Reader, p)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func wireKey(public []byte) *wire.PublicKey {
 
 func goodKey(t *testing.T) *wire.PublicKey {
 	s, _ := group.GenerateScalar(rand.Reader)
-	return exchange.EncodeKey(s.Public())
+	return exchange.EncodeKey(exchange.DHKey(s.Public()))
 }
 
 func nonResidue() *big.Int {
@@ -557,7 +557,7 @@ func forgeJWS256(header string, payload any, key []byte) string {
 func TestHostileInput(t *testing.T) {
 	e := newEnv(t, sqliteDSN(t))
 	f := &fixture{e: e, key: e.register(t, "alice@example.com")}
-	f.stranger, _ = exchange.GenerateClientKey(rand.Reader)
+	f.stranger, _ = exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	f.banned = e.register(t, "banned@example.com")
 	cases := hostileCases()
 	if len(cases) < 60 {

@@ -89,7 +89,7 @@ func initialised(t *testing.T, dir, account string) ([]string, *exchange.ClientK
 		t.Fatal(err)
 	}
 	defer reg.Close()
-	key, _ := exchange.GenerateClientKey(rand.Reader)
+	key, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	if err := reg.Add(context.Background(), account, key.Public()); err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func TestReplicasShareTokenAndDatabase(t *testing.T) {
 	st := softhsm.New(t)
 	dsn := pgtest.Start(t)
 	env := custosdEnv(st, dsn)
-	kid := strings.TrimSpace(runCustosd(t, env, "init"))
+	kid := initCredential(t, runCustosd(t, env, "init"), "modp2048")
 
 	ctx := context.Background()
 	reg, err := accounts.Open(ctx, dsn)
@@ -163,7 +163,7 @@ func TestReplicasShareTokenAndDatabase(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer reg.Close()
-	key, _ := exchange.GenerateClientKey(rand.Reader)
+	key, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
 	if err := reg.Add(ctx, "alice@example.com", key.Public()); err != nil {
 		t.Fatal(err)
 	}
@@ -267,12 +267,24 @@ func activeTicketKey(t *testing.T, list string) string {
 	var active []string
 	for _, line := range strings.Split(list, "\n") {
 		f := strings.Fields(line)
-		if len(f) == 4 && f[0] == "ticket" && f[3] == "true" {
-			active = append(active, f[1])
+		if len(f) == 5 && f[0] == "ticket" && f[4] == "true" {
+			active = append(active, f[2])
 		}
 	}
 	if len(active) != 1 {
 		t.Fatalf("keys list shows %d active ticket keys:\n%s", len(active), list)
 	}
 	return active[0]
+}
+
+// initCredential is the kid custosd init printed for a profile's credential.
+func initCredential(t *testing.T, out, profile string) string {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[0] == profile && f[1] == "credential" {
+			return f[2]
+		}
+	}
+	t.Fatalf("custosd init printed no %s credential:\n%s", profile, out)
+	return ""
 }

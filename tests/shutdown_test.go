@@ -18,6 +18,7 @@ import (
 
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/client/bench"
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/jwc"
 	"github.com/custos-kx/custos/softhsm"
 )
@@ -78,7 +79,7 @@ func TestRotationUnderLoad(t *testing.T) {
 			underLoad(fmt.Sprintf("after rotation %d", i))
 		}
 		if i == 2 {
-			if _, err := e.ks.RotateCredential(context.Background()); err != nil {
+			if _, err := e.ks.RotateCredential(context.Background(), exchange.ModP2048); err != nil {
 				t.Fatal(err)
 			}
 			continue
@@ -99,8 +100,8 @@ func TestRotationUnderLoad(t *testing.T) {
 		t.Error("the load lost requests to the rotations")
 	}
 	keys, _ := e.ks.Keys(context.Background())
-	if len(keys) != 6 {
-		t.Errorf("expected 2 credentials and 4 ticket keys, have %d", len(keys))
+	if len(keys) != 7 {
+		t.Errorf("expected 3 credentials (two group-14, one P-256) and 4 ticket keys, have %d", len(keys))
 	}
 }
 
@@ -114,7 +115,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	runCustosd(t, env, "init")
 	r := startReplica(t, env)
 	keyFile, pubFile := t.TempDir()+"/alice.key", t.TempDir()+"/alice.pub"
-	key, err := client.GenerateKey(keyFile)
+	key, err := client.GenerateKey(keyFile, exchange.ModP2048)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/udf"
 	"github.com/custos-kx/custos/internal/wire"
 )
@@ -68,6 +69,10 @@ func inspect(doc []byte, w io.Writer) (bool, error) {
 		}
 		fmt.Fprintln(w, "ExchangeRequest")
 		keys = []namedKey{{"ClientCredential", m.ClientCredential}, {"ClientNonce", m.ClientNonce}}
+		if m.ClientCredential != nil && m.ClientNonce != nil && m.ClientCredential.Type != m.ClientNonce.Type {
+			fmt.Fprintf(w, "  FAIL  ClientCredential is a %s key and ClientNonce a %s key; both must be of one kind\n", m.ClientCredential.Type, m.ClientNonce.Type)
+			allOK = false
+		}
 		if m.ClientCredential != nil && m.ClientNonce != nil && bytes.Equal(m.ClientCredential.Public, m.ClientNonce.Public) {
 			fmt.Fprintln(w, "  FAIL  ClientCredential and ClientNonce are the same key")
 			allOK = false
@@ -97,7 +102,16 @@ func inspect(doc []byte, w io.Writer) (bool, error) {
 			return false, fmt.Errorf("the ServiceDescription does not decode: %v", err)
 		}
 		fmt.Fprintln(w, "ServiceDescription")
-		keys = []namedKey{{"ServerCredential", m.ServerCredential}}
+		if m.ServerCredential != nil {
+			keys = append(keys, namedKey{"ServerCredential", m.ServerCredential})
+		}
+		for i := range m.Credentials {
+			keys = append(keys, namedKey{fmt.Sprintf("Credentials[%d]", i), &m.Credentials[i]})
+		}
+		if len(keys) == 0 {
+			fmt.Fprintln(w, "  FAIL  no credential: neither ServerCredential nor Credentials")
+			allOK = false
+		}
 	default:
 		return false, fmt.Errorf("the message is not an ExchangeRequest, ExchangeResponse or ServiceDescription")
 	}
@@ -121,7 +135,6 @@ func inspectKey(w io.Writer, role string, k *wire.PublicKey) bool {
 		fmt.Fprintln(w, "  FAIL  missing")
 		return false
 	}
-	domain := group.Domain()
 	ok := true
 	mark := func(good bool) string {
 		if good {
@@ -130,6 +143,12 @@ func inspectKey(w io.Writer, role string, k *wire.PublicKey) bool {
 		ok = false
 		return "FAIL"
 	}
+	if k.Type == wire.KeyECDH {
+		inspectPoint(w, k, mark)
+		return ok
+	}
+	fmt.Fprintln(w, "  PublicKeyDH")
+	domain := group.Domain()
 	domainOK := bytes.Equal(k.Domain, domain[:])
 	dname := "unknown group"
 	if domainOK {
@@ -151,4 +170,22 @@ func inspectKey(w io.Writer, role string, k *wire.PublicKey) bool {
 	fmt.Fprintf(w, "  %s  kid given      %s\n", mark(k.KID == computed), k.KID)
 	fmt.Fprintf(w, "        kid computed   %s\n", computed)
 	return ok
+}
+
+// inspectPoint prints the checks of a PublicKeyECDH key (SPEC §9).
+func inspectPoint(w io.Writer, k *wire.PublicKey, mark func(bool) string) {
+	fmt.Fprintln(w, "  PublicKeyECDH")
+	fmt.Fprintf(w, "  %s  crv            %q\n", mark(k.Curve == p256.Curve), k.Curve)
+	pt, err := p256.Decode(k.Public)
+	member := "an uncompressed point on the curve"
+	if err != nil {
+		member = err.(*p256.InvalidError).Reason
+	}
+	fmt.Fprintf(w, "  %s  Public         %d bytes, %s\n", mark(err == nil), len(k.Public), member)
+	if err != nil {
+		fmt.Fprintf(w, "  %s  kid given      %s (not checked: the point is invalid)\n", mark(false), k.KID)
+		return
+	}
+	fmt.Fprintf(w, "  %s  kid given      %s\n", mark(k.KID == pt.KeyID()), k.KID)
+	fmt.Fprintf(w, "        kid computed   %s\n", pt.KeyID())
 }

@@ -31,7 +31,8 @@ type options struct {
 	Encrypt bool   `name:"encrypt" help:"encrypt request and response bodies under the session"`
 
 	Keygen struct {
-		Out string `name:"out" required:"" placeholder:"FILE" help:"where to write the credential (mode 0600)"`
+		Out     string `name:"out" required:"" placeholder:"FILE" help:"where to write the credential (mode 0600)"`
+		Profile string `name:"profile" enum:"modp2048,p256" default:"modp2048" help:"the key agreement: modp2048 (RFC 3526 group 14, the seed's) or p256 (NIST P-256, faster, for HSMs without finite-field DH)"`
 	} `cmd:"" help:"Make a credential and print its public key to register."`
 	Exchange target `cmd:"" help:"Run a key exchange with the service at URL and keep the session."`
 	Get      target `cmd:"" help:"GET URL under the session (exchanging first if needed)."`
@@ -121,7 +122,11 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 	case "inspect":
 		return cmdInspect(o.Inspect.File, stdin, stdout, stderr)
 	case "keygen":
-		k, err := client.GenerateKey(o.Keygen.Out)
+		p, err := exchange.ParseProfile(o.Keygen.Profile)
+		if err != nil {
+			return fail(err)
+		}
+		k, err := client.GenerateKey(o.Keygen.Out, p)
 		if err != nil {
 			return fail(err)
 		}
@@ -187,7 +192,7 @@ func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
 		if err := tr.Exchange(ctx, origin); err != nil {
 			return err
 		}
-		kid, _ := tr.State.Pin(origin)
+		kid, _ := tr.State.Pin(origin, key.Profile())
 		fmt.Fprintf(stderr, "custos: session established with %s (service credential %s)\n", origin, kid)
 		return nil
 	case "rekey":

@@ -8,12 +8,15 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
+	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/wire"
+	"github.com/custos-kx/custos/keystore"
+	"github.com/custos-kx/custos/keystore/p11"
 )
 
 func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) error {
@@ -22,11 +25,16 @@ func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) er
 		return err
 	}
 	defer tok.Close()
-	kid, err := ks.Init(ctx)
+	active, err := ks.Init(ctx)
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(out, kid)
+	var served []string
+	for _, k := range active {
+		fmt.Fprintf(out, "%s credential %s\n", k.Profile, k.ID)
+		served = append(served, k.Profile.String())
+	}
+	fmt.Fprintf(out, "serving the %s profile(s)\n", strings.Join(served, " and "))
 	return nil
 }
 
@@ -52,9 +60,13 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 			return err
 		}
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "KIND\tID\tCREATED\tACTIVE")
+		fmt.Fprintln(tw, "KIND\tPROFILE\tID\tCREATED\tACTIVE")
 		for _, k := range keys {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\n", k.Kind, k.ID, k.Created.UTC().Format(time.RFC3339), k.Active)
+			profile := "-"
+			if k.Kind == keystore.KindCredential {
+				profile = k.Profile.String()
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", k.Kind, profile, k.ID, k.Created.UTC().Format(time.RFC3339), k.Active)
 		}
 		return tw.Flush()
 	case "rotate-ticket-key":
@@ -65,12 +77,21 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 		fmt.Fprintf(out, "new ticket key %s is active; older keys open their tickets until pruned\n", k.ID)
 		return audit("keys rotate-ticket-key", k.ID, "")
 	case "rotate-credential":
-		k, err := ks.RotateCredential(ctx)
+		profiles, err := rotatedProfiles(ctx, ks, c.Keys.RotateCred.Profile)
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(out, "new service credential %s is active; clients that pinned the old one must re-pin\n", k.ID)
-		return audit("keys rotate-credential", k.ID, "")
+		for _, p := range profiles {
+			k, err := ks.RotateCredential(ctx, p)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(out, "new %s service credential %s is active; clients that pinned the old one must re-pin\n", p, k.ID)
+			if err := audit("keys rotate-credential", k.ID, p.String()); err != nil {
+				return err
+			}
+		}
+		return nil
 	case "prune":
 		window := c.pruneDuration()
 		if floor := c.ticketLifetime(); window < floor {
@@ -97,6 +118,25 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 		}
 	}
 	return nil
+}
+
+// rotatedProfiles is the profile named, or every profile the token has
+// an active credential of.
+func rotatedProfiles(ctx context.Context, ks *p11.Keystore, name string) ([]exchange.Profile, error) {
+	if name != "" {
+		p, err := exchange.ParseProfile(name)
+		return []exchange.Profile{p}, err
+	}
+	var served []exchange.Profile
+	for _, p := range exchange.Profiles {
+		if _, err := ks.Credential(ctx, p); err == nil {
+			served = append(served, p)
+		}
+	}
+	if len(served) == 0 {
+		return nil, errors.New("the token holds no service credential; run custosd init first")
+	}
+	return served, nil
 }
 
 // pruneDuration is --window, else --prune-window, else the longest a

@@ -37,7 +37,7 @@ type config struct {
 
 	settings `embed:"" group:"settings"`
 
-	Init    struct{}   `cmd:"" help:"Create the service credential and a ticket key if absent; print the kid."`
+	Init    struct{}   `cmd:"" help:"Create a service credential of each profile the token supports, and a ticket key, where absent; print the credentials."`
 	Serve   struct{}   `cmd:"" help:"Serve the jwcexchange endpoint and authenticated requests."`
 	Account accountCmd `cmd:"" help:"Manage the account registry."`
 	Keys    keysCmd    `cmd:"" help:"Manage the token's keys."`
@@ -103,8 +103,10 @@ type accountCmd struct {
 type keysCmd struct {
 	List            struct{} `cmd:"" help:"List the token's keys."`
 	RotateTicketKey struct{} `cmd:"" name:"rotate-ticket-key" help:"Make a new ticket key the active one."`
-	RotateCred      struct{} `cmd:"" name:"rotate-credential" help:"Make a new service credential the active one."`
-	Prune           struct {
+	RotateCred      struct {
+		Profile string `name:"profile" enum:"modp2048,p256," default:"" help:"rotate only this profile's credential (modp2048 or p256); default every profile served"`
+	} `cmd:"" name:"rotate-credential" help:"Make a new service credential the active one, for each profile served."`
+	Prune struct {
 		Window time.Duration `name:"window" placeholder:"D" help:"delete keys retired longer ago than this (at least session lifetime + rekey window; default --prune-window)"`
 		DryRun bool          `name:"dry-run" help:"print what would be deleted, delete nothing"`
 	} `cmd:"" help:"Delete retired keys no live ticket can need."`

@@ -59,9 +59,16 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	defer tok.Close()
 	ks.RefreshInterval = c.KeyRefresh
 	go refreshOnHangup(ctx, ks, certs, log)
-	kid, err := ks.Credential(ctx)
-	if err != nil {
-		return fmt.Errorf("token %q: %w", tok.Label(), err)
+	var served []slog.Attr
+	for _, p := range exchange.Profiles {
+		x, err := ks.Credential(ctx, p)
+		switch {
+		case errors.Is(err, exchange.ErrProfileNotServed):
+			continue
+		case err != nil:
+			return fmt.Errorf("token %q: %w", tok.Label(), err)
+		}
+		served = append(served, slog.String(p.String(), x.KeyID()))
 	}
 	reg, err := c.openRegistry(ctx)
 	if err != nil {
@@ -127,7 +134,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if tlsOn {
 		scheme = "https"
 	}
-	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credential", kid.KeyID(), "token", tok.Label(), "registry", c.registryName(), "upstream", c.Upstream)
+	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credentials", slog.GroupValue(served...), "token", tok.Label(), "registry", c.registryName(), "upstream", c.Upstream)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsOn {

@@ -121,15 +121,23 @@ type Session struct {
 	Encryption     string
 	Authentication string
 	Generation     uint32 // 0 for an exchange, +1 for each rekey
-	AK, EK, RK     [KeySize]byte
+	// Profile is the key agreement the session was made with (the
+	// engine's exchange.Profile), which its rekeys keep.
+	Profile    uint8
+	AK, EK, RK [KeySize]byte
 }
 
-const plaintextVersion = 1
+// Plaintext versions: 2 adds the profile after the version byte; a
+// version 1 plaintext is of profile 1, the only one there was.
+const (
+	plaintextVersion   = 2
+	plaintextVersionV1 = 1
+)
 
 // MarshalBinary encodes the session. The caller zeroes the result after sealing.
 func (s *Session) MarshalBinary() ([]byte, error) {
 	out := make([]byte, 0, 256+len(s.Account))
-	out = append(out, plaintextVersion)
+	out = append(out, plaintextVersion, s.Profile)
 	for _, str := range []string{s.Account, s.CredentialKID, s.Encryption, s.Authentication} {
 		if len(str) > 0xffff {
 			return nil, errors.New("ticket: string field too long")
@@ -148,10 +156,14 @@ func (s *Session) MarshalBinary() ([]byte, error) {
 
 // UnmarshalBinary decodes a session encoded by MarshalBinary.
 func (s *Session) UnmarshalBinary(b []byte) error {
-	if len(b) < 1 || b[0] != plaintextVersion {
+	switch {
+	case len(b) >= 2 && b[0] == plaintextVersion:
+		s.Profile, b = b[1], b[2:]
+	case len(b) >= 1 && b[0] == plaintextVersionV1:
+		s.Profile, b = 1, b[1:]
+	default:
 		return ErrInvalid
 	}
-	b = b[1:]
 	var strs [4]string
 	for i := range strs {
 		if len(b) < 2 {

@@ -25,12 +25,33 @@ type Suite struct {
 	Authentication []string `json:"Authentication"`
 }
 
-// PublicKey is a PublicKeyDH object. It always appears on the wire inside its
-// tag: {"PublicKeyDH": {...}}.
+// KeyType is the tag a public key appears under on the wire.
+type KeyType uint8
+
+const (
+	// KeyDH is a group-14 key, {"PublicKeyDH": {"kid", "Domain", "Public"}}.
+	KeyDH KeyType = iota
+	// KeyECDH is a P-256 key, {"PublicKeyECDH": {"kid", "crv", "Public"}}.
+	KeyECDH
+)
+
+func (t KeyType) String() string {
+	if t == KeyECDH {
+		return tagECDH
+	}
+	return tagDH
+}
+
+// PublicKey is a PublicKeyDH or PublicKeyECDH object, by Type. It always
+// appears on the wire inside its tag. Domain is PublicKeyDH's member and
+// Curve PublicKeyECDH's ("crv", which decoding requires to be present and
+// a string, SPEC §9); each is ignored for the other type.
 type PublicKey struct {
-	KID    string `json:"kid"`
-	Domain Bytes  `json:"Domain"`
-	Public Bytes  `json:"Public"`
+	Type   KeyType
+	KID    string
+	Domain Bytes
+	Curve  string
+	Public Bytes
 }
 
 // ExchangeRequest starts an exchange (both keys) or a rekey (ClientNonce only).
@@ -55,17 +76,21 @@ type ExchangeResponse struct {
 	Authentication    []string   `json:"Authentication,omitempty"`
 }
 
-// ServiceDescription is the discovery document.
+// ServiceDescription is the discovery document (SPEC §8). ServerCredential
+// and Domain are the group-14 profile's, absent when the service does not
+// serve it; Credentials lists the credential of every profile served.
 type ServiceDescription struct {
-	ServerCredential *PublicKey `json:"ServerCredential"`
-	Domain           Bytes      `json:"Domain"`
-	Encryption       []string   `json:"Encryption"`
-	Authentication   []string   `json:"Authentication"`
+	ServerCredential *PublicKey  `json:"ServerCredential,omitempty"`
+	Domain           Bytes       `json:"Domain,omitempty"`
+	Encryption       []string    `json:"Encryption"`
+	Authentication   []string    `json:"Authentication"`
+	Credentials      []PublicKey `json:"Credentials"`
 }
 
 // Tags, as they appear on the wire.
 const (
-	tagPublicKey   = "PublicKeyDH"
+	tagDH          = "PublicKeyDH"
+	tagECDH        = "PublicKeyECDH"
 	tagRequest     = "ExchangeRequest"
 	tagResponse    = "ExchangeResponse"
 	tagDescription = "ServiceDescription"
@@ -74,14 +99,30 @@ const (
 // Each tagged type marshals through a plain twin to avoid recursing into its
 // own MarshalJSON.
 type (
-	plainPublicKey   PublicKey
 	plainRequest     ExchangeRequest
 	plainResponse    ExchangeResponse
 	plainDescription ServiceDescription
 )
 
+// The members of each key type, in the example's order.
+type (
+	dhMembers struct {
+		KID    string `json:"kid"`
+		Domain Bytes  `json:"Domain"`
+		Public Bytes  `json:"Public"`
+	}
+	ecdhMembers struct {
+		KID    string  `json:"kid"`
+		Curve  *string `json:"crv"`
+		Public Bytes   `json:"Public"`
+	}
+)
+
 func (k PublicKey) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]plainPublicKey{tagPublicKey: plainPublicKey(k)})
+	if k.Type == KeyECDH {
+		return json.Marshal(map[string]ecdhMembers{tagECDH: {KID: k.KID, Curve: &k.Curve, Public: k.Public}})
+	}
+	return json.Marshal(map[string]dhMembers{tagDH: {KID: k.KID, Domain: k.Domain, Public: k.Public}})
 }
 func (m ExchangeRequest) MarshalJSON() ([]byte, error) {
 	return json.Marshal(map[string]plainRequest{tagRequest: plainRequest(m)})
@@ -93,8 +134,35 @@ func (m ServiceDescription) MarshalJSON() ([]byte, error) {
 	return json.Marshal(map[string]plainDescription{tagDescription: plainDescription(m)})
 }
 
+// UnmarshalJSON decodes either key type. An object carrying both tags is
+// refused: which key it is would be a guess.
 func (k *PublicKey) UnmarshalJSON(b []byte) error {
-	return untag(b, tagPublicKey, (*plainPublicKey)(k))
+	var outer map[string]json.RawMessage
+	if err := json.Unmarshal(b, &outer); err != nil || outer == nil {
+		return &DecodeError{Reason: "expected a key object tagged PublicKeyDH or PublicKeyECDH"}
+	}
+	_, dh := outer[tagDH]
+	_, ec := outer[tagECDH]
+	switch {
+	case dh && ec:
+		return &DecodeError{Reason: "a key object is tagged both PublicKeyDH and PublicKeyECDH"}
+	case ec:
+		var m ecdhMembers
+		if err := untagged(outer, tagECDH, &m); err != nil {
+			return err
+		}
+		if m.Curve == nil {
+			return &DecodeError{Reason: "the PublicKeyECDH key has no crv member"}
+		}
+		*k = PublicKey{Type: KeyECDH, KID: m.KID, Curve: *m.Curve, Public: m.Public}
+	default:
+		var m dhMembers
+		if err := untagged(outer, tagDH, &m); err != nil {
+			return err
+		}
+		*k = PublicKey{Type: KeyDH, KID: m.KID, Domain: m.Domain, Public: m.Public}
+	}
+	return nil
 }
 func (m *ExchangeRequest) UnmarshalJSON(b []byte) error {
 	return untag(b, tagRequest, (*plainRequest)(m))
@@ -117,6 +185,11 @@ func untag(b []byte, tag string, v any) error {
 	if err := json.Unmarshal(b, &outer); err != nil || outer == nil {
 		return &DecodeError{Reason: fmt.Sprintf("expected an object tagged %q", tag)}
 	}
+	return untagged(outer, tag, v)
+}
+
+// untagged decodes the member tag of an object already split into members.
+func untagged(outer map[string]json.RawMessage, tag string, v any) error {
 	inner, ok := outer[tag]
 	if !ok {
 		return &DecodeError{Reason: fmt.Sprintf("expected an object tagged %q", tag)}

@@ -10,8 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/softhsm"
 )
@@ -35,9 +37,12 @@ func BenchmarkToken(b *testing.B) {
 	if _, err := ks.Init(ctx); err != nil {
 		b.Fatal(err)
 	}
-	X, _ := ks.Credential(ctx)
+	X, _ := ks.Credential(ctx, exchange.ModP2048)
 	k, _ := group.GenerateScalar(rand.Reader)
-	peer := k.Public()
+	peer := exchange.DHKey(k.Public())
+	XP, _ := ks.Credential(ctx, exchange.P256)
+	kp, _ := p256.GenerateScalar(rand.Reader)
+	peerP := exchange.ECDHKey(kp.Public())
 	plaintext := make([]byte, 260) // the size of a ticket's plaintext
 	sealed, _ := ticket.Seal(ctx, ks, rand.Reader, plaintext)
 
@@ -46,6 +51,7 @@ func BenchmarkToken(b *testing.B) {
 		fn   func() error
 	}{
 		{"derive", func() error { _, err := ks.Derive(ctx, X.KeyID(), peer); return err }},
+		{"derive-p256", func() error { _, err := ks.Derive(ctx, XP.KeyID(), peerP); return err }},
 		{"seal", func() error { _, err := ticket.Seal(ctx, ks, rand.Reader, plaintext); return err }},
 		{"open", func() error { _, err := ticket.Open(ctx, ks, sealed); return err }},
 	}

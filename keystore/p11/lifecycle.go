@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
 	"github.com/custos-kx/custos/internal/ticket"
@@ -16,28 +17,61 @@ import (
 
 // Key lifecycle: what `custosd init` and `custosd keys …` do.
 
-// Init creates the service credential and a ticket-sealing key if the token
-// has none. It is idempotent, and returns the active credential's kid.
-func (k *Keystore) Init(ctx context.Context) (kid string, err error) {
+// Init creates a service credential of each profile the token has the
+// mechanisms for, and a ticket-sealing key, where the token has none. It
+// is idempotent, and returns the active credentials, one per profile
+// served.
+func (k *Keystore) Init(ctx context.Context) ([]keystore.KeyInfo, error) {
 	if err := k.Refresh(ctx); err != nil {
-		return "", err
+		return nil, err
+	}
+	for _, p := range exchange.Profiles {
+		k.mu.RLock()
+		have := k.activeCred[p] != nil
+		k.mu.RUnlock()
+		if have {
+			continue
+		}
+		var can bool
+		err := k.tok.Do(ctx, "mechanisms", func(s *hsm.Session) (err error) {
+			can, err = s.Can(credentialKinds[p].capability)
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+		if !can {
+			k.log().Info("p11: the token lacks the mechanisms of a profile; not serving it", "profile", p.String())
+			continue
+		}
+		if _, err := k.RotateCredential(ctx, p); err != nil {
+			return nil, err
+		}
 	}
 	k.mu.RLock()
-	haveCred, haveTicket := k.activeCred != nil, k.activeTicket != nil
+	haveTicket, served := k.activeTicket != nil, len(k.activeCred)
 	k.mu.RUnlock()
-	if !haveCred {
-		if _, err := k.RotateCredential(ctx); err != nil {
-			return "", err
-		}
+	if served == 0 {
+		return nil, fmt.Errorf("p11: the token has the mechanisms of no profile: group 14 needs CKM_DH_PKCS_KEY_PAIR_GEN and CKM_DH_PKCS_DERIVE, P-256 needs CKM_EC_KEY_PAIR_GEN and CKM_ECDH1_DERIVE")
 	}
 	if !haveTicket {
 		if _, err := k.RotateTicketKey(ctx); err != nil {
-			return "", err
+			return nil, err
 		}
 	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	return k.activeCred.kid, nil
+	var active []keystore.KeyInfo
+	for _, p := range exchange.Profiles {
+		if c := k.activeCred[p]; c != nil {
+			active = append(active, c.info(true))
+		}
+	}
+	return active, nil
+}
+
+func (c *credentialKey) info(active bool) keystore.KeyInfo {
+	return keystore.KeyInfo{Kind: keystore.KindCredential, Profile: c.pub.Profile(), ID: c.kid, Label: c.label, Created: c.created, Active: active}
 }
 
 func (k *Keystore) newLabel(prefix string) (string, time.Time) {
@@ -51,31 +85,35 @@ func newID(n int) ([]byte, error) {
 	return id, err
 }
 
-// RotateCredential generates a new service credential in the token and
-// makes it active. The old one stays until pruned.
-func (k *Keystore) RotateCredential(ctx context.Context) (keystore.KeyInfo, error) {
-	label, created := k.newLabel(credentialPrefix)
+// RotateCredential generates a new service credential of profile p in the
+// token and makes it active. The old one stays until pruned.
+func (k *Keystore) RotateCredential(ctx context.Context, p exchange.Profile) (keystore.KeyInfo, error) {
+	label, created := k.newLabel(credentialKinds[p].prefix)
 	id, err := newID(8)
 	if err != nil {
 		return keystore.KeyInfo{}, err
 	}
-	params := hsm.DHParams{Prime: group.P().Bytes(), Base: []byte{group.Generator}, PrivateBits: 8 * group.ScalarSize}
 	var public []byte
 	err = k.tok.Do(ctx, "generate", func(s *hsm.Session) (err error) {
+		if p == exchange.P256 {
+			public, _, _, err = s.GenerateECKeyPair(label, id)
+			return err
+		}
+		params := hsm.DHParams{Prime: group.P().Bytes(), Base: []byte{group.Generator}, PrivateBits: 8 * group.ScalarSize}
 		public, _, _, err = s.GenerateDHKeyPair(params, label, id)
 		return err
 	})
 	if err != nil {
 		return keystore.KeyInfo{}, err
 	}
-	pub, err := group.NewElement(public)
+	pub, err := publicKey(p, public)
 	if err != nil {
-		return keystore.KeyInfo{}, fmt.Errorf("p11: the token generated a public value outside the group: %w", err)
+		return keystore.KeyInfo{}, fmt.Errorf("p11: the token generated an invalid %s public key: %w", p, err)
 	}
 	if err := k.Refresh(ctx); err != nil {
 		return keystore.KeyInfo{}, err
 	}
-	return keystore.KeyInfo{Kind: keystore.KindCredential, ID: pub.KeyID(), Label: label, Created: created, Active: true}, nil
+	return keystore.KeyInfo{Kind: keystore.KindCredential, Profile: p, ID: pub.KeyID(), Label: label, Created: created, Active: true}, nil
 }
 
 // RotateTicketKey generates a new ticket-sealing key and makes it active.
@@ -119,16 +157,20 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool)
 	}
 	var victims []victim
 	k.mu.RLock()
-	creds := make([]*credentialKey, 0, len(k.creds))
-	for _, c := range k.creds {
-		creds = append(creds, c)
-	}
-	sort.Slice(creds, func(i, j int) bool { return newer(creds[j].created, creds[j].id, creds[i].created, creds[i].id) })
-	for i, c := range creds[:max(len(creds)-1, 0)] {
-		if retired := creds[i+1].created; c != k.activeCred && retired.Before(cutoff) {
-			victims = append(victims, victim{
-				keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created, Retired: retired},
-				c.id, []hsm.KeyKind{hsm.DHPrivateKey, hsm.DHPublicKey}})
+	for _, p := range exchange.Profiles {
+		var creds []*credentialKey
+		for _, c := range k.creds {
+			if c.pub.Profile() == p {
+				creds = append(creds, c)
+			}
+		}
+		sort.Slice(creds, func(i, j int) bool { return newer(creds[j].created, creds[j].id, creds[i].created, creds[i].id) })
+		for i, c := range creds[:max(len(creds)-1, 0)] {
+			if retired := creds[i+1].created; c != k.activeCred[p] && retired.Before(cutoff) {
+				info := c.info(false)
+				info.Retired = retired
+				victims = append(victims, victim{info, c.id, []hsm.KeyKind{credentialKinds[p].private, credentialKinds[p].public}})
+			}
 		}
 	}
 	tickets := make([]*ticketKey, 0, len(k.tickets))

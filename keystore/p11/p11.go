@@ -23,13 +23,15 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore"
 )
 
 const (
-	credentialPrefix = "custos-credential "
-	ticketPrefix     = "custos-ticket "
+	credentialPrefix     = "custos-credential "
+	credentialPrefixP256 = "custos-credential-p256 "
+	ticketPrefix         = "custos-ticket "
 	// Nanoseconds, so that two rotations in one second still order; RFC
 	// 3339 parsing accepts labels with or without the fraction.
 	labelTime = time.RFC3339Nano
@@ -47,7 +49,7 @@ type Keystore struct {
 
 	mu           sync.RWMutex
 	creds        map[string]*credentialKey
-	activeCred   *credentialKey
+	activeCred   map[exchange.Profile]*credentialKey
 	tickets      map[ticket.KeyID]*ticketKey
 	activeTicket *ticketKey
 	refreshedAt  time.Time
@@ -62,9 +64,35 @@ type credentialKey struct {
 	id      []byte
 	label   string
 	created time.Time
-	pub     *group.Element
+	pub     *exchange.PublicKey
 	kid     string
 	handle  handleCache
+}
+
+// credentialKinds are the token objects of each profile's credential.
+var credentialKinds = map[exchange.Profile]struct {
+	private, public hsm.KeyKind
+	prefix          string
+	capability      hsm.Capability
+}{
+	exchange.ModP2048: {hsm.DHPrivateKey, hsm.DHPublicKey, credentialPrefix, hsm.DH},
+	exchange.P256:     {hsm.ECPrivateKey, hsm.ECPublicKey, credentialPrefixP256, hsm.ECDH},
+}
+
+// publicKey validates a credential's public value as the token returned it.
+func publicKey(p exchange.Profile, v []byte) (*exchange.PublicKey, error) {
+	if p == exchange.P256 {
+		pt, err := p256.Decode(v)
+		if err != nil {
+			return nil, err
+		}
+		return exchange.ECDHKey(pt), nil
+	}
+	e, err := group.NewElement(v)
+	if err != nil {
+		return nil, err
+	}
+	return exchange.DHKey(e), nil
 }
 
 type ticketKey struct {
@@ -139,31 +167,10 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 	err := k.tok.Do(ctx, "inventory", func(s *hsm.Session) error {
 		clear(creds)
 		clear(tickets)
-		privs, err := s.FindKeys(hsm.DHPrivateKey)
-		if err != nil {
-			return err
-		}
-		for _, o := range privs {
-			created, ok := labelled(o, credentialPrefix)
-			if !ok {
-				continue
-			}
-			pubH, err := s.FindKey(hsm.DHPublicKey, o.ID)
-			if err != nil {
-				k.log().Warn("p11: credential without its public key; ignored", "label", o.Label)
-				continue
-			}
-			v, err := s.PublicValue(pubH)
-			if err != nil {
+		for _, p := range exchange.Profiles {
+			if err := findCredentials(s, p, creds, k.log()); err != nil {
 				return err
 			}
-			pub, err := group.NewElement(v)
-			if err != nil {
-				k.log().Warn("p11: credential public value is not a group element; ignored", "label", o.Label, "reason", err)
-				continue
-			}
-			c := &credentialKey{id: o.ID, label: o.Label, created: created, pub: pub, kid: pub.KeyID()}
-			creds[c.kid] = c
 		}
 		secrets, err := s.FindKeys(hsm.AESKey)
 		if err != nil {
@@ -196,10 +203,11 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 		}
 	}
 	k.creds, k.tickets = creds, tickets
-	k.activeCred, k.activeTicket = nil, nil
+	k.activeCred, k.activeTicket = map[exchange.Profile]*credentialKey{}, nil
 	for _, c := range creds {
-		if k.activeCred == nil || newer(c.created, c.id, k.activeCred.created, k.activeCred.id) {
-			k.activeCred = c
+		p := c.pub.Profile()
+		if a := k.activeCred[p]; a == nil || newer(c.created, c.id, a.created, a.id) {
+			k.activeCred[p] = c
 		}
 	}
 	for _, tk := range tickets {
@@ -209,6 +217,43 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 	}
 	k.refreshedAt = k.now()
 	k.refreshedNano.Store(k.refreshedAt.UnixNano())
+	return nil
+}
+
+// findCredentials adds the token's credentials of profile p to creds.
+func findCredentials(s *hsm.Session, p exchange.Profile, creds map[string]*credentialKey, log *slog.Logger) error {
+	kinds := credentialKinds[p]
+	privs, err := s.FindKeys(kinds.private)
+	if err != nil {
+		return err
+	}
+	for _, o := range privs {
+		created, ok := labelled(o, kinds.prefix)
+		if !ok {
+			continue
+		}
+		pubH, err := s.FindKey(kinds.public, o.ID)
+		if err != nil {
+			log.Warn("p11: credential without its public key; ignored", "label", o.Label)
+			continue
+		}
+		var v []byte
+		if p == exchange.P256 {
+			v, err = s.PublicPoint(pubH)
+		} else {
+			v, err = s.PublicValue(pubH)
+		}
+		if err != nil {
+			return err
+		}
+		pub, err := publicKey(p, v)
+		if err != nil {
+			log.Warn("p11: credential public key is not valid; ignored", "label", o.Label, "reason", err)
+			continue
+		}
+		c := &credentialKey{id: o.ID, label: o.Label, created: created, pub: pub, kid: pub.KeyID()}
+		creds[c.kid] = c
+	}
 	return nil
 }
 
@@ -261,14 +306,17 @@ func (k *Keystore) maybeRefresh() {
 	}()
 }
 
-func (k *Keystore) Credential(ctx context.Context) (*group.Element, error) {
+func (k *Keystore) Credential(ctx context.Context, p exchange.Profile) (*exchange.PublicKey, error) {
 	k.maybeRefresh()
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	if k.activeCred == nil {
+	switch {
+	case k.activeCred[p] != nil:
+		return k.activeCred[p].pub, nil
+	case len(k.activeCred) == 0:
 		return nil, ErrNoKeys
 	}
-	return k.activeCred.pub, nil
+	return nil, fmt.Errorf("p11: the token holds no %s credential: %w", p, exchange.ErrProfileNotServed)
 }
 
 func (k *Keystore) credential(kid string) *credentialKey {
@@ -277,18 +325,26 @@ func (k *Keystore) credential(kid string) *credentialKey {
 	return k.creds[kid]
 }
 
-func (k *Keystore) Derive(ctx context.Context, kid string, peer *group.Element) ([]byte, error) {
+func (k *Keystore) Derive(ctx context.Context, kid string, peer *exchange.PublicKey) ([]byte, error) {
 	c := k.credential(kid)
-	if c == nil {
+	switch {
+	case c == nil:
 		return nil, fmt.Errorf("p11: the token holds no credential %s", kid)
+	case c.pub.Profile() != peer.Profile():
+		return nil, fmt.Errorf("p11: credential %s is not of the %s profile", kid, peer.Profile())
 	}
+	p := peer.Profile()
 	var out []byte
 	err := k.tok.Do(ctx, "derive", func(s *hsm.Session) error {
-		h, err := c.handle.get(s, hsm.DHPrivateKey, c.id)
+		h, err := c.handle.get(s, credentialKinds[p].private, c.id)
 		if err != nil {
 			return err
 		}
-		out, err = s.DeriveDH(h, peer.Bytes(), group.Size)
+		if p == exchange.P256 {
+			out, err = s.DeriveECDH(h, peer.Point().Bytes())
+		} else {
+			out, err = s.DeriveDH(h, peer.DH().Bytes(), group.Size)
+		}
 		return err
 	})
 	return out, err
@@ -304,14 +360,16 @@ func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
 	return k.activeTicket.id, nil
 }
 
-// ActiveSince returns when the active credential and ticket key were
-// made, from the inventory in memory (zero if there is none), for the key
-// age metric.
+// ActiveSince returns when the active credential (the oldest active one
+// of the profiles served) and ticket key were made, from the inventory in
+// memory (zero if there is none), for the key age metric.
 func (k *Keystore) ActiveSince() (credential, ticketKey time.Time) {
 	k.mu.RLock()
 	defer k.mu.RUnlock()
-	if k.activeCred != nil {
-		credential = k.activeCred.created
+	for _, c := range k.activeCred {
+		if credential.IsZero() || c.created.Before(credential) {
+			credential = c.created
+		}
 	}
 	if k.activeTicket != nil {
 		ticketKey = k.activeTicket.created
@@ -401,7 +459,7 @@ func (k *Keystore) Keys(ctx context.Context) ([]keystore.KeyInfo, error) {
 	defer k.mu.RUnlock()
 	var out []keystore.KeyInfo
 	for _, c := range k.creds {
-		out = append(out, keystore.KeyInfo{Kind: keystore.KindCredential, ID: c.kid, Label: c.label, Created: c.created, Active: c == k.activeCred})
+		out = append(out, c.info(c == k.activeCred[c.pub.Profile()]))
 	}
 	for _, tk := range k.tickets {
 		out = append(out, keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Active: tk == k.activeTicket})
@@ -409,6 +467,9 @@ func (k *Keystore) Keys(ctx context.Context) ([]keystore.KeyInfo, error) {
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Kind != out[j].Kind {
 			return out[i].Kind < out[j].Kind
+		}
+		if out[i].Profile != out[j].Profile {
+			return out[i].Profile < out[j].Profile
 		}
 		return out[i].Created.Before(out[j].Created)
 	})

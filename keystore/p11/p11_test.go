@@ -3,6 +3,7 @@ package p11
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/hmac"
 	"crypto/rand"
 	"encoding/json"
@@ -17,6 +18,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/softhsm"
@@ -79,22 +81,24 @@ func (f *fixture) session(t *testing.T) pkcs11.SessionHandle {
 func TestInitIsIdempotent(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	x1, _ := f.ks.Credential(ctx)
-	kid, err := f.ks.Init(ctx)
-	if err != nil || kid != x1.KeyID() {
-		t.Fatalf("second Init: kid %s err %v, want %s", kid, err, x1.KeyID())
+	x1, _ := f.ks.Credential(ctx, exchange.ModP2048)
+	e1, _ := f.ks.Credential(ctx, exchange.P256)
+	active, err := f.ks.Init(ctx)
+	if err != nil || len(active) != 2 || active[0].ID != x1.KeyID() || active[1].ID != e1.KeyID() {
+		t.Fatalf("second Init: %+v err %v, want %s and %s", active, err, x1.KeyID(), e1.KeyID())
 	}
 	// A fresh process (here: a fresh keystore on the same token) sees the same keys.
 	ks2, err := Open(ctx, f.tok)
 	if err != nil {
 		t.Fatal(err)
 	}
-	x2, _ := ks2.Credential(ctx)
-	if !x1.Equal(x2) {
+	x2, _ := ks2.Credential(ctx, exchange.ModP2048)
+	e2, _ := ks2.Credential(ctx, exchange.P256)
+	if !x1.Equal(x2) || !e1.Equal(e2) {
 		t.Fatal("credential changed across reopen")
 	}
 	keys, _ := ks2.Keys(ctx)
-	if len(keys) != 2 || !keys[0].Active || !keys[1].Active {
+	if len(keys) != 3 || !keys[0].Active || !keys[1].Active || !keys[2].Active || keys[0].Profile != exchange.ModP2048 || keys[1].Profile != exchange.P256 {
 		t.Fatalf("inventory after two Inits: %+v", keys)
 	}
 }
@@ -105,7 +109,7 @@ func TestEmptyTokenSaysToInit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := ks.Credential(context.Background()); !errors.Is(err, ErrNoKeys) || !errors.Is(err, exchange.ErrKeystoreUnavailable) {
+	if _, err := ks.Credential(context.Background(), exchange.ModP2048); !errors.Is(err, ErrNoKeys) || !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
 	if _, err := ticket.Seal(context.Background(), ks, rand.Reader, []byte("x")); !errors.Is(err, ErrNoKeys) {
@@ -116,22 +120,38 @@ func TestEmptyTokenSaysToInit(t *testing.T) {
 func TestDeriveMatchesPublicKey(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	X, _ := f.ks.Credential(ctx)
+	X, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	p := group.P()
 	for i := 0; i < 200; i++ {
 		k, _ := group.GenerateScalar(rand.Reader)
-		peer := k.Public()
+		peer := exchange.DHKey(k.Public())
 		got, err := f.ks.Derive(ctx, X.KeyID(), peer)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want := new(big.Int).Exp(X.Int(), new(big.Int).SetBytes(k.Bytes()), p).FillBytes(make([]byte, 256))
+		want := new(big.Int).Exp(X.DH().Int(), new(big.Int).SetBytes(k.Bytes()), p).FillBytes(make([]byte, 256))
 		if !bytes.Equal(got, want) {
 			t.Fatalf("peer %d: derive differs from math/big", i)
 		}
 	}
+	E, _ := f.ks.Credential(ctx, exchange.P256)
+	for i := 0; i < 100; i++ {
+		k, _ := ecdh.P256().GenerateKey(rand.Reader)
+		pt, _ := p256.FromECDH(k.PublicKey())
+		got, err := f.ks.Derive(ctx, E.KeyID(), exchange.ECDHKey(pt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := k.ECDH(E.Point().ECDH())
+		if !bytes.Equal(got, want) {
+			t.Fatalf("peer %d: P-256 derive differs from crypto/ecdh", i)
+		}
+	}
 	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("unknown kid: %v", err)
+	}
+	if _, err := f.ks.Derive(ctx, E.KeyID(), X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
+		t.Fatalf("a group-14 peer for the P-256 credential: %v", err)
 	}
 }
 
@@ -141,8 +161,8 @@ func TestEngineOnToken(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
 	srv := &exchange.Server{Keystore: f.ks, Accounts: enabledAccounts{}}
-	for i := 0; i < 20; i++ {
-		key, _ := exchange.GenerateClientKey(rand.Reader)
+	for i := 0; i < 40; i++ {
+		key, _ := exchange.GenerateClientKey(rand.Reader, exchange.Profiles[i%2])
 		pending, msg, _ := key.NewExchange(rand.Reader, nil)
 		req, err := exchange.ParseRequest(msg)
 		if err != nil {
@@ -157,8 +177,8 @@ func TestEngineOnToken(t *testing.T) {
 			t.Fatal(err)
 		}
 		st := openSession(t, f.ks, sess.Ticket)
-		if !hmac.Equal(st.AK[:], sess.AK[:]) || !hmac.Equal(st.RK[:], sess.RK[:]) {
-			t.Fatal("client and token-backed server disagree")
+		if !hmac.Equal(st.AK[:], sess.AK[:]) || !hmac.Equal(st.RK[:], sess.RK[:]) || st.Profile != uint8(key.Profile()) {
+			t.Fatalf("client and token-backed server disagree (%s)", key.Profile())
 		}
 		pr, rmsg, _ := sess.NewRekey(rand.Reader, nil)
 		body, _ := json.Marshal(rmsg)
@@ -172,7 +192,7 @@ func TestEngineOnToken(t *testing.T) {
 			t.Fatal(err)
 		}
 		st2 := openSession(t, f.ks, next.Ticket)
-		if !hmac.Equal(st2.EK[:], next.EK[:]) || st2.Generation != 1 {
+		if !hmac.Equal(st2.EK[:], next.EK[:]) || st2.Generation != 1 || st2.Profile != st.Profile {
 			t.Fatal("rekey through the token disagrees")
 		}
 	}
@@ -234,7 +254,7 @@ func TestRotationAndPrune(t *testing.T) {
 	now := time.Now()
 	f.ks.Now = func() time.Time { return now }
 	oldTicket, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("old"))
-	oldCred, _ := f.ks.Credential(ctx)
+	oldCred, _ := f.ks.Credential(ctx, exchange.ModP2048)
 
 	now = now.Add(2 * time.Hour)
 	info, err := f.ks.RotateTicketKey(ctx)
@@ -248,11 +268,11 @@ func TestRotationAndPrune(t *testing.T) {
 	if _, err := ticket.Open(ctx, f.ks, oldTicket); err != nil {
 		t.Fatalf("old ticket after rotation: %v", err)
 	}
-	cinfo, err := f.ks.RotateCredential(ctx)
+	cinfo, err := f.ks.RotateCredential(ctx, exchange.ModP2048)
 	if err != nil {
 		t.Fatal(err)
 	}
-	newCred, _ := f.ks.Credential(ctx)
+	newCred, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	if newCred.Equal(oldCred) || cinfo.ID != newCred.KeyID() {
 		t.Fatal("credential rotation did not change the credential")
 	}
@@ -292,7 +312,7 @@ func TestRotationAndPrune(t *testing.T) {
 		t.Fatalf("pruned credential: %v", err)
 	}
 	keys, _ := f.ks.Keys(ctx)
-	if len(keys) != 2 {
+	if len(keys) != 3 {
 		t.Fatalf("inventory after prune: %+v", keys)
 	}
 	// The active keys are never pruned, however old.
@@ -326,8 +346,9 @@ func TestReplicasShareToken(t *testing.T) {
 func TestConcurrentKeystore(t *testing.T) {
 	f := newFixture(t)
 	ctx := context.Background()
-	X, _ := f.ks.Credential(ctx)
+	X, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	peer := X
+	E, _ := f.ks.Credential(ctx, exchange.P256)
 	ops := 500
 	if testing.Short() {
 		ops = 50
@@ -340,9 +361,11 @@ func TestConcurrentKeystore(t *testing.T) {
 			defer wg.Done()
 			for i := 0; i < ops; i++ {
 				var err error
-				switch (g + i) % 3 {
+				switch (g + i) % 4 {
 				case 0:
 					_, err = f.ks.Derive(ctx, X.KeyID(), peer)
+				case 3:
+					_, err = f.ks.Derive(ctx, E.KeyID(), E)
 				case 1:
 					_, err = ticket.Seal(ctx, f.ks, rand.Reader, []byte("t"))
 				default:
@@ -387,7 +410,7 @@ func TestFaults(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			f := newFixture(t)
 			ctx := context.Background()
-			X, _ := f.ks.Credential(ctx)
+			X, _ := f.ks.Credential(ctx, exchange.ModP2048)
 			tk, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("before"))
 			if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
 				t.Fatal(err)
@@ -411,23 +434,31 @@ func TestFaults(t *testing.T) {
 func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
 	f := newFixture(t)
 	sh := f.session(t)
-	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_SECRET_KEY} {
-		if err := f.ck.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, class)}); err != nil {
+	// The group-14 and P-256 credentials, and the ticket key.
+	for _, kind := range []struct {
+		class, keyType uint
+		secret         uint // the attribute holding the secret
+	}{
+		{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_DH, pkcs11.CKA_VALUE},
+		{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_EC, pkcs11.CKA_VALUE},
+		{pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES, pkcs11.CKA_VALUE},
+	} {
+		if err := f.ck.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, kind.class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kind.keyType)}); err != nil {
 			t.Fatal(err)
 		}
 		hs, _, err := f.ck.FindObjects(sh, 10)
 		f.ck.FindObjectsFinal(sh)
 		if err != nil || len(hs) != 1 {
-			t.Fatalf("class %d: %d objects, %v", class, len(hs), err)
+			t.Fatalf("key type %d: %d objects, %v", kind.keyType, len(hs), err)
 		}
 		for attr, want := range map[uint]byte{pkcs11.CKA_SENSITIVE: 1, pkcs11.CKA_EXTRACTABLE: 0, pkcs11.CKA_TOKEN: 1, pkcs11.CKA_PRIVATE: 1} {
 			a, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(attr, nil)})
 			if err != nil || len(a[0].Value) != 1 || a[0].Value[0] != want {
-				t.Errorf("class %d attribute 0x%x = %v (%v)", class, attr, a, err)
+				t.Errorf("key type %d attribute 0x%x = %v (%v)", kind.keyType, attr, a, err)
 			}
 		}
-		if _, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
-			t.Errorf("class %d: CKA_VALUE readable: %v", class, err)
+		if _, err := f.ck.GetAttributeValue(sh, hs[0], []*pkcs11.Attribute{pkcs11.NewAttribute(kind.secret, nil)}); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+			t.Errorf("key type %d: its secret is readable: %v", kind.keyType, err)
 		}
 	}
 }

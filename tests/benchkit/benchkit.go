@@ -27,6 +27,7 @@ import (
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
 	"github.com/custos-kx/custos/internal/group"
+	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/keystore/p11"
 	"github.com/custos-kx/custos/softhsm"
@@ -70,7 +71,7 @@ func NewRig(dir string) (*Rig, error) {
 	if r.Registry, err = accounts.Open(ctx, r.DB); err != nil {
 		return nil, err
 	}
-	if r.Key, err = exchange.GenerateClientKey(rand.Reader); err != nil {
+	if r.Key, err = exchange.GenerateClientKey(rand.Reader, exchange.ModP2048); err != nil {
 		return nil, err
 	}
 	if err := r.Registry.Add(ctx, Account, r.Key.Public()); err != nil {
@@ -192,13 +193,21 @@ type Primitive struct {
 // Primitives returns the rig's primitive benchmarks.
 func (r *Rig) Primitives() ([]Primitive, error) {
 	ctx := context.Background()
-	x, err := r.Keystore.Credential(ctx)
+	x, err := r.Keystore.Credential(ctx, exchange.ModP2048)
+	if err != nil {
+		return nil, err
+	}
+	xp, err := r.Keystore.Credential(ctx, exchange.P256)
 	if err != nil {
 		return nil, err
 	}
 	s, _ := group.GenerateScalar(rand.Reader)
 	t, _ := group.GenerateScalar(rand.Reader)
 	base := t.Public()
+	sp, _ := p256.GenerateScalar(rand.Reader)
+	tp, _ := p256.GenerateScalar(rand.Reader)
+	point := tp.Public()
+	pointWire := point.Bytes()
 	e128 := make([]byte, 16)
 	rand.Read(e128)
 	session := r.sampleSession()
@@ -211,7 +220,7 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 	return []Primitive{
 		{"token DH derive (SoftHSM, CKM_DH_PKCS_DERIVE)", func(b *testing.B) {
 			for b.Loop() {
-				if _, err := r.Keystore.Derive(ctx, x.KeyID(), base); err != nil {
+				if _, err := r.Keystore.Derive(ctx, x.KeyID(), exchange.DHKey(base)); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -234,6 +243,33 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 		{"public-key validation (decode, range, Jacobi)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := group.DecodeWire(w); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"P-256: token ECDH derive (SoftHSM, CKM_ECDH1_DERIVE)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := r.Keystore.Derive(ctx, xp.KeyID(), exchange.ECDHKey(point)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"P-256: r·G (crypto/ecdh key generation)", func(b *testing.B) {
+			for b.Loop() {
+				k, _ := p256.GenerateScalar(rand.Reader)
+				k.Public()
+			}
+		}},
+		{"P-256: DH(r, ·) (crypto/ecdh)", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := sp.DH(point); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}},
+		{"P-256: point validation and kid", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := p256.Decode(pointWire); err != nil {
 					b.Fatal(err)
 				}
 			}
