@@ -43,18 +43,22 @@ fuzz:
 	$(GO) test ./internal/ticket -run '^$$' -fuzz '^FuzzSessionUnmarshal$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzRequestToken$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzSplitObject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 
 # One table from one run: primitives, the server-cost bound, CPU per
-# exchange, throughput and p99 against a local custosd, authenticated vs
-# plain requests, token operations, memory per session, openssl speed.
+# exchange (both profiles), throughput and p99 against a local custosd
+# beside an mTLS server whose key is in the same token (ECDSA and RSA),
+# authenticated vs plain requests, token operations, memory per session,
+# openssl speed; and docs/bench.svg, throughput and p99 against concurrency.
 # (`make bench-micro` runs the go test benchmarks behind the primitives.)
 bench: build
 	$(GO) run ./tests/benchtable -bin bin
 
 # Constant-time evidence (internal/dudect): fixed-vs-random secrets through
-# B^r, the client's (n + d·c) exponentiation, g^r, the witness check and
-# MAC verification, |t| < 4.5 to pass; and math/big's Exp as a control
-# that must be caught.
+# B^r, the client's (n + d·c) exponentiation, g^r, the P-256 r·G, DH(r, ·)
+# and the client's three DH values, the witness check and MAC
+# verification, |t| < 4.5 to pass; and math/big's Exp as a control that
+# must be caught.
 ct:
 	set -o pipefail; $(GO) test -tags ct -count=1 -run 'ConstantTime' -v ./exchange/... ./internal/... | grep -E '^(=== RUN|--- |\s+ct_test|ok|FAIL|PASS)'
 

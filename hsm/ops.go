@@ -250,6 +250,7 @@ func (s *Session) derive(priv Object, mech *pkcs11.Mechanism, size int) ([]byte,
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, false),
 		// SoftHSM needs these two to hand the value back.
 		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, true),

@@ -3,6 +3,7 @@ package tests
 import (
 	"testing"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/tests/benchkit"
 )
 
@@ -21,15 +22,19 @@ func newRig(b *testing.B) *benchkit.Rig {
 
 func BenchmarkExchangeHandler(b *testing.B) {
 	r := newRig(b)
-	bodies, err := r.ExchangeBodies(256)
-	if err != nil {
-		b.Fatal(err)
+	for name, key := range map[string]*exchange.ClientKey{"modp2048": r.Key, "p256": r.KeyP256} {
+		bodies, err := benchkit.ExchangeBodies(key, 256)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(name, r.ExchangeHandler(bodies))
 	}
-	r.ExchangeHandler(bodies)(b)
 }
 
 func BenchmarkClientExchange(b *testing.B) {
-	newRig(b).ClientExchange(b)
+	r := newRig(b)
+	b.Run("modp2048", r.ClientExchange(r.Key))
+	b.Run("p256", r.ClientExchange(r.KeyP256))
 }
 
 func BenchmarkAuthenticatedHandler(b *testing.B) { newRig(b).AuthenticatedHandler(b) }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# make demo: alice gets a credential, is registered, exchanges keys, calls
+# make demo: for each profile (group 14, then P-256) alice gets a credential,
+# is registered, exchanges keys, calls
 # whoami, posts an encrypted echo, rekeys, and calls whoami again — against
 # the service `make run` serves, or one this script starts for the occasion.
 set -euo pipefail
@@ -23,27 +24,32 @@ if ! up; then
 fi
 
 rm -rf "$demo" && mkdir -p "$demo"
-custos() { bin/custos --key "$demo/alice.key" --state "$demo/state" "$@"; }
 
-step "custos keygen: alice's credential (private part in $demo/alice.key, mode 0600)"
-bin/custos keygen --out "$demo/alice.key" | tee "$demo/alice.pub"
+# One walk per profile: the seed's group 14 (the default), then P-256.
+for profile in modp2048 p256; do
+  key=$demo/alice-$profile.key
+  custos() { bin/custos --key "$key" --state "$demo/state" "$@"; }
 
-step "custosd account add alice@example.com: the operator registers it"
-bin/custosd account add alice@example.com --credential "$demo/alice.pub"
+  step "[$profile] custos keygen --profile $profile: alice's credential (private part in $key, mode 0600)"
+  bin/custos keygen --profile "$profile" --out "$key" | tee "$demo/alice-$profile.pub"
 
-step "custos exchange $url"
-custos exchange "$url"
+  step "[$profile] custosd account add alice@example.com: the operator registers it"
+  bin/custosd account add alice@example.com --credential "$demo/alice-$profile.pub"
 
-step "custos get $url/v1/whoami"
-custos get "$url/v1/whoami"
+  step "[$profile] custos exchange $url"
+  custos exchange "$url"
 
-step "custos post $url/v1/echo --encrypt (body and response travel as JWE)"
-custos post "$url/v1/echo" --data "hello from alice" --encrypt
+  step "[$profile] custos get $url/v1/whoami"
+  custos get "$url/v1/whoami"
 
-step "custos rekey $url"
-custos rekey "$url"
+  step "[$profile] custos post $url/v1/echo --encrypt (body and response travel as JWE)"
+  custos post "$url/v1/echo" --data "hello from alice" --encrypt
 
-step "custos get $url/v1/whoami (the new ticket: generation 1)"
-custos get "$url/v1/whoami"
+  step "[$profile] custos rekey $url"
+  custos rekey "$url"
+
+  step "[$profile] custos get $url/v1/whoami (the new ticket: generation 1)"
+  custos get "$url/v1/whoami"
+done
 
 step "done"

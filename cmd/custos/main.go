@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -29,6 +30,9 @@ type options struct {
 	State   string `name:"state" env:"CUSTOS_STATE" default:"${defaultState}" placeholder:"DIR" help:"directory keeping pins and sessions"`
 	Pin     string `name:"pin" placeholder:"KID" help:"the service credential's kid to insist on (default: pin the first one seen)"`
 	Encrypt bool   `name:"encrypt" help:"encrypt request and response bodies under the session"`
+	// Srv finds the service by DNS (SPEC §8) instead of by the URL.
+	Srv       string `name:"srv" env:"CUSTOS_SRV" placeholder:"DOMAIN" help:"find the service's host and port by the DNS SRV record _jwcexchange._tcp.DOMAIN; URL is then only a path (default /)"`
+	SrvScheme string `name:"srv-scheme" enum:"https,http" default:"https" help:"the scheme of the service found with --srv: https, or http for a test service on loopback"`
 
 	Keygen struct {
 		Out     string `name:"out" required:"" placeholder:"FILE" help:"where to write the credential (mode 0600)"`
@@ -57,7 +61,7 @@ type options struct {
 }
 
 type target struct {
-	URL string `arg:"" name:"url"`
+	URL string `arg:"" optional:"" name:"url" help:"the service's URL; with --srv, only a path"`
 }
 
 type benchFlags struct {
@@ -165,14 +169,42 @@ func defaultState() string {
 	return filepath.Join(dir, "custos")
 }
 
-// target parses a command's URL and loads the credential it needs.
+// resolver answers the --srv lookups. It is a variable so that tests can
+// point it at a DNS server of their own.
+var resolver = net.DefaultResolver
+
+// target parses a command's URL, finds the service with --srv, and loads
+// the credential it needs. The DNS lookup comes after every check that
+// needs no network.
 func (o *options) target(rawURL string) (*url.URL, *exchange.ClientKey, error) {
 	u, err := url.Parse(rawURL)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+	switch {
+	case o.Srv == "" && rawURL == "":
+		return nil, nil, usageError("no service: give its URL, or --srv DOMAIN to find it by DNS")
+	case o.Srv == "" && (err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == ""):
 		return nil, nil, usageError(fmt.Sprintf("%q is not an http or https URL", rawURL))
+	case o.Srv != "" && strings.ContainsAny(o.Srv, "/:@"):
+		return nil, nil, usageError(fmt.Sprintf("--srv takes a domain, like example.com, not %q", o.Srv))
+	case o.Srv != "" && (err != nil || u.Scheme != "" || u.Host != ""):
+		return nil, nil, usageError(fmt.Sprintf("with --srv (or CUSTOS_SRV) the host and port come from DNS: give only a path, like /v1/whoami, not %q", rawURL))
 	}
 	if o.Key == "" {
 		return nil, nil, usageError("no credential: give --key FILE (make one with custos keygen --out FILE, and register it with the service)")
+	}
+	if o.Srv != "" {
+		lookup := &client.ServiceLookup{Resolver: resolver, PlainHTTP: o.SrvScheme == "http"}
+		origin, err := lookup.Origin(context.Background(), o.Srv)
+		if err != nil {
+			return nil, nil, err
+		}
+		base, _ := url.Parse(origin) // well-formed: Origin built it
+		u.Scheme, u.Host = base.Scheme, base.Host
+		if !strings.HasPrefix(u.Path, "/") {
+			u.Path = "/" + u.Path
+			if u.RawPath != "" {
+				u.RawPath = "/" + u.RawPath
+			}
+		}
 	}
 	key, err := client.LoadKey(o.Key)
 	return u, key, err
@@ -207,7 +239,7 @@ func call(o *options, cmd, rawURL string, stdout, stderr io.Writer) error {
 	if cmd == "post" {
 		method, body = http.MethodPost, strings.NewReader(o.Post.Data)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, rawURL, body)
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
 	if err != nil {
 		return err
 	}

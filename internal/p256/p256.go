@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"crypto/ecdh"
 	"crypto/subtle"
-	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"io"
@@ -71,11 +70,21 @@ func Decode(b []byte) (*Point, error) {
 }
 
 func newPoint(k *ecdh.PublicKey) *Point {
-	spki, err := x509.MarshalPKIXPublicKey(k)
-	if err != nil {
-		panic("p256: marshalling a P-256 key failed: " + err.Error()) // only for other curves
-	}
-	return &Point{k: k, kid: udf.Text(udf.Fingerprint(spki))}
+	return &Point{k: k, kid: udf.Text(udf.Fingerprint(spki(k.Bytes())))}
+}
+
+// spkiPrefix is the DER of a P-256 SubjectPublicKeyInfo (RFC 5480:
+// id-ecPublicKey, namedCurve prime256v1) up to the point's BIT STRING
+// contents. Every P-256 SPKI is this prefix and the 65-byte point, so the
+// kid of each key an exchange sees is made by appending rather than by
+// crypto/x509 (which TestSPKIMatchesX509 holds it to).
+var spkiPrefix = []byte{
+	0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01,
+	0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+}
+
+func spki(point []byte) []byte {
+	return append(append(make([]byte, 0, len(spkiPrefix)+PointSize), spkiPrefix...), point...)
 }
 
 // FromECDH wraps a crypto/ecdh P-256 public key.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"unicode/utf8"
 )
 
 // Suite is one offered combination of algorithms.
@@ -120,29 +121,38 @@ type (
 
 func (k PublicKey) MarshalJSON() ([]byte, error) {
 	if k.Type == KeyECDH {
-		return json.Marshal(map[string]ecdhMembers{tagECDH: {KID: k.KID, Curve: &k.Curve, Public: k.Public}})
+		return json.Marshal(struct {
+			V ecdhMembers `json:"PublicKeyECDH"`
+		}{ecdhMembers{KID: k.KID, Curve: &k.Curve, Public: k.Public}})
 	}
-	return json.Marshal(map[string]dhMembers{tagDH: {KID: k.KID, Domain: k.Domain, Public: k.Public}})
+	return json.Marshal(struct {
+		V dhMembers `json:"PublicKeyDH"`
+	}{dhMembers{KID: k.KID, Domain: k.Domain, Public: k.Public}})
 }
 func (m ExchangeRequest) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]plainRequest{tagRequest: plainRequest(m)})
+	return json.Marshal(struct {
+		V plainRequest `json:"ExchangeRequest"`
+	}{plainRequest(m)})
 }
 func (m ExchangeResponse) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]plainResponse{tagResponse: plainResponse(m)})
+	return json.Marshal(struct {
+		V plainResponse `json:"ExchangeResponse"`
+	}{plainResponse(m)})
 }
 func (m ServiceDescription) MarshalJSON() ([]byte, error) {
-	return json.Marshal(map[string]plainDescription{tagDescription: plainDescription(m)})
+	return json.Marshal(struct {
+		V plainDescription `json:"ServiceDescription"`
+	}{plainDescription(m)})
 }
 
 // UnmarshalJSON decodes either key type. An object carrying both tags is
 // refused: which key it is would be a guess.
 func (k *PublicKey) UnmarshalJSON(b []byte) error {
-	var outer map[string]json.RawMessage
-	if err := json.Unmarshal(b, &outer); err != nil || outer == nil {
+	outer, ok := splitObject(b)
+	if !ok {
 		return &DecodeError{Reason: "expected a key object tagged PublicKeyDH or PublicKeyECDH"}
 	}
-	_, dh := outer[tagDH]
-	_, ec := outer[tagECDH]
+	dh, ec := outer.get(tagDH) != nil, outer.get(tagECDH) != nil
 	switch {
 	case dh && ec:
 		return &DecodeError{Reason: "a key object is tagged both PublicKeyDH and PublicKeyECDH"}
@@ -181,17 +191,17 @@ func (s *Suite) UnmarshalJSON(b []byte) error {
 
 // untag decodes {tag: value} into v. Other members beside the tag are ignored.
 func untag(b []byte, tag string, v any) error {
-	var outer map[string]json.RawMessage
-	if err := json.Unmarshal(b, &outer); err != nil || outer == nil {
+	outer, ok := splitObject(b)
+	if !ok {
 		return &DecodeError{Reason: fmt.Sprintf("expected an object tagged %q", tag)}
 	}
 	return untagged(outer, tag, v)
 }
 
 // untagged decodes the member tag of an object already split into members.
-func untagged(outer map[string]json.RawMessage, tag string, v any) error {
-	inner, ok := outer[tag]
-	if !ok {
+func untagged(outer members, tag string, v any) error {
+	inner := outer.get(tag)
+	if inner == nil {
 		return &DecodeError{Reason: fmt.Sprintf("expected an object tagged %q", tag)}
 	}
 	if len(inner) == 0 || inner[0] != '{' {
@@ -205,19 +215,22 @@ func untagged(outer map[string]json.RawMessage, tag string, v any) error {
 // take a member whose name differs in case ("clientcredential") or folds
 // to it ("ſtatus"). Members that match no field are ignored.
 func exact(b []byte, v any) error {
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(b, &members); err != nil {
+	if string(bytes.TrimSpace(b)) == "null" {
+		return nil // as encoding/json leaves a struct alone for null
+	}
+	ms, ok := splitObject(b)
+	if !ok {
 		return &DecodeError{Reason: "expected a JSON object"}
 	}
 	rv := reflect.ValueOf(v).Elem()
 	rt := rv.Type()
 	for i := range rt.NumField() {
 		name, _, _ := strings.Cut(rt.Field(i).Tag.Get("json"), ",")
-		raw, ok := members[name]
-		if !ok {
+		raw := ms.get(name)
+		if raw == nil {
 			continue
 		}
-		if err := json.Unmarshal(raw, rv.Field(i).Addr().Interface()); err != nil {
+		if err := decodeField(raw, rv.Field(i)); err != nil {
 			var de *DecodeError
 			if errors.As(err, &de) {
 				return de
@@ -226,6 +239,157 @@ func exact(b []byte, v any) error {
 		}
 	}
 	return nil
+}
+
+var unmarshalerType = reflect.TypeFor[json.Unmarshaler]()
+
+// decodeField decodes one member's value into a struct field as
+// json.Unmarshal would, taking the short way for the values messages are
+// made of: a string without escapes, and an object for a field that
+// decodes itself. raw is valid JSON (every decoder here is reached
+// through encoding/json or Unmarshal, both of which validate first).
+func decodeField(raw []byte, f reflect.Value) error {
+	switch {
+	case f.Kind() == reflect.String && plainString(raw):
+		f.SetString(string(raw[1 : len(raw)-1]))
+		return nil
+	case f.Kind() == reflect.Pointer && raw[0] == '{' && f.Type().Implements(unmarshalerType):
+		n := reflect.New(f.Type().Elem())
+		if err := n.Interface().(json.Unmarshaler).UnmarshalJSON(raw); err != nil {
+			return err
+		}
+		f.Set(n)
+		return nil
+	case raw[0] == '"' && f.Addr().Type().Implements(unmarshalerType):
+		return f.Addr().Interface().(json.Unmarshaler).UnmarshalJSON(raw)
+	}
+	return json.Unmarshal(raw, f.Addr().Interface())
+}
+
+// plainString reports whether raw is a JSON string with no escapes and
+// valid UTF-8 (which encoding/json would replace), whose value is then the
+// bytes between its quotes.
+func plainString(raw []byte) bool {
+	return len(raw) >= 2 && raw[0] == '"' && bytes.IndexByte(raw[1:len(raw)-1], '\\') < 0 && utf8.Valid(raw)
+}
+
+// members are an object's members in order, each name unescaped and its
+// value raw.
+type members []member
+
+type member struct {
+	name string
+	raw  []byte
+}
+
+// get returns the value of the member name, or nil if there is none. With
+// a name twice (which Unmarshal refuses before any decoder sees it) the
+// last wins, as with encoding/json.
+func (ms members) get(name string) []byte {
+	var raw []byte
+	for _, m := range ms {
+		if m.name == name {
+			raw = m.raw
+		}
+	}
+	return raw
+}
+
+// splitObject splits a valid JSON value into its members, or reports that
+// it is not an object. It is the one pass each level of a message costs,
+// where decoding into a map[string]json.RawMessage would scan the bytes
+// again to validate them and allocate a map.
+func splitObject(b []byte) (members, bool) {
+	i := skipSpace(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return nil, false
+	}
+	var ms members
+	i = skipSpace(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return ms, true
+	}
+	for i < len(b) {
+		end := valueEnd(b, i) // the name, a string
+		name := b[i:end]
+		var m member
+		if plainString(name) {
+			m.name = string(name[1 : len(name)-1])
+		} else if json.Unmarshal(name, &m.name) != nil {
+			return nil, false
+		}
+		i = skipSpace(b, end)
+		if i >= len(b) || b[i] != ':' {
+			return nil, false
+		}
+		i = skipSpace(b, i+1)
+		end = valueEnd(b, i)
+		m.raw = b[i:end]
+		ms = append(ms, m)
+		i = skipSpace(b, end)
+		if i >= len(b) {
+			return nil, false
+		}
+		switch b[i] {
+		case '}':
+			return ms, true
+		case ',':
+			i = skipSpace(b, i+1)
+		default:
+			return nil, false
+		}
+	}
+	return nil, false
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\r' || b[i] == '\n') {
+		i++
+	}
+	return i
+}
+
+// valueEnd returns the index just past the valid JSON value starting at i.
+func valueEnd(b []byte, i int) int {
+	if i >= len(b) {
+		return i
+	}
+	switch b[i] {
+	case '"':
+		return stringEnd(b, i)
+	case '{', '[':
+		depth := 0
+		for ; i < len(b); i++ {
+			switch b[i] {
+			case '"':
+				i = stringEnd(b, i) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return i + 1
+				}
+			}
+		}
+		return i
+	}
+	for i < len(b) && !strings.ContainsRune(",}] \t\r\n", rune(b[i])) {
+		i++
+	}
+	return i
+}
+
+// stringEnd returns the index just past the string starting at i.
+func stringEnd(b []byte, i int) int {
+	for i++; i < len(b); i++ {
+		switch b[i] {
+		case '\\':
+			i++
+		case '"':
+			return i + 1
+		}
+	}
+	return i
 }
 
 // DecodeError says why a message could not be decoded.
@@ -241,7 +405,15 @@ func Unmarshal(data []byte, v any) error {
 	if err := checkStructure(data); err != nil {
 		return err
 	}
-	if err := json.Unmarshal(data, v); err != nil {
+	var err error
+	if u, ok := v.(json.Unmarshaler); ok {
+		// The messages decode themselves, from bytes checkStructure has
+		// just validated: encoding/json would only validate them again.
+		err = u.UnmarshalJSON(bytes.TrimSpace(data))
+	} else {
+		err = json.Unmarshal(data, v)
+	}
+	if err != nil {
 		var de *DecodeError
 		if errors.As(err, &de) {
 			return de
@@ -375,7 +547,9 @@ func (b Bytes) MarshalJSON() ([]byte, error) {
 
 func (b *Bytes) UnmarshalJSON(data []byte) error {
 	var s string
-	if err := json.Unmarshal(data, &s); err != nil {
+	if plainString(data) {
+		s = string(data[1 : len(data)-1])
+	} else if err := json.Unmarshal(data, &s); err != nil {
 		return &DecodeError{Reason: "a binary value is not a string"}
 	}
 	v, err := DecodeBase64(s)

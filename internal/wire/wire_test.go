@@ -1,6 +1,8 @@
 package wire
 
 import (
+	"bytes"
+	"encoding/json"
 	"strings"
 	"testing"
 )
@@ -63,4 +65,42 @@ func TestCanonicalBase64(t *testing.T) {
 			t.Errorf("%q: %v", in, err)
 		}
 	}
+}
+
+// FuzzSplitObject holds splitObject to encoding/json: for every valid
+// JSON value, the members it finds are those a map[string]json.RawMessage
+// gets, and it refuses exactly the values that are not objects.
+func FuzzSplitObject(f *testing.F) {
+	for _, s := range []string{
+		`{}`, ` { "a" : 1 , "b":[1,{"c":"}"}], "d\"e":"x\\"}`, `{"a":{"b":{}},"c":null,"d":true,"e":-1.5e3}`,
+		`[1]`, `null`, `"s"`, `{"k\u0069d":"v","kid":"w"}`, `{"a":"\u00e9","ſ":""}`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return
+		}
+		ms, ok := splitObject(b)
+		var want map[string]json.RawMessage
+		err := json.Unmarshal(b, &want)
+		if isObject := err == nil && want != nil; ok != isObject {
+			t.Fatalf("%q: splitObject says object %v, encoding/json %v", b, ok, isObject)
+		}
+		if !ok {
+			return
+		}
+		got := map[string]json.RawMessage{}
+		for _, m := range ms {
+			got[m.name] = m.raw
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%q: %d members, encoding/json %d", b, len(got), len(want))
+		}
+		for name, raw := range want {
+			if !bytes.Equal(got[name], raw) {
+				t.Fatalf("%q: member %q = %q, encoding/json %q", b, name, got[name], raw)
+			}
+		}
+	})
 }

@@ -45,7 +45,8 @@ type Rig struct {
 	Registry *accounts.Registry
 	DB       string // the registry's SQLite file
 	Engine   *exchange.Server
-	Key      *exchange.ClientKey // registered as Account
+	Key      *exchange.ClientKey // group 14, registered as Account
+	KeyP256  *exchange.ClientKey // P-256, registered as Account
 	Service  *httpapi.Service
 }
 
@@ -74,8 +75,13 @@ func NewRig(dir string) (*Rig, error) {
 	if r.Key, err = exchange.GenerateClientKey(rand.Reader, exchange.ModP2048); err != nil {
 		return nil, err
 	}
-	if err := r.Registry.Add(ctx, Account, r.Key.Public()); err != nil {
+	if r.KeyP256, err = exchange.GenerateClientKey(rand.Reader, exchange.P256); err != nil {
 		return nil, err
+	}
+	for _, k := range []*exchange.ClientKey{r.Key, r.KeyP256} {
+		if err := r.Registry.Add(ctx, Account, k.Public()); err != nil {
+			return nil, err
+		}
 	}
 	r.Service = r.NewService()
 	return r, nil
@@ -124,12 +130,12 @@ func ReportCPU(b *testing.B, fn func(i int)) {
 	b.ReportMetric(float64(cpuTime()-start)/float64(b.N), "cpu-ns/op")
 }
 
-// ExchangeBodies pre-builds n ExchangeRequest bodies from the rig's client,
+// ExchangeBodies pre-builds n ExchangeRequest bodies from the client key,
 // each with its own nonce key.
-func (r *Rig) ExchangeBodies(n int) ([][]byte, error) {
+func ExchangeBodies(key *exchange.ClientKey, n int) ([][]byte, error) {
 	bodies := make([][]byte, n)
 	for i := range bodies {
-		_, msg, err := r.Key.NewExchange(rand.Reader, nil)
+		_, msg, err := key.NewExchange(rand.Reader, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -157,12 +163,16 @@ func (r *Rig) ExchangeHandler(bodies [][]byte) func(b *testing.B) {
 	}
 }
 
-// ClientExchange measures the client's side of an exchange: a nonce key
-// and request, then checking a response (the server's work is done
-// beforehand, outside the timing).
-func (r *Rig) ClientExchange(b *testing.B) {
+// ClientExchange measures the client's side of an exchange with key: a
+// nonce key and request, then checking a response (the server's work is
+// done beforehand, outside the timing).
+func (r *Rig) ClientExchange(key *exchange.ClientKey) func(b *testing.B) {
+	return func(b *testing.B) { r.clientExchange(b, key) }
+}
+
+func (r *Rig) clientExchange(b *testing.B, key *exchange.ClientKey) {
 	for i := 0; i < b.N; i++ {
-		pending, msg, err := r.Key.NewExchange(rand.Reader, nil)
+		pending, msg, err := key.NewExchange(rand.Reader, nil)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -184,8 +194,10 @@ func (r *Rig) ClientExchange(b *testing.B) {
 	}
 }
 
-// Primitives are the operations an exchange is made of, each measured alone.
+// Primitive is one of the operations an exchange is made of, measured
+// alone. ID names it for the sums the table makes of them.
 type Primitive struct {
+	ID   string
 	Name string
 	Run  func(b *testing.B)
 }
@@ -218,70 +230,70 @@ func (r *Rig) Primitives() ([]Primitive, error) {
 	}
 	w := base.Wire()
 	return []Primitive{
-		{"token DH derive (SoftHSM, CKM_DH_PKCS_DERIVE)", func(b *testing.B) {
+		{"derive", "token DH derive (SoftHSM, CKM_DH_PKCS_DERIVE)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := r.Keystore.Derive(ctx, x.KeyID(), exchange.DHKey(base)); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"256-bit constant-time exponentiation (B^r)", func(b *testing.B) {
+		{"exp256", "256-bit constant-time exponentiation (B^r)", func(b *testing.B) {
 			for b.Loop() {
 				group.ExpScalar(base, s).Zero()
 			}
 		}},
-		{"128-bit exponentiation (C^d, B^e)", func(b *testing.B) {
+		{"exp128", "128-bit exponentiation (C^d, B^e)", func(b *testing.B) {
 			for b.Loop() {
 				group.ExpPublic(base, e128)
 			}
 		}},
-		{"fixed-base g^r (comb table, constant time)", func(b *testing.B) {
+		{"g^r", "fixed-base g^r (comb table, constant time)", func(b *testing.B) {
 			for b.Loop() {
 				s.Public()
 			}
 		}},
-		{"public-key validation (decode, range, Jacobi)", func(b *testing.B) {
+		{"validation", "public-key validation (decode, range, Jacobi)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := group.DecodeWire(w); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"P-256: token ECDH derive (SoftHSM, CKM_ECDH1_DERIVE)", func(b *testing.B) {
+		{"p256-derive", "P-256: token ECDH derive (SoftHSM, CKM_ECDH1_DERIVE)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := r.Keystore.Derive(ctx, xp.KeyID(), exchange.ECDHKey(point)); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"P-256: r·G (crypto/ecdh key generation)", func(b *testing.B) {
+		{"p256-rG", "P-256: r·G with R's kid (crypto/ecdh)", func(b *testing.B) {
 			for b.Loop() {
 				k, _ := p256.GenerateScalar(rand.Reader)
 				k.Public()
 			}
 		}},
-		{"P-256: DH(r, ·) (crypto/ecdh)", func(b *testing.B) {
+		{"p256-dh", "P-256: DH(r, ·) (crypto/ecdh)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := sp.DH(point); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"P-256: point validation and kid", func(b *testing.B) {
+		{"p256-validation", "P-256: point validation and kid", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := p256.Decode(pointWire); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"ticket seal (token AES-256-GCM)", func(b *testing.B) {
+		{"seal", "ticket seal (token AES-256-GCM)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := ticket.Seal(ctx, r.Keystore, rand.Reader, pt); err != nil {
 					b.Fatal(err)
 				}
 			}
 		}},
-		{"ticket open (token AES-256-GCM)", func(b *testing.B) {
+		{"open", "ticket open (token AES-256-GCM)", func(b *testing.B) {
 			for b.Loop() {
 				if _, err := ticket.Open(ctx, r.Keystore, sealed); err != nil {
 					b.Fatal(err)
