@@ -44,6 +44,7 @@ fuzz:
 	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzRequestToken$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/jwc -run '^$$' -fuzz '^FuzzDecodeFlat$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzSplitObject$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
+	$(GO) test ./internal/wire -run '^$$' -fuzz '^FuzzMarshalMatchesEncodingJSON$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 2000x
 
 # One table from one run: primitives, the server-cost bound, CPU per
 # exchange (both profiles), throughput and p99 against a local custosd

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strconv"
 	"strings"
 	"unicode/utf8"
 )
@@ -119,30 +120,100 @@ type (
 	}
 )
 
-func (k PublicKey) MarshalJSON() ([]byte, error) {
-	if k.Type == KeyECDH {
-		return json.Marshal(struct {
-			V ecdhMembers `json:"PublicKeyECDH"`
-		}{ecdhMembers{KID: k.KID, Curve: &k.Curve, Public: k.Public}})
-	}
-	return json.Marshal(struct {
-		V dhMembers `json:"PublicKeyDH"`
-	}{dhMembers{KID: k.KID, Domain: k.Domain, Public: k.Public}})
-}
+func (k PublicKey) MarshalJSON() ([]byte, error) { return k.appendJSON(nil), nil }
 func (m ExchangeRequest) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		V plainRequest `json:"ExchangeRequest"`
 	}{plainRequest(m)})
 }
-func (m ExchangeResponse) MarshalJSON() ([]byte, error) {
-	return json.Marshal(struct {
-		V plainResponse `json:"ExchangeResponse"`
-	}{plainResponse(m)})
-}
+func (m ExchangeResponse) MarshalJSON() ([]byte, error) { return m.appendJSON(make([]byte, 0, 1024)), nil }
 func (m ServiceDescription) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		V plainDescription `json:"ServiceDescription"`
 	}{plainDescription(m)})
+}
+
+// A response and its keys are written by hand, field by field in the
+// order and with the omissions their struct tags give: every exchange
+// sends one, and encoding/json, reflecting over nested MarshalJSON methods
+// and validating each one's output again, cost more than the rest of the
+// response's handling. TestMarshalMatchesEncodingJSON holds the bytes to
+// encoding/json's.
+
+func (k PublicKey) appendJSON(b []byte) []byte {
+	if k.Type == KeyECDH {
+		b = append(b, `{"PublicKeyECDH":{"kid":`...)
+		b = appendString(b, k.KID)
+		b = append(b, `,"crv":`...)
+		b = appendString(b, k.Curve)
+	} else {
+		b = append(b, `{"PublicKeyDH":{"kid":`...)
+		b = appendString(b, k.KID)
+		b = append(b, `,"Domain":`...)
+		b = k.Domain.appendJSON(b)
+	}
+	b = append(b, `,"Public":`...)
+	b = k.Public.appendJSON(b)
+	return append(b, "}}"...)
+}
+
+func (m ExchangeResponse) appendJSON(b []byte) []byte {
+	b = append(b, `{"ExchangeResponse":{"Status":`...)
+	b = strconv.AppendInt(b, int64(m.Status), 10)
+	b = append(b, `,"StatusDescription":`...)
+	b = appendString(b, m.StatusDescription)
+	if m.Error != "" {
+		b = append(b, `,"Error":`...)
+		b = appendString(b, m.Error)
+	}
+	if len(m.Ticket) > 0 {
+		b = append(b, `,"Ticket":`...)
+		b = m.Ticket.appendJSON(b)
+	}
+	if len(m.Witness) > 0 {
+		b = append(b, `,"Witness":`...)
+		b = m.Witness.appendJSON(b)
+	}
+	if m.ServerCredential != nil {
+		b = append(b, `,"ServerCredential":`...)
+		b = m.ServerCredential.appendJSON(b)
+	}
+	if m.ServerNonce != nil {
+		b = append(b, `,"ServerNonce":`...)
+		b = m.ServerNonce.appendJSON(b)
+	}
+	for _, list := range []struct {
+		name   string
+		values []string
+	}{{"Encryption", m.Encryption}, {"Authentication", m.Authentication}} {
+		if len(list.values) == 0 {
+			continue
+		}
+		b = append(b, `,"`+list.name+`":[`...)
+		for i, v := range list.values {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendString(b, v)
+		}
+		b = append(b, ']')
+	}
+	return append(b, "}}"...)
+}
+
+// appendString appends s as encoding/json writes a string: as it is when
+// it holds only printable ASCII that needs no escape, through
+// encoding/json otherwise.
+func appendString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // UnmarshalJSON decodes either key type. An object carrying both tags is
@@ -539,10 +610,13 @@ func syntaxError(err error) error {
 type Bytes []byte
 
 func (b Bytes) MarshalJSON() ([]byte, error) {
-	out := make([]byte, 0, base64.RawURLEncoding.EncodedLen(len(b))+2)
-	out = append(out, '"')
-	out = base64.RawURLEncoding.AppendEncode(out, b)
-	return append(out, '"'), nil
+	return b.appendJSON(make([]byte, 0, base64.RawURLEncoding.EncodedLen(len(b))+2)), nil
+}
+
+func (b Bytes) appendJSON(dst []byte) []byte {
+	dst = append(dst, '"')
+	dst = base64.RawURLEncoding.AppendEncode(dst, b)
+	return append(dst, '"')
 }
 
 func (b *Bytes) UnmarshalJSON(data []byte) error {
