@@ -2,10 +2,15 @@ package main
 
 import (
 	"bytes"
+	"crypto/rand"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/wire"
 )
 
 func seedDoc(t *testing.T) string {
@@ -54,6 +59,42 @@ func TestInspectFailures(t *testing.T) {
 	for name, c := range cases {
 		code, out := runInspect(t, c.doc)
 		if code == 0 || !strings.Contains(out, c.want) {
+			t.Errorf("%s: exit %d, output:\n%s", name, code, out)
+		}
+	}
+}
+
+// TestInspectP256 checks PublicKeyECDH messages as DH ones are checked:
+// a valid P-256 request passes, and each broken key is named.
+func TestInspectP256(t *testing.T) {
+	key, err := exchange.GenerateClientKey(rand.Reader, exchange.P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, msg, _ := key.NewExchange(rand.Reader, nil)
+	good, _ := json.Marshal(msg)
+	if code, out := runInspect(t, string(good)); code != 0 || !strings.HasSuffix(out, "OK\n") || !strings.Contains(out, "PublicKeyECDH") || !strings.Contains(out, key.Public().KeyID()) {
+		t.Fatalf("exit %d:\n%s", code, out)
+	}
+	var m wire.ExchangeRequest
+	wire.Unmarshal(good, &m)
+	point := m.ClientNonce.Public
+	compressed := append([]byte{2 | point[64]&1}, point[1:33]...)
+	dhKey, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
+	for name, c := range map[string]struct {
+		mutate func(m *wire.ExchangeRequest)
+		want   string
+	}{
+		"kid":        {func(m *wire.ExchangeRequest) { m.ClientNonce.KID = "MAAAA" }, "FAIL  kid given      MAAAA"},
+		"curve":      {func(m *wire.ExchangeRequest) { m.ClientNonce.Curve = "P-384" }, `FAIL  crv            "P-384"`},
+		"compressed": {func(m *wire.ExchangeRequest) { m.ClientNonce.Public = compressed }, "the point is compressed"},
+		"mixed":      {func(m *wire.ExchangeRequest) { m.ClientNonce = exchange.EncodeKey(dhKey.Public()) }, "both must be of one kind"},
+	} {
+		var bad wire.ExchangeRequest
+		wire.Unmarshal(good, &bad)
+		c.mutate(&bad)
+		b, _ := json.Marshal(&bad)
+		if code, out := runInspect(t, string(b)); code == 0 || !strings.Contains(out, c.want) {
 			t.Errorf("%s: exit %d, output:\n%s", name, code, out)
 		}
 	}

@@ -126,7 +126,9 @@ func (m ExchangeRequest) MarshalJSON() ([]byte, error) {
 		V plainRequest `json:"ExchangeRequest"`
 	}{plainRequest(m)})
 }
-func (m ExchangeResponse) MarshalJSON() ([]byte, error) { return m.appendJSON(make([]byte, 0, 1024)), nil }
+func (m ExchangeResponse) MarshalJSON() ([]byte, error) {
+	return m.appendJSON(make([]byte, 0, 1024)), nil
+}
 func (m ServiceDescription) MarshalJSON() ([]byte, error) {
 	return json.Marshal(struct {
 		V plainDescription `json:"ServiceDescription"`

@@ -496,3 +496,40 @@ func TestPruneByRetirement(t *testing.T) {
 		t.Fatalf("the ticket of a key made 31 days ago and retired a second ago no longer opens: %v", err)
 	}
 }
+
+// TestRotateAndPruneP256: the P-256 credential rotates and is pruned like
+// the group-14 one, each profile on its own.
+func TestRotateAndPruneP256(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	now := time.Now()
+	f.ks.Now = func() time.Time { return now }
+	oldE, _ := f.ks.Credential(ctx, exchange.P256)
+	dh, _ := f.ks.Credential(ctx, exchange.ModP2048)
+	now = now.Add(time.Hour)
+	info, err := f.ks.RotateCredential(ctx, exchange.P256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newE, _ := f.ks.Credential(ctx, exchange.P256)
+	if newE.Equal(oldE) || info.ID != newE.KeyID() || info.Profile != exchange.P256 {
+		t.Fatalf("rotation: %+v", info)
+	}
+	if again, _ := f.ks.Credential(ctx, exchange.ModP2048); !again.Equal(dh) {
+		t.Fatal("rotating the P-256 credential changed the group-14 one")
+	}
+	if _, err := f.ks.Derive(ctx, oldE.KeyID(), newE); err != nil {
+		t.Fatalf("the retired P-256 credential no longer derives before pruning: %v", err)
+	}
+	now = now.Add(2 * time.Hour)
+	pruned, err := f.ks.Prune(ctx, time.Hour, false)
+	if err != nil || len(pruned) != 1 || pruned[0].ID != oldE.KeyID() || pruned[0].Profile != exchange.P256 {
+		t.Fatalf("pruned %+v, %v; want the old P-256 credential only", pruned, err)
+	}
+	if _, err := f.ks.Derive(ctx, oldE.KeyID(), newE); err == nil {
+		t.Fatal("a pruned P-256 credential still derives")
+	}
+	if _, err := f.ks.Derive(ctx, dh.KeyID(), dh); err != nil {
+		t.Fatalf("the group-14 credential after pruning: %v", err)
+	}
+}
