@@ -235,7 +235,15 @@ func writeError(w http.ResponseWriter, e *exchange.Error, status int) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
-	b, err := json.Marshal(v)
+	var b []byte
+	var err error
+	if m, ok := v.(json.Marshaler); ok {
+		// The messages write themselves (package wire); encoding/json
+		// would only scan the result again to validate and compact it.
+		b, err = m.MarshalJSON()
+	} else {
+		b, err = json.Marshal(v)
+	}
 	if err != nil {
 		status, b = http.StatusInternalServerError, []byte(`{}`)
 	}
