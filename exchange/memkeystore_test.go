@@ -87,10 +87,10 @@ func (ks *memKeystore) Derive(ctx context.Context, kid string, peer *PublicKey) 
 	return rekeyAgree(peer, x) // the plain DH of x with peer
 }
 
-func (ks *memKeystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
+func (ks *memKeystore) SealingKey(ctx context.Context) (ticket.KeyID, ticket.Scheme, error) {
 	ks.mu.RLock()
 	defer ks.mu.RUnlock()
-	return ks.sealID, nil
+	return ks.sealID, ticket.GCM, nil
 }
 
 func (ks *memKeystore) Holds(id ticket.KeyID) bool {
@@ -112,6 +112,9 @@ func (ks *memKeystore) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, s
 	ks.mu.RUnlock()
 	if aead == nil {
 		return nil, ticket.ErrInvalid
+	}
+	if len(iv) != aead.NonceSize() {
+		return nil, ticket.ErrInvalid // a frame of another scheme
 	}
 	pt, err := aead.Open(nil, iv, sealed, aad)
 	if err != nil {

@@ -30,6 +30,11 @@ import (
 type Config struct {
 	// Module is the path of the PKCS#11 library.
 	Module string
+	// InitArgs is the module's initialisation string, passed to
+	// C_Initialize in its reserved pointer: NSS softokn takes its database
+	// there ("configdir='sql:/path' certPrefix='' keyPrefix=''
+	// secmod='secmod.db' flags="). Most modules take none.
+	InitArgs string
 	// TokenLabel finds the token. Slot ids change between runs; labels do not.
 	TokenLabel string
 	// PIN is the user PIN. Read it from the environment or a file, never argv.
@@ -94,7 +99,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if cfg.RetryInterval <= 0 {
 		cfg.RetryInterval = 250 * time.Millisecond
 	}
-	mod, err := loadModule(cfg.Module)
+	mod, err := loadModule(cfg.Module, cfg.InitArgs)
 	if err != nil {
 		return nil, err
 	}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"math/big"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -93,8 +94,15 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatalf("unknown label: %v", err)
 	}
 	_, err = Open(context.Background(), Config{Module: "/nonexistent/libpkcs11.so", TokenLabel: "x", PIN: "x"})
-	if err == nil || !strings.Contains(err.Error(), "cannot load the PKCS#11 module /nonexistent/libpkcs11.so") {
+	if err == nil || !strings.Contains(err.Error(), "cannot load the PKCS#11 module /nonexistent/libpkcs11.so") || !strings.Contains(err.Error(), "No such file") {
 		t.Fatalf("bad module: %v", err)
+	}
+	// A library that loads but is no PKCS#11 module says so.
+	if libc, _ := filepath.Glob("/lib/x86_64-linux-gnu/libz.so.1"); len(libc) == 1 {
+		_, err = Open(context.Background(), Config{Module: libc[0], TokenLabel: "x", PIN: "x"})
+		if err == nil || !strings.Contains(err.Error(), "no C_GetFunctionList") {
+			t.Fatalf("not a module: %v", err)
+		}
 	}
 	// After the failures the right configuration still works.
 	tok, err := Open(context.Background(), Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN})
@@ -729,4 +737,56 @@ func histCount(t *testing.T, op string) uint64 {
 		}
 	}
 	return 0
+}
+
+// TestNSSSoftokn loads NSS softokn directly, its database given in the
+// initialisation arguments (without them C_Initialize fails
+// CKR_ARGUMENTS_BAD), and checks both derivations on it.
+func TestNSSSoftokn(t *testing.T) {
+	nss := softhsm.NewNSS(t)
+	tok, err := Open(context.Background(), Config{Module: nss.Module, InitArgs: nss.InitArgs, TokenLabel: nss.Label, PIN: nss.PIN})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	for _, c := range []Capability{DH, ECDH} {
+		var can bool
+		tok.Do(context.Background(), "mechanisms", func(s *Session) (err error) { can, err = s.Can(c); return err })
+		if !can {
+			t.Fatalf("NSS does not list the mechanisms of capability %d", c)
+		}
+	}
+	dh := genDH(t, tok)
+	X := new(big.Int).SetBytes(dh.public)
+	if _, err := group.NewElementInt(X); err != nil {
+		t.Fatalf("NSS's DH public value is not a valid element: %v", err)
+	}
+	k := big.NewInt(0).SetBytes([]byte("a peer exponent of some length.."))
+	peer := new(big.Int).Exp(big.NewInt(2), k, group.P())
+	var got []byte
+	if err := tok.Do(context.Background(), "derive", func(s *Session) (err error) {
+		got, err = s.DeriveDH(dh.priv, peer.Bytes(), 256)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := new(big.Int).Exp(X, k, group.P()).FillBytes(make([]byte, 256)); !bytes.Equal(got, want) {
+		t.Fatal("NSS's DH derive differs from math/big")
+	}
+	ec := genEC(t, tok)
+	XE, err := ecdh.P256().NewPublicKey(ec.public)
+	if err != nil {
+		t.Fatalf("NSS's P-256 point: %v", err)
+	}
+	pk, _ := ecdh.P256().GenerateKey(rand.Reader)
+	want, _ := pk.ECDH(XE)
+	if err := tok.Do(context.Background(), "derive", func(s *Session) (err error) {
+		got, err = s.DeriveECDH(ec.priv, pk.PublicKey().Bytes())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("NSS's ECDH derive differs from crypto/ecdh")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"unsafe"
 
 	"github.com/miekg/pkcs11"
 )
@@ -13,7 +14,11 @@ import (
 // SoftHSM keeps process-wide state.
 type module struct {
 	path string
-	ck   Cryptoki
+	// args is the initialisation string given to C_Initialize ("" for
+	// none), in C memory; argsText the same in Go.
+	args     unsafe.Pointer
+	argsText string
+	ck       Cryptoki
 
 	mu    sync.Mutex
 	refs  int
@@ -27,18 +32,28 @@ var modules = struct {
 }{byPath: map[string]*module{}}
 
 // loadModule returns the process's module for path, loading and initialising
-// it on first use.
-func loadModule(path string) (*module, error) {
+// it on first use with the initialisation string args (passed in
+// C_Initialize's reserved pointer, as NSS softokn needs; "" for none). A
+// module is initialised once per process, so every user of a path must
+// give the same args.
+func loadModule(path, args string) (*module, error) {
 	modules.Lock()
 	defer modules.Unlock()
 	m, ok := modules.byPath[path]
-	if !ok {
+	switch {
+	case !ok:
 		ctx := pkcs11.New(path)
 		if ctx == nil {
-			return nil, fmt.Errorf("hsm: cannot load the PKCS#11 module %s (is the path right and the library installed?)", path)
+			return nil, fmt.Errorf("hsm: cannot load the PKCS#11 module %s: %s", path, loadFailure(path))
 		}
 		m = &module{path: path, ck: ctx}
+		if args != "" {
+			m.args = initArgs(args)
+		}
+		m.argsText = args
 		modules.byPath[path] = m
+	case m.argsText != args:
+		return nil, fmt.Errorf("hsm: the PKCS#11 module %s is already initialised in this process with other initialisation arguments", path)
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -53,7 +68,11 @@ func (m *module) initLocked() error {
 	if m.ready {
 		return nil
 	}
-	err := m.ck.Initialize()
+	var opts []pkcs11.InitializeOption
+	if m.args != nil {
+		opts = append(opts, pkcs11.InitializeWithReserved(m.args))
+	}
+	err := m.ck.Initialize(opts...)
 	if err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return fmt.Errorf("hsm: initialising the PKCS#11 module %s: %w", m.path, err)
 	}

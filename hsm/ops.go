@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -25,6 +26,7 @@ const (
 	AESKey
 	ECPrivateKey
 	ECPublicKey
+	HMACKey
 )
 
 func (k KeyKind) template() []*pkcs11.Attribute {
@@ -40,6 +42,8 @@ func (k KeyKind) template() []*pkcs11.Attribute {
 		class, keyType = pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_EC
 	case ECPublicKey:
 		class, keyType = pkcs11.CKO_PUBLIC_KEY, pkcs11.CKK_EC
+	case HMACKey:
+		class, keyType = pkcs11.CKO_SECRET_KEY, pkcs11.CKK_GENERIC_SECRET
 	default:
 		panic("hsm: unknown key kind")
 	}
@@ -313,6 +317,85 @@ func (s *Session) GenerateAESKey(label string, id []byte) (Object, error) {
 	return Object(h), err
 }
 
+// GenerateHMACKey creates a 256-bit generic secret in the token that can
+// only sign (HMAC-SHA-256): sensitive, not extractable, no encrypt,
+// decrypt, wrap, unwrap, verify or derive. Tags are compared by the
+// caller, not by C_Verify, whose answer to a wrong tag differs by vendor.
+func (s *Session) GenerateHMACKey(label string, id []byte) (Object, error) {
+	tmpl := []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
+		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
+	}
+	h, err := s.t.ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
+	return Object(h), err
+}
+
+// HMACSize is the length of an HMAC-SHA-256 tag.
+const HMACSize = 32
+
+// SignHMAC returns HMAC-SHA-256(key, data), made in the token.
+func (s *Session) SignHMAC(key Object, data []byte) ([]byte, error) {
+	ck := s.t.ck
+	if err := ck.SignInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_SHA256_HMAC, nil)}, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, err
+	}
+	tag, err := ck.Sign(s.s.h, data)
+	if err == nil && len(tag) != HMACSize {
+		return nil, fmt.Errorf("hsm: HMAC-SHA-256 returned %d bytes", len(tag))
+	}
+	return tag, err
+}
+
+// CBCIVSize is the IV of AES-CBC.
+const CBCIVSize = 16
+
+// EncryptCBC encrypts plaintext with AES-CBC and PKCS#7 padding
+// (CKM_AES_CBC_PAD) under key with the caller's 16-byte IV. CBC alone does
+// not authenticate: the caller MACs the result.
+func (s *Session) EncryptCBC(key Object, iv, plaintext []byte) ([]byte, error) {
+	if len(iv) != CBCIVSize {
+		return nil, fmt.Errorf("hsm: CBC IV must be %d bytes, not %d", CBCIVSize, len(iv))
+	}
+	ck := s.t.ck
+	if err := ck.EncryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC_PAD, iv)}, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, err
+	}
+	out, err := ck.Encrypt(s.s.h, plaintext)
+	if err == nil && len(out) != (len(plaintext)/CBCIVSize+1)*CBCIVSize {
+		return nil, fmt.Errorf("hsm: CBC-PAD returned %d bytes for %d of plaintext", len(out), len(plaintext))
+	}
+	return out, err
+}
+
+// DecryptCBC reverses EncryptCBC; the caller has authenticated the
+// ciphertext first, so a padding error is a fault, not an answer to give.
+// The caller zeroes the plaintext.
+func (s *Session) DecryptCBC(key Object, iv, ciphertext []byte) ([]byte, error) {
+	if len(iv) != CBCIVSize || len(ciphertext) == 0 || len(ciphertext)%CBCIVSize != 0 {
+		return nil, ErrAuthentication
+	}
+	ck := s.t.ck
+	if err := ck.DecryptInit(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_CBC_PAD, iv)}, pkcs11.ObjectHandle(key)); err != nil {
+		return nil, err
+	}
+	return ck.Decrypt(s.s.h, ciphertext)
+}
+
 // GCM sizes this package insists on, because tokens do not: SoftHSM
 // accepts an empty IV and a 0-bit tag.
 const (
@@ -427,6 +510,10 @@ const (
 	DH Capability = iota + 1
 	// ECDH is P-256 key generation and CKM_ECDH1_DERIVE.
 	ECDH
+	// GCM is AES key generation and AES-GCM.
+	GCM
+	// CBCHMAC is AES-CBC-PAD and HMAC-SHA-256 with generic secrets.
+	CBCHMAC
 )
 
 func (c Capability) mechanisms() []uint {
@@ -435,8 +522,48 @@ func (c Capability) mechanisms() []uint {
 		return []uint{pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, pkcs11.CKM_DH_PKCS_DERIVE}
 	case ECDH:
 		return []uint{pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKM_ECDH1_DERIVE}
+	case GCM:
+		return []uint{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKM_AES_GCM}
+	case CBCHMAC:
+		return []uint{pkcs11.CKM_AES_KEY_GEN, pkcs11.CKM_AES_CBC_PAD, pkcs11.CKM_GENERIC_SECRET_KEY_GEN, pkcs11.CKM_SHA256_HMAC}
 	}
 	panic("hsm: unknown capability")
+}
+
+// SelfTestGCM seals and opens a message with a throwaway session key: a
+// token can list AES-GCM and still get it wrong (NSS's size query for a
+// seal leaves out the tag, and the seal then fails).
+func (s *Session) SelfTestGCM() error {
+	ck := s.t.ck
+	key, err := ck.GenerateKey(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_GEN, nil)}, []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_VALUE_LEN, 32),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, true),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, true),
+	})
+	if err != nil {
+		return err
+	}
+	defer ck.DestroyObject(s.s.h, key)
+	iv, msg := make([]byte, GCMIVSize), []byte("custos GCM self-test message")
+	sealed, err := s.SealGCM(Object(key), iv, []byte("aad"), msg)
+	if err != nil {
+		return fmt.Errorf("sealing: %w", err)
+	}
+	opened, err := s.OpenGCM(Object(key), iv, []byte("aad"), sealed)
+	if err != nil {
+		return fmt.Errorf("opening: %w", err)
+	}
+	if !bytes.Equal(opened, msg) {
+		return errors.New("the message opened differs from the one sealed")
+	}
+	sealed[0] ^= 1
+	if _, err := s.OpenGCM(Object(key), iv, []byte("aad"), sealed); !errors.Is(err, ErrAuthentication) {
+		return fmt.Errorf("a tampered ciphertext was not refused as unauthentic: %v", err)
+	}
+	return nil
 }
 
 // Can reports whether the token lists every mechanism of c.

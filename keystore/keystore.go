@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/ticket"
 )
 
 // KeyKind tells what a key is for.
@@ -24,6 +25,8 @@ type KeyInfo struct {
 	Kind KeyKind
 	// Profile is a credential's profile; zero for a ticket key.
 	Profile exchange.Profile
+	// Scheme is how a ticket key seals; zero for a credential.
+	Scheme  ticket.Scheme
 	ID      string // credential kid, or ticket key id in hex
 	Label   string
 	Created time.Time

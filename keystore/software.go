@@ -139,10 +139,10 @@ func (s *Software) Derive(ctx context.Context, kid string, peer *exchange.Public
 	return nil, fmt.Errorf("keystore: credential %s is not of the %s profile", kid, peer.Profile())
 }
 
-func (s *Software) SealingKey(ctx context.Context) (ticket.KeyID, error) {
+func (s *Software) SealingKey(ctx context.Context) (ticket.KeyID, ticket.Scheme, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.sealID, nil
+	return s.sealID, ticket.GCM, nil
 }
 
 func (s *Software) Holds(id ticket.KeyID) bool {
@@ -174,6 +174,9 @@ func (s *Software) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, seale
 	s.mu.RUnlock()
 	if !ok {
 		return nil, ticket.ErrInvalid
+	}
+	if len(iv) != aead.NonceSize() {
+		return nil, ticket.ErrInvalid // a frame of another scheme
 	}
 	pt, err := aead.Open(nil, iv, sealed, aad)
 	if err != nil {

@@ -5,10 +5,19 @@
 // can open them, so the service keeps no per-session state.
 //
 //	Ticket = 0x01 ‖ KeyID(8) ‖ IV(12) ‖ AES-256-GCM(key KeyID, IV, plaintext, AAD = 0x01 ‖ KeyID)
+//
+// Tokens without a working AES-GCM (opencryptoki's soft token, NSS softokn
+// through PKCS#11) seal with AES-256-CBC-PAD and HMAC-SHA-256,
+// encrypt-then-MAC, two keys in the token under one KeyID:
+//
+//	Ticket = 0x02 ‖ KeyID(8) ‖ IV(16) ‖ C ‖ HMAC-SHA-256(MAC key, 0x02 ‖ KeyID ‖ IV ‖ C),  C = AES-256-CBC-PAD(key, IV, plaintext)
+//
+// The version byte names the scheme, so the two open side by side.
 package ticket
 
 import (
 	"context"
+	"crypto/aes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -17,15 +26,54 @@ import (
 )
 
 const (
-	Version   = 0x01
+	Version   = byte(GCM)
 	KeyIDSize = 8
 	IVSize    = 12
 	TagSize   = 16
-	// HeaderSize is the framing before the ciphertext.
+	// HeaderSize is the framing before the ciphertext of a GCM ticket.
 	HeaderSize = 1 + KeyIDSize + IVSize
 	// MaxSize bounds what any opener will look at.
 	MaxSize = 4096
 )
+
+// Scheme is how a sealing key seals; it is the ticket's version byte.
+type Scheme byte
+
+const (
+	// GCM is AES-256-GCM with a 12-byte IV and a 16-byte tag.
+	GCM Scheme = 0x01
+	// CBCHMAC is AES-256-CBC-PAD with a 16-byte IV, then HMAC-SHA-256
+	// over the additional data, the IV and the ciphertext: a 32-byte tag.
+	CBCHMAC Scheme = 0x02
+)
+
+func (s Scheme) String() string {
+	switch s {
+	case GCM:
+		return "AES-256-GCM"
+	case CBCHMAC:
+		return "AES-256-CBC-PAD + HMAC-SHA-256"
+	}
+	return fmt.Sprintf("scheme(%d)", byte(s))
+}
+
+// IVSize is the length of the scheme's IV.
+func (s Scheme) IVSize() int {
+	if s == CBCHMAC {
+		return 16
+	}
+	return IVSize
+}
+
+// TagSize is the length of the scheme's tag.
+func (s Scheme) TagSize() int {
+	if s == CBCHMAC {
+		return 32
+	}
+	return TagSize
+}
+
+func (s Scheme) valid() bool { return s == GCM || s == CBCHMAC }
 
 // KeyID names a ticket-sealing key.
 type KeyID [KeyIDSize]byte
@@ -35,15 +83,16 @@ type KeyID [KeyIDSize]byte
 // to a client.
 var ErrInvalid = errors.New("ticket: not a valid ticket")
 
-// Sealer is the AEAD a keystore provides for tickets: AES-256-GCM, or an
-// equivalent AEAD with a 12-byte IV and a 16-byte tag, under keys it keeps
-// and names by KeyID. It never sees the framing; Seal and Open below write
-// and read it, once for every keystore.
+// Sealer is the AEAD a keystore provides for tickets, of one Scheme per
+// key, under keys it keeps and names by KeyID. It never sees the framing;
+// Seal and Open below write and read it, once for every keystore.
 type Sealer interface {
-	// SealingKey names the key new tickets are sealed under.
-	SealingKey(ctx context.Context) (KeyID, error)
-	// SealWith encrypts plaintext under key id with the 12-byte iv and aad,
-	// and returns the ciphertext with its 16-byte tag appended.
+	// SealingKey names the key new tickets are sealed under, and its
+	// scheme.
+	SealingKey(ctx context.Context) (KeyID, Scheme, error)
+	// SealWith encrypts plaintext under key id with iv (of the key's
+	// scheme's size) and aad, and returns the ciphertext with the tag
+	// appended. An iv of the wrong size for the key is an error.
 	SealWith(ctx context.Context, id KeyID, iv, aad, plaintext []byte) ([]byte, error)
 	// OpenWith reverses SealWith. A key it does not hold, or a ciphertext
 	// that does not authenticate, gives ErrInvalid; any other error is the
@@ -55,52 +104,71 @@ type Sealer interface {
 	Holds(id KeyID) bool
 }
 
-// aad returns the additional data sealed with a ticket under key id.
-func aad(id KeyID) []byte {
-	return append([]byte{Version}, id[:]...)
+// aad returns the additional data sealed with a ticket of scheme s under
+// key id: the ticket's first bytes.
+func aad(s Scheme, id KeyID) []byte {
+	return append([]byte{byte(s)}, id[:]...)
 }
 
 // Seal seals plaintext under s's active key, with a fresh IV from rand,
 // and returns the ticket.
 func Seal(ctx context.Context, s Sealer, rand io.Reader, plaintext []byte) ([]byte, error) {
-	id, err := s.SealingKey(ctx)
+	id, scheme, err := s.SealingKey(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make([]byte, HeaderSize, HeaderSize+len(plaintext)+TagSize)
-	out[0] = Version
+	if !scheme.valid() {
+		return nil, fmt.Errorf("ticket: the sealer names an unknown scheme %d", byte(scheme))
+	}
+	header := 1 + KeyIDSize + scheme.IVSize()
+	out := make([]byte, header, header+len(plaintext)+aes.BlockSize+scheme.TagSize())
+	out[0] = byte(scheme)
 	copy(out[1:], id[:])
-	iv := out[1+KeyIDSize : HeaderSize]
+	iv := out[1+KeyIDSize : header]
 	if _, err := io.ReadFull(rand, iv); err != nil {
 		return nil, err
 	}
-	sealed, err := s.SealWith(ctx, id, iv, aad(id), plaintext)
+	sealed, err := s.SealWith(ctx, id, iv, aad(scheme, id), plaintext)
 	if err != nil {
 		return nil, err
 	}
-	if len(sealed) != len(plaintext)+TagSize {
-		return nil, fmt.Errorf("ticket: the sealer returned %d bytes for %d of plaintext", len(sealed), len(plaintext))
+	if want := sealedSize(scheme, len(plaintext)); len(sealed) != want {
+		return nil, fmt.Errorf("ticket: the sealer returned %d bytes for %d of plaintext, not %d", len(sealed), len(plaintext), want)
 	}
 	return append(out, sealed...), nil
 }
 
+// sealedSize is the length of n bytes of plaintext sealed: the same plus
+// the tag under GCM; padded to whole blocks (1 to 16 bytes more) under CBC.
+func sealedSize(s Scheme, n int) int {
+	if s == CBCHMAC {
+		return (n/aes.BlockSize+1)*aes.BlockSize + s.TagSize()
+	}
+	return n + s.TagSize()
+}
+
 // Open returns the plaintext of ticket t. Anything that is not a ticket
 // sealed by a key s still holds gives ErrInvalid, checked here for the
-// version, the IV length and room for a full 128-bit tag, which a token
-// would not check. The caller zeroes the plaintext.
+// version, the IV length and room for a full tag, which a token would not
+// check. The caller zeroes the plaintext.
 func Open(ctx context.Context, s Sealer, t []byte) ([]byte, error) {
 	id, ok := SealedBy(t)
-	if !ok || len(t) < HeaderSize+TagSize {
+	if !ok {
 		return nil, ErrInvalid
 	}
-	return s.OpenWith(ctx, id, t[1+KeyIDSize:HeaderSize], aad(id), t[HeaderSize:])
+	scheme := Scheme(t[0])
+	header := 1 + KeyIDSize + scheme.IVSize()
+	if len(t) < header+scheme.TagSize() {
+		return nil, ErrInvalid
+	}
+	return s.OpenWith(ctx, id, t[1+KeyIDSize:header], aad(scheme, id), t[header:])
 }
 
 // SealedBy names the key a ticket says it was sealed under, without
 // checking that it was.
 func SealedBy(t []byte) (KeyID, bool) {
 	var id KeyID
-	if len(t) < HeaderSize || len(t) > MaxSize || t[0] != Version {
+	if len(t) < HeaderSize || len(t) > MaxSize || !Scheme(t[0]).valid() {
 		return id, false
 	}
 	copy(id[:], t[1:1+KeyIDSize])

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"testing"
 	"time"
 )
@@ -50,8 +52,8 @@ type gcmSealer struct {
 	aead cipher.AEAD
 }
 
-func (g *gcmSealer) Holds(id KeyID) bool                       { return id == g.id }
-func (g *gcmSealer) SealingKey(context.Context) (KeyID, error) { return g.id, nil }
+func (g *gcmSealer) Holds(id KeyID) bool                               { return id == g.id }
+func (g *gcmSealer) SealingKey(context.Context) (KeyID, Scheme, error) { return g.id, GCM, nil }
 func (g *gcmSealer) SealWith(_ context.Context, id KeyID, iv, aad, pt []byte) ([]byte, error) {
 	return g.aead.Seal(nil, iv, pt, aad), nil
 }
@@ -120,4 +122,77 @@ func FuzzSessionUnmarshal(f *testing.F) {
 			t.Fatalf("decoded %x, which encodes to %x (%v)", b, again, err)
 		}
 	})
+}
+
+// cbcSealer is the CBC-HMAC scheme over crypto/cipher and crypto/hmac,
+// for the framing tests of version 2.
+type cbcSealer struct {
+	id       KeyID
+	enc, mac []byte
+}
+
+func (c *cbcSealer) Holds(id KeyID) bool { return id == c.id }
+func (c *cbcSealer) SealingKey(context.Context) (KeyID, Scheme, error) {
+	return c.id, CBCHMAC, nil
+}
+func (c *cbcSealer) SealWith(_ context.Context, id KeyID, iv, aad, pt []byte) ([]byte, error) {
+	block, _ := aes.NewCipher(c.enc)
+	pad := aes.BlockSize - len(pt)%aes.BlockSize
+	ct := append(bytes.Clone(pt), bytes.Repeat([]byte{byte(pad)}, pad)...)
+	cipher.NewCBCEncrypter(block, iv).CryptBlocks(ct, ct)
+	m := hmac.New(sha256.New, c.mac)
+	m.Write(aad)
+	m.Write(iv)
+	m.Write(ct)
+	return m.Sum(ct), nil
+}
+func (c *cbcSealer) OpenWith(_ context.Context, id KeyID, iv, aad, sealed []byte) ([]byte, error) {
+	if id != c.id || len(iv) != 16 || len(sealed) < 32+16 {
+		return nil, ErrInvalid
+	}
+	ct, tag := sealed[:len(sealed)-32], sealed[len(sealed)-32:]
+	m := hmac.New(sha256.New, c.mac)
+	m.Write(aad)
+	m.Write(iv)
+	m.Write(ct)
+	if !hmac.Equal(m.Sum(nil), tag) || len(ct)%16 != 0 {
+		return nil, ErrInvalid
+	}
+	block, _ := aes.NewCipher(c.enc)
+	pt := bytes.Clone(ct)
+	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, pt)
+	return pt[:len(pt)-int(pt[len(pt)-1])], nil
+}
+
+func TestFrameCBCHMAC(t *testing.T) {
+	s := &cbcSealer{id: KeyID{8, 7, 6, 5, 4, 3, 2, 1}, enc: make([]byte, 32), mac: bytes.Repeat([]byte{1}, 32)}
+	ctx := context.Background()
+	for _, n := range []int{0, 15, 16, 200} {
+		pt := bytes.Repeat([]byte("p"), n)
+		b, err := Seal(ctx, s, rand.Reader, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) != 1+KeyIDSize+16+(n/16+1)*16+32 || b[0] != byte(CBCHMAC) || !bytes.Equal(b[1:9], s.id[:]) {
+			t.Fatalf("%d bytes: frame %x", n, b)
+		}
+		if id, ok := SealedBy(b); !ok || id != s.id {
+			t.Fatal("SealedBy refuses a version 2 ticket")
+		}
+		got, err := Open(ctx, s, b)
+		if err != nil || !bytes.Equal(got, pt) {
+			t.Fatalf("%d bytes: open %v", n, err)
+		}
+		// The MAC covers the version and key id (the AAD) and the IV.
+		for _, i := range []int{0, 1, 9, 24} {
+			bad := bytes.Clone(b)
+			bad[i] ^= 2
+			if _, err := Open(ctx, s, bad); err == nil {
+				t.Fatalf("%d bytes: byte %d flipped, still opens", n, i)
+			}
+		}
+	}
+	if _, ok := SealedBy(append([]byte{3}, make([]byte, 40)...)); ok {
+		t.Fatal("version 3 accepted")
+	}
 }

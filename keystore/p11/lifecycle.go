@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -117,16 +118,32 @@ func (k *Keystore) RotateCredential(ctx context.Context, p exchange.Profile) (ke
 }
 
 // RotateTicketKey generates a new ticket-sealing key and makes it active.
-// Older keys keep opening the tickets they sealed until pruned.
+// Older keys keep opening the tickets they sealed until pruned. The new
+// key seals with AES-GCM where the token lists it and passes a self-test,
+// else with AES-CBC-PAD and HMAC-SHA-256 (see Sealing).
 func (k *Keystore) RotateTicketKey(ctx context.Context) (keystore.KeyInfo, error) {
-	label, created := k.newLabel(ticketPrefix)
+	scheme, err := k.sealingScheme(ctx)
+	if err != nil {
+		return keystore.KeyInfo{}, err
+	}
+	prefix := ticketPrefix
+	if scheme == ticket.CBCHMAC {
+		prefix = ticketPrefixCBC
+	}
+	label, created := k.newLabel(prefix)
 	id, err := newID(ticket.KeyIDSize)
 	if err != nil {
 		return keystore.KeyInfo{}, err
 	}
 	err = k.tok.Do(ctx, "generate", func(s *hsm.Session) error {
-		_, err := s.GenerateAESKey(label, id)
-		return err
+		if _, err := s.GenerateAESKey(label, id); err != nil {
+			return err
+		}
+		if scheme == ticket.CBCHMAC {
+			_, err := s.GenerateHMACKey(label, macID(ticket.KeyID(id)))
+			return err
+		}
+		return nil
 	})
 	if err != nil {
 		return keystore.KeyInfo{}, err
@@ -134,7 +151,40 @@ func (k *Keystore) RotateTicketKey(ctx context.Context) (keystore.KeyInfo, error
 	if err := k.Refresh(ctx); err != nil {
 		return keystore.KeyInfo{}, err
 	}
-	return keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(id), Label: label, Created: created, Active: true}, nil
+	return keystore.KeyInfo{Kind: keystore.KindTicket, Scheme: scheme, ID: hex.EncodeToString(id), Label: label, Created: created, Active: true}, nil
+}
+
+// sealingScheme chooses how new ticket keys seal: Sealing if set, else
+// AES-GCM when the token lists it and it passes SelfTestGCM, else
+// AES-CBC-PAD with HMAC-SHA-256 when the token lists those.
+func (k *Keystore) sealingScheme(ctx context.Context) (ticket.Scheme, error) {
+	if k.Sealing != 0 {
+		return k.Sealing, nil
+	}
+	var scheme ticket.Scheme
+	err := k.tok.Do(ctx, "self-test", func(s *hsm.Session) error {
+		gcm, err := s.Can(hsm.GCM)
+		if err != nil {
+			return err
+		}
+		if gcm {
+			err := s.SelfTestGCM()
+			if err == nil {
+				scheme = ticket.GCM
+				return nil
+			}
+			k.log().Warn("p11: the token lists AES-GCM but fails its self-test; sealing tickets with AES-CBC-PAD and HMAC-SHA-256", "reason", err)
+		}
+		ok, err := s.Can(hsm.CBCHMAC)
+		if err == nil && ok {
+			scheme = ticket.CBCHMAC
+		}
+		return err
+	})
+	if err == nil && scheme == 0 {
+		err = errors.New("p11: the token can seal tickets neither with AES-GCM (CKM_AES_GCM) nor with AES-CBC-PAD and HMAC-SHA-256 (CKM_AES_CBC_PAD, CKM_SHA256_HMAC, CKM_GENERIC_SECRET_KEY_GEN)")
+	}
+	return scheme, err
 }
 
 // Prune deletes keys that stopped being active more than window ago: a
@@ -150,10 +200,13 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool)
 		return nil, err
 	}
 	cutoff := k.now().Add(-window)
+	type object struct {
+		kind hsm.KeyKind
+		id   []byte
+	}
 	type victim struct {
-		info  keystore.KeyInfo
-		id    []byte
-		kinds []hsm.KeyKind
+		info    keystore.KeyInfo
+		objects []object
 	}
 	var victims []victim
 	k.mu.RLock()
@@ -169,7 +222,7 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool)
 			if retired := creds[i+1].created; c != k.activeCred[p] && retired.Before(cutoff) {
 				info := c.info(false)
 				info.Retired = retired
-				victims = append(victims, victim{info, c.id, []hsm.KeyKind{credentialKinds[p].private, credentialKinds[p].public}})
+				victims = append(victims, victim{info, []object{{credentialKinds[p].private, c.id}, {credentialKinds[p].public, c.id}}})
 			}
 		}
 	}
@@ -183,8 +236,8 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool)
 	for i, tk := range tickets[:max(len(tickets)-1, 0)] {
 		if retired := tickets[i+1].created; tk != k.activeTicket && retired.Before(cutoff) {
 			victims = append(victims, victim{
-				keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Retired: retired},
-				tk.id[:], []hsm.KeyKind{hsm.AESKey}})
+				keystore.KeyInfo{Kind: keystore.KindTicket, Scheme: tk.scheme, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Retired: retired},
+				[]object{{hsm.AESKey, tk.id[:]}, {hsm.HMACKey, macID(tk.id)}}})
 		}
 	}
 	k.mu.RUnlock()
@@ -197,8 +250,8 @@ func (k *Keystore) Prune(ctx context.Context, window time.Duration, dryRun bool)
 	}
 	for _, v := range victims {
 		err := k.tok.Do(ctx, "destroy", func(s *hsm.Session) error {
-			for _, kind := range v.kinds {
-				if err := s.DestroyKeys(kind, v.id); err != nil {
+			for _, o := range v.objects {
+				if err := s.DestroyKeys(o.kind, o.id); err != nil {
 					return err
 				}
 			}

@@ -10,6 +10,7 @@ package p11
 
 import (
 	"context"
+	"crypto/hmac"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -32,6 +33,7 @@ const (
 	credentialPrefix     = "custos-credential "
 	credentialPrefixP256 = "custos-credential-p256 "
 	ticketPrefix         = "custos-ticket "
+	ticketPrefixCBC      = "custos-ticket-cbc " // an AES key and an HMAC key under one CKA_ID
 	// Nanoseconds, so that two rotations in one second still order; RFC
 	// 3339 parsing accepts labels with or without the fraction.
 	labelTime = time.RFC3339Nano
@@ -45,7 +47,10 @@ type Keystore struct {
 	RefreshInterval time.Duration
 	// Now is the clock for labels and pruning; nil means time.Now.
 	Now func() time.Time
-	Log *slog.Logger
+	// Sealing, if set, is the scheme new ticket keys seal with; by
+	// default the token's mechanisms and a self-test decide.
+	Sealing ticket.Scheme
+	Log     *slog.Logger
 
 	mu           sync.RWMutex
 	creds        map[string]*credentialKey
@@ -97,9 +102,11 @@ func publicKey(p exchange.Profile, v []byte) (*exchange.PublicKey, error) {
 
 type ticketKey struct {
 	id      ticket.KeyID
+	scheme  ticket.Scheme
 	label   string
 	created time.Time
-	handle  handleCache
+	handle  handleCache // the AES key
+	mac     handleCache // the HMAC key, for ticket.CBCHMAC
 }
 
 // handleCache remembers an object handle for as long as the token's handle
@@ -177,11 +184,22 @@ func (k *Keystore) Refresh(ctx context.Context) error {
 			return err
 		}
 		for _, o := range secrets {
-			created, ok := labelled(o, ticketPrefix)
-			if !ok || len(o.ID) != ticket.KeyIDSize {
+			if len(o.ID) != ticket.KeyIDSize {
 				continue
 			}
-			tk := &ticketKey{id: ticket.KeyID(o.ID), label: o.Label, created: created}
+			tk := &ticketKey{id: ticket.KeyID(o.ID), label: o.Label, scheme: ticket.GCM}
+			created, ok := labelled(o, ticketPrefix)
+			if !ok {
+				if created, ok = labelled(o, ticketPrefixCBC); !ok {
+					continue
+				}
+				if _, err := s.FindKey(hsm.HMACKey, macID(tk.id)); err != nil {
+					k.log().Warn("p11: CBC ticket key without its HMAC key; ignored", "label", o.Label)
+					continue
+				}
+				tk.scheme = ticket.CBCHMAC
+			}
+			tk.created = created
 			tickets[tk.id] = tk
 		}
 		return nil
@@ -350,14 +368,14 @@ func (k *Keystore) Derive(ctx context.Context, kid string, peer *exchange.Public
 	return out, err
 }
 
-func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, error) {
+func (k *Keystore) SealingKey(ctx context.Context) (ticket.KeyID, ticket.Scheme, error) {
 	k.maybeRefresh()
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	if k.activeTicket == nil {
-		return ticket.KeyID{}, ErrNoKeys
+		return ticket.KeyID{}, 0, ErrNoKeys
 	}
-	return k.activeTicket.id, nil
+	return k.activeTicket.id, k.activeTicket.scheme, nil
 }
 
 // ActiveSince returns when the active credential (the oldest active one
@@ -400,10 +418,34 @@ func (k *Keystore) SealWith(ctx context.Context, id ticket.KeyID, iv, aad, plain
 		if err != nil {
 			return err
 		}
-		out, err = s.SealGCM(h, iv, aad, plaintext)
+		if tk.scheme == ticket.GCM {
+			out, err = s.SealGCM(h, iv, aad, plaintext)
+			return err
+		}
+		mac, err := tk.mac.get(s, hsm.HMACKey, macID(tk.id))
+		if err != nil {
+			return err
+		}
+		ct, err := s.EncryptCBC(h, iv, plaintext)
+		if err != nil {
+			return err
+		}
+		tag, err := s.SignHMAC(mac, macInput(aad, iv, ct))
+		out = append(ct, tag...)
 		return err
 	})
 	return out, err
+}
+
+// macID is the CKA_ID of a CBC ticket key's HMAC key: the AES key's id and
+// "M". The two cannot share one id: NSS softokn keeps one secret key per
+// CKA_ID and silently replaces the first.
+func macID(id ticket.KeyID) []byte { return append(id[:], 'M') }
+
+// macInput is what a CBC ticket's tag covers: the additional data (the
+// ticket's version and key id), the IV and the ciphertext.
+func macInput(aad, iv, ct []byte) []byte {
+	return append(append(append(make([]byte, 0, len(aad)+len(iv)+len(ct)), aad...), iv...), ct...)
 }
 
 func (k *Keystore) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, sealed []byte) ([]byte, error) {
@@ -411,13 +453,34 @@ func (k *Keystore) OpenWith(ctx context.Context, id ticket.KeyID, iv, aad, seale
 	if tk == nil {
 		return nil, ticket.ErrInvalid
 	}
+	if len(iv) != tk.scheme.IVSize() || len(sealed) < tk.scheme.TagSize() {
+		return nil, ticket.ErrInvalid // a frame of the other scheme
+	}
 	var out []byte
 	err := k.tok.Do(ctx, "open", func(s *hsm.Session) error {
 		h, err := tk.handle.get(s, hsm.AESKey, tk.id[:])
 		if err != nil {
 			return err
 		}
-		out, err = s.OpenGCM(h, iv, aad, sealed)
+		if tk.scheme == ticket.GCM {
+			out, err = s.OpenGCM(h, iv, aad, sealed)
+			return err
+		}
+		mac, err := tk.mac.get(s, hsm.HMACKey, macID(tk.id))
+		if err != nil {
+			return err
+		}
+		ct, tag := sealed[:len(sealed)-hsm.HMACSize], sealed[len(sealed)-hsm.HMACSize:]
+		want, err := s.SignHMAC(mac, macInput(aad, iv, ct))
+		if err != nil {
+			return err
+		}
+		// Compared here in constant time, not by C_Verify: tokens answer
+		// a wrong tag with different codes (NSS: CKR_DEVICE_ERROR).
+		if !hmac.Equal(tag, want) {
+			return hsm.ErrAuthentication
+		}
+		out, err = s.DecryptCBC(h, iv, ct)
 		return err
 	})
 	switch {
@@ -462,7 +525,7 @@ func (k *Keystore) Keys(ctx context.Context) ([]keystore.KeyInfo, error) {
 		out = append(out, c.info(c == k.activeCred[c.pub.Profile()]))
 	}
 	for _, tk := range k.tickets {
-		out = append(out, keystore.KeyInfo{Kind: keystore.KindTicket, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Active: tk == k.activeTicket})
+		out = append(out, keystore.KeyInfo{Kind: keystore.KindTicket, Scheme: tk.scheme, ID: hex.EncodeToString(tk.id[:]), Label: tk.label, Created: tk.created, Active: tk == k.activeTicket})
 	}
 	sort.Slice(out, func(i, j int) bool {
 		if out[i].Kind != out[j].Kind {
