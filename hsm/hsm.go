@@ -75,6 +75,7 @@ type Token struct {
 	nextTry  time.Time
 	lastDown error
 	closed   bool
+	selfTest func(context.Context) error // what "able to serve" means; see SetSelfTest
 }
 
 type session struct {
@@ -496,9 +497,41 @@ func (t *Token) probe() {
 	default:
 		t.ck.CloseSession(s.h)
 	}
-	upGauge.Set(1)
 	reconnects.Inc()
 	t.log.Info("hsm: token reachable again", "token", t.cfg.TokenLabel)
+	// Reachable is not yet able to serve: the self-test says so (a
+	// re-initialised module may have come back without a mechanism).
+	t.checkServing(context.Background())
+}
+
+// SetSelfTest installs what "able to serve" means beyond answering calls:
+// Healthy runs it, so does every recovery, and custos_hsm_up is 1 only
+// while it passes. The keystore sets it to a derive against a known peer
+// and a seal/open round trip.
+func (t *Token) SetSelfTest(f func(context.Context) error) {
+	t.mu.Lock()
+	t.selfTest = f
+	t.mu.Unlock()
+}
+
+// checkServing runs the self-test, if there is one, and sets custos_hsm_up
+// by it.
+func (t *Token) checkServing(ctx context.Context) error {
+	t.mu.Lock()
+	f := t.selfTest
+	t.mu.Unlock()
+	var err error
+	if f != nil {
+		if err = f(ctx); err != nil {
+			err = fmt.Errorf("hsm: the token answers but fails its self-test: %w", err)
+		}
+	}
+	if err != nil {
+		upGauge.Set(0)
+	} else {
+		upGauge.Set(1)
+	}
+	return err
 }
 
 func (t *Token) release(s *session) {
@@ -514,13 +547,18 @@ func (t *Token) discard(s *session) {
 	<-t.slots
 }
 
-// Healthy reports whether the token answers now, for a readiness probe. It
-// costs one cheap call on an idle session.
+// Healthy reports whether the token can serve now, for a readiness probe:
+// it answers a cheap call on an idle session, and passes the self-test
+// (SetSelfTest) if there is one.
 func (t *Token) Healthy(ctx context.Context) error {
-	return t.Do(ctx, "health", func(s *Session) error {
+	err := t.Do(ctx, "health", func(s *Session) error {
 		_, err := s.t.ck.GetSessionInfo(s.s.h)
 		return err
 	})
+	if err != nil {
+		return err
+	}
+	return t.checkServing(ctx)
 }
 
 // Close closes the pool's sessions and releases the module; the last Token

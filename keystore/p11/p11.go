@@ -63,6 +63,9 @@ type Keystore struct {
 	refreshedNano atomic.Int64
 	refreshing    bool
 	missedAt      time.Time // last refresh caused by a ticket naming an unknown key
+	// refused are the profiles the last SelfTest found the token cannot
+	// serve, and why.
+	refused map[exchange.Profile]string
 }
 
 type credentialKey struct {
@@ -329,6 +332,8 @@ func (k *Keystore) Credential(ctx context.Context, p exchange.Profile) (*exchang
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	switch {
+	case k.refused[p] != "":
+		return nil, fmt.Errorf("p11: the token does not serve %s (%s): %w", p, k.refused[p], exchange.ErrProfileNotServed)
 	case k.activeCred[p] != nil:
 		return k.activeCred[p].pub, nil
 	case len(k.activeCred) == 0:

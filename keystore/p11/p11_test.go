@@ -10,6 +10,7 @@ import (
 	"errors"
 	"math/big"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -658,6 +659,9 @@ func TestEngineOnNSS(t *testing.T) {
 		keys, _ := ks.Keys(ctx)
 		t.Fatalf("NSS seals with %s (%v); its GCM seal fails, so CBC-HMAC was expected; keys %+v", scheme, err, keys)
 	}
+	if r, err := ks.SelfTest(ctx); err != nil || len(r.Profiles) != 2 || r.Sealing != ticket.CBCHMAC {
+		t.Fatalf("self-test on NSS: %+v, %v", r, err)
+	}
 	srv := &exchange.Server{Keystore: ks, Accounts: enabledAccounts{}}
 	for i := 0; i < 6; i++ {
 		key, _ := exchange.GenerateClientKey(rand.Reader, exchange.Profiles[i%2])
@@ -683,5 +687,56 @@ func TestEngineOnNSS(t *testing.T) {
 		if _, err := ticket.Open(ctx, ks, bad); !errors.Is(err, ticket.ErrInvalid) {
 			t.Fatalf("a tampered ticket on NSS: %v", err)
 		}
+	}
+}
+
+func TestSelfTest(t *testing.T) {
+	f := newFixture(t)
+	r, err := f.ks.SelfTest(context.Background())
+	if err != nil || len(r.Profiles) != 2 || r.Sealing != ticket.GCM || len(r.Refused) != 0 {
+		t.Fatalf("report %+v, %v", r, err)
+	}
+	if s := r.String(); s != "serves modp2048 and p256; seals tickets with AES-256-GCM" {
+		t.Fatalf("report line %q", s)
+	}
+}
+
+// wrongECDH is a token that lists CKM_ECDH1_DERIVE and gets it wrong: it
+// hands back a 32-byte derived value with one bit flipped.
+type wrongECDH struct{ hsm.Cryptoki }
+
+func (w wrongECDH) GetAttributeValue(sh pkcs11.SessionHandle, o pkcs11.ObjectHandle, a []*pkcs11.Attribute) ([]*pkcs11.Attribute, error) {
+	out, err := w.Cryptoki.GetAttributeValue(sh, o, a)
+	if err == nil && len(out) == 1 && out[0].Type == pkcs11.CKA_VALUE && len(out[0].Value) == 32 {
+		out[0].Value[0] ^= 1
+	}
+	return out, err
+}
+
+// TestSelfTestCatchesWrongDerive: the self-test stops a profile whose
+// derive is wrong from being offered, before any client sees it, and the
+// other profile goes on.
+func TestSelfTestCatchesWrongDerive(t *testing.T) {
+	st := softhsm.New(t)
+	ctx := context.Background()
+	good, _ := Open(ctx, openTok(t, st))
+	if _, err := good.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := Open(ctx, openTokWith(t, st, func(ck hsm.Cryptoki) hsm.Cryptoki { return wrongECDH{ck} }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := ks.SelfTest(ctx)
+	if err != nil || len(r.Profiles) != 1 || r.Profiles[0] != exchange.ModP2048 || !strings.Contains(r.Refused[exchange.P256], "fails the self-test") {
+		t.Fatalf("report %+v, %v", r, err)
+	}
+	if _, err := ks.Credential(ctx, exchange.P256); !errors.Is(err, exchange.ErrProfileNotServed) {
+		t.Fatalf("the refused profile is still offered: %v", err)
+	}
+	srv := &exchange.Server{Keystore: ks, Accounts: enabledAccounts{}}
+	d, err := srv.Describe(ctx)
+	if err != nil || len(d.Credentials) != 1 {
+		t.Fatalf("discovery offers %d credentials (%v), want the group-14 one", len(d.Credentials), err)
 	}
 }
