@@ -90,6 +90,30 @@ func unavailable(cause error) error {
 	return fmt.Errorf("%w: %v", exchange.ErrKeystoreUnavailable, cause)
 }
 
+// gcmTagFailures are the codes tokens answer a GCM ciphertext that does not
+// authenticate with: a refusal of the input (an invalid ticket, 401), not
+// a token fault. Each vendor's is here, in one table.
+var gcmTagFailures = map[uint]string{
+	pkcs11.CKR_GENERAL_ERROR:            "SoftHSM 2.6",
+	pkcs11.CKR_ENCRYPTED_DATA_INVALID:   "NSS softokn 3.87",
+	pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE: "a ciphertext shorter than the tag, on several tokens",
+	0x00000035:                          "PKCS#11 3.0's CKR_AEAD_DECRYPT_FAILED",
+}
+
+// gcmTagFailure reports whether err is a GCM open's answer to a
+// ciphertext that does not authenticate. (CBC tickets' tags are compared
+// in Go, not by C_Verify, which answers a wrong HMAC with
+// CKR_SIGNATURE_INVALID on SoftHSM and opencryptoki and CKR_DEVICE_ERROR,
+// a fault code, on NSS.)
+func gcmTagFailure(err error) bool {
+	var e pkcs11.Error
+	if !errors.As(err, &e) {
+		return false
+	}
+	_, ok := gcmTagFailures[uint(e)]
+	return ok
+}
+
 // Is reports whether err is the PKCS#11 return value code.
 func Is(err error, code uint) bool {
 	var e pkcs11.Error

@@ -430,9 +430,8 @@ func (s *Session) SealGCM(key Object, iv, aad, plaintext []byte) ([]byte, error)
 }
 
 // OpenGCM decrypts ciphertext ‖ tag. A ciphertext that does not
-// authenticate gives ErrAuthentication; SoftHSM reports it as
-// CKR_GENERAL_ERROR, other tokens as CKR_ENCRYPTED_DATA_INVALID. The caller
-// zeroes the plaintext.
+// authenticate gives ErrAuthentication, whatever code the token answers
+// it with (gcmTagFailures). The caller zeroes the plaintext.
 func (s *Session) OpenGCM(key Object, iv, aad, sealed []byte) ([]byte, error) {
 	if len(iv) != GCMIVSize || len(sealed) < GCMTagSize {
 		return nil, ErrAuthentication
@@ -444,18 +443,11 @@ func (s *Session) OpenGCM(key Object, iv, aad, sealed []byte) ([]byte, error) {
 		return nil, err
 	}
 	out, err := ck.Decrypt(s.s.h, sealed)
-	switch {
-	case err == nil:
-		return out, nil
-	case Is(err, pkcs11.CKR_GENERAL_ERROR), Is(err, pkcs11.CKR_ENCRYPTED_DATA_INVALID),
-		Is(err, pkcs11.CKR_ENCRYPTED_DATA_LEN_RANGE), Is(err, ckrAEADDecryptFailed):
+	if err != nil && gcmTagFailure(err) {
 		return nil, ErrAuthentication
 	}
-	return nil, err
+	return out, err
 }
-
-// ckrAEADDecryptFailed is PKCS#11 3.0's CKR_AEAD_DECRYPT_FAILED.
-const ckrAEADDecryptFailed = 0x00000035
 
 // findObjects returns the handles of every object matching the template.
 func (s *Session) findObjects(template []*pkcs11.Attribute) ([]pkcs11.ObjectHandle, error) {
