@@ -53,11 +53,17 @@ type Config struct {
 	RequestLogSample int
 	// MaxBody bounds request bodies (SPEC: 64 KiB for the exchange).
 	MaxBody int64
-	// MaxExchanges bounds the exchanges and rekeys computed at once (default
-	// twice GOMAXPROCS). The rest wait their turn in arrival order: a
-	// CPU-bound exchange gains nothing from more parallelism than there are
-	// cores, and without the queue the Go scheduler serves a backlog unfairly.
+	// MaxExchanges bounds the exchanges and rekeys computed at once
+	// (default: twice GOMAXPROCS, or TokenSessions if that is more). The
+	// rest wait their turn in arrival order: a CPU-bound exchange gains
+	// nothing from more parallelism than there are cores, and without the
+	// queue the Go scheduler serves a backlog unfairly.
 	MaxExchanges int
+	// TokenSessions is the size of the token's session pool. An exchange
+	// waiting on a network HSM's round trip uses no CPU, so as many
+	// exchanges as there are sessions run at once by default: fewer would
+	// leave sessions, and the HSM, idle (docs/hsm.md).
+	TokenSessions int
 	// Limits bound exchanges and rekeys per client address and per account.
 	Limits Limits
 	Now    func() time.Time
@@ -95,7 +101,7 @@ func New(cfg Config) *Service {
 		cfg.Now = time.Now
 	}
 	if cfg.MaxExchanges <= 0 {
-		cfg.MaxExchanges = 2 * runtime.GOMAXPROCS(0)
+		cfg.MaxExchanges = max(2*runtime.GOMAXPROCS(0), cfg.TokenSessions)
 	}
 	cfg.Limits = cfg.Limits.withDefaults(cfg.MaxExchanges)
 	s := &Service{

@@ -104,6 +104,33 @@ func (r *Rig) NewService() *httpapi.Service {
 	})
 }
 
+// RemoteService is a service on the rig's token as far away as a network
+// HSM: every PKCS#11 call waits delay first. Its session pool and exchange
+// limit are custosd's defaults. close releases its token.
+func (r *Rig) RemoteService(delay time.Duration) (svc *httpapi.Service, sessions int, close func(), err error) {
+	ctx := context.Background()
+	tok, err := hsm.Open(ctx, hsm.Config{Module: r.SoftHSM.Module, TokenLabel: r.SoftHSM.Label, PIN: r.SoftHSM.PIN,
+		Wrap: func(ck hsm.Cryptoki) hsm.Cryptoki { return delayed{ck, delay} }})
+	if err != nil {
+		return nil, 0, nil, err
+	}
+	ks, err := p11.Open(ctx, tok)
+	if err != nil {
+		tok.Close()
+		return nil, 0, nil, err
+	}
+	svc = httpapi.New(httpapi.Config{
+		Engine:        &exchange.Server{Keystore: ks, Accounts: r.Registry},
+		Accounts:      r.Registry,
+		Ready:         tok.Healthy,
+		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
+		RequestLogOff: true,
+		Limits:        httpapi.Limits{PerAddress: -1, PerAccount: -1},
+		TokenSessions: hsm.DefaultMaxSessions,
+	})
+	return svc, hsm.DefaultMaxSessions, func() { tok.Close() }, nil
+}
+
 // Close releases the token and the registry.
 func (r *Rig) Close() {
 	r.Registry.Close()

@@ -35,6 +35,7 @@ import (
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/client/bench"
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/tests/benchkit"
 )
 
@@ -229,6 +230,9 @@ func run(bin string, d time.Duration) error {
 			return err
 		}
 	}
+	if err := remoteRows(t, rig, d, p256.throughput); err != nil {
+		return err
+	}
 	afterExchanges, err := svc.metrics()
 	if err != nil {
 		return err
@@ -384,6 +388,53 @@ func run(bin string, d time.Duration) error {
 	fmt.Println(bytesNote)
 	fmt.Println(`⁵ user and system time of the server process during the load (custosd, or the mTLS
   peer with its SoftHSM), divided by the operations completed.`)
+	return nil
+}
+
+// remoteRows measures P-256 exchanges against a service whose token
+// answers each call after 2 ms or 10 ms, as network HSMs do, beside what
+// the session pool and Little's law predict: min(concurrency, sessions)
+// exchanges in flight, each taking as long as one exchange alone does
+// (measured at concurrency 1: its five token round trips, the time a
+// sleep really takes, and its own work).
+func remoteRows(t *table, rig *benchkit.Rig, d time.Duration, cpuBound float64) error {
+	t.section(fmt.Sprintf("a network HSM: every token call 2 ms or 10 ms away, P-256 exchanges, default pool (%d sessions) and limits, %s each", hsm.DefaultMaxSessions, d))
+	for _, delay := range []time.Duration{2 * time.Millisecond, 10 * time.Millisecond} {
+		svc, sessions, closeTok, err := rig.RemoteService(delay)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			closeTok()
+			return err
+		}
+		srv := &http.Server{Handler: svc}
+		go srv.Serve(ln)
+		var alone float64 // ms per exchange at concurrency 1
+		for _, c := range []int{1, 8, 32, 128} {
+			progress("P-256 exchanges with %s per token call at concurrency %d", delay, c)
+			res, err := bench.Run(context.Background(), bench.Config{Kind: bench.Exchange, URL: "http://" + ln.Addr().String(), Concurrency: c, Duration: d, Key: rig.KeyP256, Precompute: true})
+			if err != nil {
+				srv.Close()
+				closeTok()
+				return err
+			}
+			name := fmt.Sprintf("%5s per call, concurrency %3d", delay, c)
+			if c == 1 {
+				alone = res.Latency.P50
+				t.row(name, fmt.Sprintf("%6.0f /s  p50 %6.1f ms: one exchange's latency", res.Throughput, alone), "")
+				continue
+			}
+			predicted := float64(min(c, sessions)) / (alone / 1e3)
+			want := 0.8 * min(cpuBound, predicted)
+			t.row(name,
+				fmt.Sprintf("%6.0f /s  p99 %6.1f ms  errors %d  (predicted %5.0f /s = %d in flight ÷ %.1f ms)", res.Throughput, res.Latency.P99, errorCount(res), predicted, min(c, sessions), alone),
+				verdict(res.Throughput >= want && errorCount(res) == 0, fmt.Sprintf("≥ %.0f /s (0.8 × min(CPU-bound, predicted))", want)))
+		}
+		srv.Close()
+		closeTok()
+	}
 	return nil
 }
 
