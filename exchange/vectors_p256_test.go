@@ -2,7 +2,6 @@ package exchange
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdh"
 	"crypto/sha512"
 	"encoding/json"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/custos-kx/custos/internal/p256"
 	"github.com/custos-kx/custos/internal/ticket"
-	"github.com/custos-kx/custos/internal/wire"
 )
 
 const vectorsFileP256 = "testdata/kx-p256-vectors.json"
@@ -200,76 +198,15 @@ func TestKXP256Vectors(t *testing.T) {
 			t.Fatalf("%s differs from what the reference computation produces; run go test ./exchange -run TestKXP256Vectors -update", vectorsFileP256)
 		}
 	}
-	ctx := context.Background()
 	for i, v := range vs {
-		c, n, x, r := ecPrivate(t, v.C), ecPrivate(t, v.N), ecPrivate(t, v.X), ecPrivate(t, v.R)
-		check(t, i, "C", c.pub.transcriptBytes(), v.CPub)
-		check(t, i, "N", n.pub.transcriptBytes(), v.NPub)
-		check(t, i, "X", x.pub.transcriptBytes(), v.XPub)
-		check(t, i, "R", r.pub.transcriptBytes(), v.RPub)
-
-		ikm, th, err := clientAgree(c, n, x.pub, r.pub)
-		if err != nil {
-			t.Fatalf("vector %d: client: %v", i, err)
-		}
-		check(t, i, "TH", th, v.TH)
-		check(t, i, "IKM (client)", ikm, v.IKM)
-
-		ks := newMemKeystore(t)
-		ks.AddCredentialP256(x.ec)
-		ikmS, thS, err := serverAgree(ctx, ks, c.pub, n.pub, x.pub, r)
-		if err != nil {
-			t.Fatalf("vector %d: server: %v", i, err)
-		}
-		check(t, i, "IKM (server)", ikmS, v.IKM)
-		check(t, i, "TH (server)", thS, v.TH)
-
-		k := schedule(zeroSalt, ikm, th)
-		check(t, i, "PRK", k.prk[:], v.PRK)
-		check(t, i, "AK", k.ak[:], v.AK)
-		check(t, i, "EK", k.ek[:], v.EK)
-		check(t, i, "RK", k.rk[:], v.RK)
-		check(t, i, "WK", k.wk[:], v.WK)
-		offer := toWireOffer(v.Offer)
-		check(t, i, "witness", witness(k.wk[:], unhex(t, v.Ticket), DefaultSuite, offer), v.Witness)
-
-		p := &PendingExchange{key: &ClientKey{k: c}, n: n, offer: offer}
-		sess, err := p.Finish(&wire.ExchangeResponse{
-			Status: 201, Ticket: unhex(t, v.Ticket), Witness: unhex(t, v.Witness),
-			ServerCredential: EncodeKey(x.pub), ServerNonce: EncodeKey(r.pub),
-			Encryption: v.Encryption, Authentication: v.Authentication,
-		})
-		if err != nil {
-			t.Fatalf("vector %d: client Finish: %v", i, err)
-		}
-		check(t, i, "session AK", sess.AK[:], v.AK)
-		check(t, i, "session EK", sess.EK[:], v.EK)
-
 		rv := v.Rekey
-		n2, r2 := ecPrivate(t, rv.N), ecPrivate(t, rv.R)
-		check(t, i, "rekey N", n2.pub.transcriptBytes(), rv.NPub)
-		check(t, i, "rekey R", r2.pub.transcriptBytes(), rv.RPub)
-		rth := rekeyTranscript(n2.pub, r2.pub, unhex(t, v.Ticket))
-		check(t, i, "rekey TH", rth, rv.TH)
-		rs, _ := rekeyAgree(n2.pub, r2)
-		check(t, i, "rekey IKM (server)", rs, rv.IKM)
-		rc, _ := rekeyAgree(r2.pub, n2)
-		check(t, i, "rekey IKM (client)", rc, rv.IKM)
-		rk := schedule(k.rk[:], rs, rth)
-		check(t, i, "rekey PRK", rk.prk[:], rv.PRK)
-		check(t, i, "rekey AK", rk.ak[:], rv.AK)
-		check(t, i, "rekey EK", rk.ek[:], rv.EK)
-		check(t, i, "rekey RK", rk.rk[:], rv.RK)
-		check(t, i, "rekey WK", rk.wk[:], rv.WK)
-
-		pr := &PendingRekey{old: sess, n: n2, offer: offer}
-		sess2, err := pr.Finish(&wire.ExchangeResponse{
-			Status: 201, Ticket: unhex(t, rv.Ticket), Witness: unhex(t, rv.Witness),
-			ServerNonce: EncodeKey(r2.pub), Encryption: v.Encryption, Authentication: v.Authentication,
+		checkEngine(t, i, engineCase{
+			c: ecPrivate(t, v.C), n: ecPrivate(t, v.N), x: ecPrivate(t, v.X), r: ecPrivate(t, v.R),
+			C: v.CPub, N: v.NPub, X: v.XPub, R: v.RPub,
+			exchange: scheduleCase{v.TH, v.IKM, v.PRK, v.AK, v.EK, v.RK, v.WK, v.Ticket, v.Witness},
+			enc:      v.Encryption, auth: v.Authentication, offer: v.Offer,
+			n2: ecPrivate(t, rv.N), r2: ecPrivate(t, rv.R), N2: rv.NPub, R2: rv.RPub,
+			rekey: scheduleCase{rv.TH, rv.IKM, rv.PRK, rv.AK, rv.EK, rv.RK, rv.WK, rv.Ticket, rv.Witness},
 		})
-		if err != nil {
-			t.Fatalf("vector %d: client rekey Finish: %v", i, err)
-		}
-		check(t, i, "rekey session RK", sess2.RK[:], rv.RK)
 	}
 }

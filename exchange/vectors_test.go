@@ -221,76 +221,109 @@ func TestKXVectors(t *testing.T) {
 			t.Fatalf("%s differs from what the reference implementation produces; run go test ./exchange -run TestKXVectors -update", vectorsFile)
 		}
 	}
-	ctx := context.Background()
 	for i, v := range vs {
-		c, n, x, r := dhPrivate(t, v.C), dhPrivate(t, v.N), dhPrivate(t, v.X), dhPrivate(t, v.R)
-		check(t, i, "C", c.pub.transcriptBytes(), v.CPub)
-		check(t, i, "N", n.pub.transcriptBytes(), v.NPub)
-		check(t, i, "X", x.pub.transcriptBytes(), v.XPub)
-		check(t, i, "R", r.pub.transcriptBytes(), v.RPub)
-
-		sigma, th, err := clientAgree(c, n, x.pub, r.pub)
-		if err != nil {
-			t.Fatalf("vector %d: client: %v", i, err)
-		}
-		check(t, i, "TH", th, v.TH)
-		check(t, i, "sigma (client)", sigma, v.Sigma)
+		c, n := dhPrivate(t, v.C), dhPrivate(t, v.N)
+		th := transcript(c.pub, n.pub, dhPrivate(t, v.X).pub, dhPrivate(t, v.R).pub)
 		d, e, _ := weights(th)
 		check(t, i, "d", new(big.Int).SetBytes(d).Bytes(), v.D)
 		check(t, i, "e", new(big.Int).SetBytes(e).Bytes(), v.E)
-
-		ks := newMemKeystore(t)
-		ks.AddCredential(x.dh)
-		sigmaS, _, err := serverAgree(ctx, ks, c.pub, n.pub, x.pub, r)
-		if err != nil {
-			t.Fatalf("vector %d: server: %v", i, err)
-		}
-		check(t, i, "sigma (server)", sigmaS, v.Sigma)
-
-		k := schedule(zeroSalt, sigma, th)
-		check(t, i, "PRK", k.prk[:], v.PRK)
-		check(t, i, "AK", k.ak[:], v.AK)
-		check(t, i, "EK", k.ek[:], v.EK)
-		check(t, i, "RK", k.rk[:], v.RK)
-		check(t, i, "WK", k.wk[:], v.WK)
-		offer := toWireOffer(v.Offer)
-		check(t, i, "witness", witness(k.wk[:], unhex(t, v.Ticket), DefaultSuite, offer), v.Witness)
-
-		// The client engine accepts the vector's response and derives its keys.
-		p := &PendingExchange{key: &ClientKey{k: c}, n: n, offer: offer}
-		sess, err := p.Finish(&wire.ExchangeResponse{
-			Status: 201, Ticket: unhex(t, v.Ticket), Witness: unhex(t, v.Witness),
-			ServerCredential: EncodeKey(x.pub), ServerNonce: EncodeKey(r.pub),
-			Encryption: v.Encryption, Authentication: v.Authentication,
-		})
-		if err != nil {
-			t.Fatalf("vector %d: client Finish: %v", i, err)
-		}
-		check(t, i, "session AK", sess.AK[:], v.AK)
-
 		rv := v.Rekey
-		n2, r2 := dhPrivate(t, rv.N), dhPrivate(t, rv.R)
-		check(t, i, "rekey N", n2.pub.transcriptBytes(), rv.NPub)
-		check(t, i, "rekey R", r2.pub.transcriptBytes(), rv.RPub)
-		rth := rekeyTranscript(n2.pub, r2.pub, unhex(t, v.Ticket))
-		check(t, i, "rekey TH", rth, rv.TH)
-		rs, _ := rekeyAgree(n2.pub, r2)
-		check(t, i, "rekey sigma (server)", rs, rv.Sigma)
-		rk := schedule(k.rk[:], rs, rth)
-		check(t, i, "rekey PRK", rk.prk[:], rv.PRK)
-		check(t, i, "rekey AK", rk.ak[:], rv.AK)
-		check(t, i, "rekey EK", rk.ek[:], rv.EK)
-		check(t, i, "rekey RK", rk.rk[:], rv.RK)
-		check(t, i, "rekey WK", rk.wk[:], rv.WK)
-
-		pr := &PendingRekey{old: sess, n: n2, offer: offer}
-		sess2, err := pr.Finish(&wire.ExchangeResponse{
-			Status: 201, Ticket: unhex(t, rv.Ticket), Witness: unhex(t, rv.Witness),
-			ServerNonce: EncodeKey(r2.pub), Encryption: v.Encryption, Authentication: v.Authentication,
+		checkEngine(t, i, engineCase{
+			c: c, n: n, x: dhPrivate(t, v.X), r: dhPrivate(t, v.R),
+			C: v.CPub, N: v.NPub, X: v.XPub, R: v.RPub,
+			exchange: scheduleCase{v.TH, v.Sigma, v.PRK, v.AK, v.EK, v.RK, v.WK, v.Ticket, v.Witness},
+			enc:      v.Encryption, auth: v.Authentication, offer: v.Offer,
+			n2: dhPrivate(t, rv.N), r2: dhPrivate(t, rv.R), N2: rv.NPub, R2: rv.RPub,
+			rekey: scheduleCase{rv.TH, rv.Sigma, rv.PRK, rv.AK, rv.EK, rv.RK, rv.WK, rv.Ticket, rv.Witness},
 		})
-		if err != nil {
-			t.Fatalf("vector %d: client rekey Finish: %v", i, err)
-		}
-		check(t, i, "rekey session RK", sess2.RK[:], rv.RK)
 	}
+}
+
+// scheduleCase is what a vector gives for one exchange or rekey: the
+// transcript hash, IKM (σ for group 14), the schedule, a ticket and its
+// witness.
+type scheduleCase struct{ th, ikm, prk, ak, ek, rk, wk, ticket, witness string }
+
+// engineCase is one vector of either profile as the engine sees it: the
+// private keys of an exchange and its rekey, the public keys and schedule
+// each must give, and the algorithms.
+type engineCase struct {
+	c, n, x, r, n2, r2 *privateKey
+	C, N, X, R, N2, R2 string
+	exchange, rekey    scheduleCase
+	enc, auth          []string
+	offer              []refSuite
+}
+
+// checkEngine runs a vector through the engine, both sides, field by
+// field: the agreement, the schedule, the witness, the client's Finish,
+// then the rekey of the session it made.
+func checkEngine(t *testing.T, i int, v engineCase) {
+	t.Helper()
+	ctx := context.Background()
+	for _, k := range []struct {
+		name string
+		key  *privateKey
+		want string
+	}{{"C", v.c, v.C}, {"N", v.n, v.N}, {"X", v.x, v.X}, {"R", v.r, v.R}, {"rekey N", v.n2, v.N2}, {"rekey R", v.r2, v.R2}} {
+		check(t, i, k.name, k.key.pub.transcriptBytes(), k.want)
+	}
+	ex := v.exchange
+	ikm, th, err := clientAgree(v.c, v.n, v.x.pub, v.r.pub)
+	if err != nil {
+		t.Fatalf("vector %d: client: %v", i, err)
+	}
+	check(t, i, "TH", th, ex.th)
+	check(t, i, "IKM (client)", ikm, ex.ikm)
+	ks := newMemKeystore(t)
+	ks.add(v.x)
+	ikmS, thS, err := serverAgree(ctx, ks, v.c.pub, v.n.pub, v.x.pub, v.r)
+	if err != nil {
+		t.Fatalf("vector %d: server: %v", i, err)
+	}
+	check(t, i, "IKM (server)", ikmS, ex.ikm)
+	check(t, i, "TH (server)", thS, ex.th)
+	k := schedule(zeroSalt, ikm, th)
+	checkSchedule(t, i, "", k, ex)
+	offer := toWireOffer(v.offer)
+	check(t, i, "witness", witness(k.wk[:], unhex(t, ex.ticket), DefaultSuite, offer), ex.witness)
+
+	p := &PendingExchange{key: &ClientKey{k: v.c}, n: v.n, offer: offer}
+	sess, err := p.Finish(&wire.ExchangeResponse{
+		Status: 201, Ticket: unhex(t, ex.ticket), Witness: unhex(t, ex.witness),
+		ServerCredential: EncodeKey(v.x.pub), ServerNonce: EncodeKey(v.r.pub),
+		Encryption: v.enc, Authentication: v.auth,
+	})
+	if err != nil {
+		t.Fatalf("vector %d: client Finish: %v", i, err)
+	}
+	check(t, i, "session AK", sess.AK[:], ex.ak)
+	check(t, i, "session EK", sess.EK[:], ex.ek)
+
+	rk := v.rekey
+	rth := rekeyTranscript(v.n2.pub, v.r2.pub, unhex(t, ex.ticket))
+	check(t, i, "rekey TH", rth, rk.th)
+	rs, _ := rekeyAgree(v.n2.pub, v.r2)
+	check(t, i, "rekey IKM (server)", rs, rk.ikm)
+	rc, _ := rekeyAgree(v.r2.pub, v.n2)
+	check(t, i, "rekey IKM (client)", rc, rk.ikm)
+	checkSchedule(t, i, "rekey ", schedule(k.rk[:], rs, rth), rk)
+	pr := &PendingRekey{old: sess, n: v.n2, offer: offer}
+	sess2, err := pr.Finish(&wire.ExchangeResponse{
+		Status: 201, Ticket: unhex(t, rk.ticket), Witness: unhex(t, rk.witness),
+		ServerNonce: EncodeKey(v.r2.pub), Encryption: v.enc, Authentication: v.auth,
+	})
+	if err != nil {
+		t.Fatalf("vector %d: client rekey Finish: %v", i, err)
+	}
+	check(t, i, "rekey session RK", sess2.RK[:], rk.rk)
+}
+
+func checkSchedule(t *testing.T, i int, prefix string, k *keys, want scheduleCase) {
+	t.Helper()
+	check(t, i, prefix+"PRK", k.prk[:], want.prk)
+	check(t, i, prefix+"AK", k.ak[:], want.ak)
+	check(t, i, prefix+"EK", k.ek[:], want.ek)
+	check(t, i, prefix+"RK", k.rk[:], want.rk)
+	check(t, i, prefix+"WK", k.wk[:], want.wk)
 }

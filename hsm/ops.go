@@ -139,9 +139,23 @@ var prime256v1 = []byte{0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x
 // can only derive: it is sensitive, not extractable, and has no other
 // usage. It returns the public point (uncompressed) and both objects.
 func (s *Session) GenerateECKeyPair(label string, id []byte) (point []byte, pubObj, privObj Object, err error) {
-	pubT := []*pkcs11.Attribute{
+	pub, priv, err := s.generateKeyPair(pkcs11.CKM_EC_KEY_PAIR_GEN, pkcs11.CKK_EC, label, id,
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, prime256v1)}, nil)
+	if err != nil {
+		return nil, 0, 0, err
+	}
+	point, err = s.PublicPoint(pub)
+	return point, pub, priv, err
+}
+
+// generateKeyPair creates a key pair for key agreement in the token: the
+// public key can do nothing, the private key can only derive (sensitive,
+// not extractable, not modifiable). pubExtra and privExtra are the key
+// type's own attributes (its domain parameters).
+func (s *Session) generateKeyPair(mech, keyType uint, label string, id []byte, pubExtra, privExtra []*pkcs11.Attribute) (pub, priv Object, err error) {
+	pubT := append([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
 		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
@@ -149,13 +163,12 @@ func (s *Session) GenerateECKeyPair(label string, id []byte) (point []byte, pubO
 		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
 		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
 		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
-		pkcs11.NewAttribute(pkcs11.CKA_EC_PARAMS, prime256v1),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-	}
-	privT := []*pkcs11.Attribute{
+	}, pubExtra...)
+	privT := append([]*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_EC),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, keyType),
 		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
 		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
 		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
@@ -167,14 +180,9 @@ func (s *Session) GenerateECKeyPair(label string, id []byte) (point []byte, pubO
 		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
 		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
 		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-	}
-	ck := s.t.ck
-	pub, priv, err := ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_EC_KEY_PAIR_GEN, nil)}, pubT, privT)
-	if err != nil {
-		return nil, 0, 0, err
-	}
-	point, err = s.PublicPoint(Object(pub))
-	return point, Object(pub), Object(priv), err
+	}, privExtra...)
+	pubH, privH, err := s.t.ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(mech, nil)}, pubT, privT)
+	return Object(pubH), Object(privH), err
 }
 
 // DHParams are the domain parameters of a Diffie-Hellman key.
@@ -189,44 +197,14 @@ type DHParams struct {
 // private key can only derive: it is sensitive, not extractable, and has no
 // other usage. It returns the public value (big-endian) and both objects.
 func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public []byte, pubObj, privObj Object, err error) {
-	pubT := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DH),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
-		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
-		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIME, p.Prime),
-		pkcs11.NewAttribute(pkcs11.CKA_BASE, p.Base),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-	}
-	privT := []*pkcs11.Attribute{
-		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
-		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_DH),
-		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, true),
-		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_MODIFIABLE, false),
-		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, true),
-		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
-		pkcs11.NewAttribute(pkcs11.CKA_SIGN, false),
-		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
-		pkcs11.NewAttribute(pkcs11.CKA_VALUE_BITS, p.PrivateBits),
-		pkcs11.NewAttribute(pkcs11.CKA_LABEL, label),
-		pkcs11.NewAttribute(pkcs11.CKA_ID, id),
-	}
-	ck := s.t.ck
-	pub, priv, err := ck.GenerateKeyPair(s.s.h, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, nil)}, pubT, privT)
+	pub, priv, err := s.generateKeyPair(pkcs11.CKM_DH_PKCS_KEY_PAIR_GEN, pkcs11.CKK_DH, label, id,
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_PRIME, p.Prime), pkcs11.NewAttribute(pkcs11.CKA_BASE, p.Base)},
+		[]*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE_BITS, p.PrivateBits)})
 	if err != nil {
 		return nil, 0, 0, err
 	}
-	public, err = s.attribute(pub, pkcs11.CKA_VALUE)
-	return public, Object(pub), Object(priv), err
+	public, err = s.attribute(pkcs11.ObjectHandle(pub), pkcs11.CKA_VALUE)
+	return public, pub, priv, err
 }
 
 // DeriveDH returns peer^x mod p for the private key priv as exactly size
