@@ -174,8 +174,10 @@ func TestAuditTrail(t *testing.T) {
 
 // TestCommandLineSaysWhatItRead: help exits 0; a setting that would be read
 // as something else is refused, not taken silently; a config file's whole
-// numbers are read as written; a config key holding a PIN gets its own
-// message.
+// numbers are read as written, and a duration must carry its unit; a
+// config key holding a PIN gets its own message; a flag given to the wrong
+// command, or one missing, is named with what to do (cmd/custosd's tests
+// have the rest).
 func TestCommandLineSaysWhatItRead(t *testing.T) {
 	st := softhsm.New(t)
 	dir := t.TempDir()
@@ -198,6 +200,8 @@ func TestCommandLineSaysWhatItRead(t *testing.T) {
 	}{
 		{[]string{"keys", "list", "--insecure-http=yes"}, `--insecure-http: "yes" is not true or false`},
 		{[]string{"keys", "list", "--log-format", "yaml"}, `--log-format must be one of "text","json" but got "yaml"`},
+		{[]string{"keys", "list", "--window", "200h"}, "--window belongs to keys prune only"},
+		{[]string{"account", "add", "alice@example.com"}, "custos keygen --out alice.key > alice.pub"},
 	} {
 		if out, code := run(c.args...); code != 2 || !strings.Contains(out, c.want) {
 			t.Errorf("custosd %v: exit %d, want 2 saying %q\n%s", c.args, code, c.want, out)
@@ -208,6 +212,10 @@ func TestCommandLineSaysWhatItRead(t *testing.T) {
 	runCustosd(t, env, "init")
 	if out, code := run("keys", "list", "--config", cfg); code != 0 {
 		t.Errorf("a config file with \"max-sessions\": 1000000: exit %d\n%s", code, out)
+	}
+	os.WriteFile(cfg, []byte(`{"session-lifetime": 3600}`), 0o600)
+	if out, code := run("keys", "list", "--config", cfg); code != 2 || !strings.Contains(out, "not a duration") {
+		t.Errorf("a config file with a duration without its unit: exit %d\n%s", code, out)
 	}
 	os.WriteFile(cfg, []byte(`{"pin": "1234"}`), 0o600)
 	if out, code := run("keys", "list", "--config", cfg); code != 2 || !strings.Contains(out, "never hold a PIN") {

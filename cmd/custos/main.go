@@ -14,6 +14,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"time"
 
@@ -58,6 +60,7 @@ type options struct {
 	Help struct {
 		Command []string `arg:"" optional:"" help:"the command to explain"`
 	} `cmd:"" help:"Show the help of a command."`
+	Version kong.VersionFlag `name:"version" help:"Print the version and exit."`
 }
 
 type target struct {
@@ -75,34 +78,17 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
-// exit carries kong's request to exit (after -h) out of Parse.
+// exit is a request to end with this status having run no command: after
+// -h, help or --version, which have printed what was asked.
 type exit int
 
-func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
-	var o options
-	parser, err := kong.New(&o,
-		kong.Name("custos"),
-		kong.Description("The Custos client. Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success."),
-		kong.Vars{"defaultState": defaultState()},
-		kong.Writers(stdout, stderr),
-		kong.Exit(func(code int) { panic(exit(code)) }),
-	)
-	if err != nil {
-		panic(err) // the grammar above is wrong
-	}
-	defer func() {
-		if r := recover(); r != nil {
-			e, ok := r.(exit)
-			if !ok {
-				panic(r)
-			}
-			code = int(e)
-		}
-	}()
-	kctx, err := parser.Parse(args)
-	if err != nil {
-		fmt.Fprintf(stderr, "custos: %v (custos -h for help)\n", err)
-		return 2
+func (e exit) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func run(args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	o, cmd, err := parse(args, stdout, stderr)
+	var e exit
+	if errors.As(err, &e) {
+		return int(e)
 	}
 	fail := func(err error) int {
 		fmt.Fprintln(stderr, "custos:", err)
@@ -112,17 +98,10 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 		}
 		return 1
 	}
-	switch cmd := strings.Fields(kctx.Command()); cmd[0] {
-	case "help":
-		hctx, err := kong.Trace(parser, o.Help.Command)
-		if err == nil {
-			err = hctx.Error
-		}
-		if err != nil {
-			return fail(usageError(err.Error()))
-		}
-		hctx.PrintUsage(false)
-		return 0
+	if err != nil {
+		return fail(err)
+	}
+	switch cmd[0] {
 	case "inspect":
 		return cmdInspect(o.Inspect.File, stdin, stdout, stderr)
 	case "keygen":
@@ -140,7 +119,7 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 		return 0
 	case "exchange", "rekey", "get", "post":
 		rawURL := map[string]string{"exchange": o.Exchange.URL, "rekey": o.Rekey.URL, "get": o.Get.URL, "post": o.Post.URL}[cmd[0]]
-		if err := call(&o, cmd[0], rawURL, stdout, stderr); err != nil {
+		if err := call(o, cmd[0], rawURL, stdout, stderr); err != nil {
 			return fail(err)
 		}
 		return 0
@@ -149,12 +128,90 @@ func run(args []string, stdin io.Reader, stdout, stderr io.Writer) (code int) {
 		if cmd[1] == bench.Exchange {
 			b, precompute = o.Bench.Exchange.benchFlags, o.Bench.Exchange.Precompute
 		}
-		if err := cmdBench(&o, cmd[1], b, precompute, stdout, stderr); err != nil {
+		if err := cmdBench(o, cmd[1], b, precompute, stdout, stderr); err != nil {
 			return fail(err)
 		}
 		return 0
 	}
 	return 0
+}
+
+// parse reads the command line into options, and returns the command's
+// words. After -h, help or --version it returns an exit; any other error
+// is a usageError.
+func parse(args []string, stdout, stderr io.Writer) (o *options, cmd []string, err error) {
+	o = new(options)
+	parser, err := kong.New(o,
+		kong.Name("custos"),
+		kong.Description("The Custos client. Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success."),
+		kong.Vars{"defaultState": defaultState(), "version": "custos " + version() + " " + runtime.Version()},
+		kong.Writers(stdout, stderr),
+		kong.Exit(func(code int) { panic(exit(code)) }),
+	)
+	if err != nil {
+		panic(err) // the grammar above is wrong
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			e, ok := r.(exit)
+			if !ok {
+				panic(r)
+			}
+			o, cmd, err = nil, nil, e
+		}
+	}()
+	kctx, err := parser.Parse(args)
+	if err != nil {
+		var ue usageError
+		if errors.As(err, &ue) {
+			return nil, nil, ue
+		}
+		help := "custos -h"
+		var pe *kong.ParseError
+		if errors.As(err, &pe) && pe.Context != nil && pe.Context.Selected() != nil {
+			help = "custos " + pe.Context.Selected().Path() + " -h"
+		}
+		return nil, nil, usageError(fmt.Sprintf("%v (%s for help)", err, help))
+	}
+	cmd = strings.Fields(kctx.Command())
+	if cmd[0] == "help" {
+		hctx, err := kong.Trace(parser, o.Help.Command)
+		if err == nil {
+			err = hctx.Error
+		}
+		if err != nil {
+			return nil, nil, usageError(fmt.Sprintf("there is no command %q (custos -h lists the commands)", strings.Join(o.Help.Command, " ")))
+		}
+		hctx.PrintUsage(false)
+		return nil, nil, exit(0)
+	}
+	return o, cmd, nil
+}
+
+// Validate runs before kong checks that required flags were given, and
+// so can say more than "missing flags".
+func (o *options) Validate(kctx *kong.Context) error {
+	if strings.HasPrefix(kctx.Command(), "keygen") && o.Keygen.Out == "" {
+		return usageError("keygen needs --out FILE, where to write the credential with its private key (mode 0600); the public key, for the service's operator to register, goes to standard output:\n" +
+			"    custos keygen --out alice.key > alice.pub")
+	}
+	return nil
+}
+
+// version is the module version custos was built as, with its VCS
+// revision when the build recorded one.
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	v := bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			v += "+" + s.Value[:12]
+		}
+	}
+	return v
 }
 
 type usageError string

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,7 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 	defer tok.Close()
 	audit := func(action, subject, detail string) error { return nil }
 	if verb != "list" {
-		reg, err := c.openRegistry(ctx)
+		reg, err := c.openRegistry(ctx, log)
 		if err != nil {
 			return err
 		}
@@ -120,10 +121,10 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 	return nil
 }
 
-// rotatedProfiles is the profile named, or every profile the token has
-// an active credential of.
+// rotatedProfiles is the profile named, or for "all" every profile the
+// token has an active credential of.
 func rotatedProfiles(ctx context.Context, ks *p11.Keystore, name string) ([]exchange.Profile, error) {
-	if name != "" {
+	if name != "all" {
 		p, err := exchange.ParseProfile(name)
 		return []exchange.Profile{p}, err
 	}
@@ -156,11 +157,16 @@ func (c *config) pruneDuration() time.Duration {
 func (c *config) ticketLifetime() time.Duration { return c.RekeyWindow + c.Session }
 
 // record appends an administrative action to the registry's audit trail,
-// with the OS user who ran it, and logs it as one line.
+// with the OS user who ran it (and who ran sudo), and logs it as one line.
 func record(ctx context.Context, reg *accounts.Registry, log *slog.Logger, action, subject, detail string) error {
 	actor := "unknown"
 	if u, err := user.Current(); err == nil {
 		actor = u.Username
+	}
+	// Under sudo the OS user is root for every administrator; sudo says
+	// who it was.
+	if by := os.Getenv("SUDO_USER"); by != "" && by != actor {
+		actor += " (sudo by " + by + ")"
 	}
 	log.Info("audit", "action", action, "subject", subject, "detail", detail, "actor", actor)
 	if err := reg.Audit(ctx, accounts.AuditEntry{At: time.Now(), Actor: actor, Action: action, Subject: subject, Detail: detail}); err != nil {
@@ -170,12 +176,12 @@ func record(ctx context.Context, reg *accounts.Registry, log *slog.Logger, actio
 }
 
 // cmdAudit lists the audit trail, from --since on.
-func cmdAudit(ctx context.Context, c *config, out io.Writer) error {
+func cmdAudit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) error {
 	var since time.Time
 	if c.Audit.Since != 0 {
 		since = time.Now().Add(-c.Audit.Since)
 	}
-	reg, err := c.openRegistry(ctx)
+	reg, err := c.openRegistry(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -187,13 +193,13 @@ func cmdAudit(ctx context.Context, c *config, out io.Writer) error {
 	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "WHEN\tWHO\tACTION\tSUBJECT\tDETAIL")
 	for _, e := range entries {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.At.Format(time.RFC3339Nano), e.Actor, e.Action, e.Subject, e.Detail)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", e.At.UTC().Format("2006-01-02T15:04:05.000Z07:00"), e.Actor, e.Action, e.Subject, e.Detail)
 	}
 	return tw.Flush()
 }
 
 func cmdAccount(ctx context.Context, c *config, log *slog.Logger, verb string, out io.Writer) error {
-	reg, err := c.openRegistry(ctx)
+	reg, err := c.openRegistry(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -201,18 +207,10 @@ func cmdAccount(ctx context.Context, c *config, log *slog.Logger, verb string, o
 	a := &c.Account
 	switch verb {
 	case "add":
-		account, file := a.Add.Account, a.Add.Credential
-		b, err := os.ReadFile(file)
+		account := a.Add.Account
+		e, err := readCredential(a.Add.Credential)
 		if err != nil {
 			return err
-		}
-		var k wire.PublicKey
-		if err := wire.Unmarshal(b, &k); err != nil {
-			return fmt.Errorf("%s does not hold a {\"PublicKeyDH\":…} object: %v", file, err)
-		}
-		e, err := exchange.ParseKey(&k, "credential")
-		if err != nil {
-			return fmt.Errorf("%s: %v", file, err)
 		}
 		if err := reg.Add(ctx, account, e); err != nil {
 			return err
@@ -267,6 +265,37 @@ func cmdAccount(ctx context.Context, c *config, log *slog.Logger, verb string, o
 		return record(ctx, reg, log, "account remove-credential", account, kid)
 	}
 	return nil
+}
+
+// credentialShape is what account add registers: the public key custos
+// keygen printed, of either profile.
+const credentialShape = `the {"PublicKeyDH":…} or {"PublicKeyECDH":…} object that custos keygen printed`
+
+// readCredential reads the public key in file, refusing with a sentence
+// that says what the file should have held.
+func readCredential(file string) (*exchange.PublicKey, error) {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading the credential: %w", err)
+	}
+	var members map[string]json.RawMessage
+	if json.Unmarshal(b, &members) == nil {
+		if _, ok := members["Private"]; ok {
+			return nil, fmt.Errorf("%s is a credential with its private key, which stays with its owner: register its public key, %s beside it (custos keygen --out alice.key > alice.pub)", file, credentialShape)
+		}
+		if members["PublicKeyDH"] == nil && members["PublicKeyECDH"] == nil {
+			return nil, fmt.Errorf("%s does not hold a public key: it should hold %s", file, credentialShape)
+		}
+	}
+	var k wire.PublicKey
+	if err := wire.Unmarshal(b, &k); err != nil {
+		return nil, fmt.Errorf("%s does not hold a public key, %s: %v", file, credentialShape, err)
+	}
+	e, err := exchange.ParseKey(&k, "credential")
+	if err != nil {
+		return nil, fmt.Errorf("%s: %v", file, err)
+	}
+	return e, nil
 }
 
 func accountErr(account string, err error) error {

@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
+	"math"
 	"net/url"
 	"os"
 	"os/signal"
@@ -48,8 +50,8 @@ type config struct {
 		Command []string `arg:"" optional:"" help:"the command to explain"`
 	} `cmd:"" help:"Show the help of a command."`
 
-	pinFileFlag   bool // --pin-file was given on the command line: it wins over CUSTOS_PIN
-	tokenLabelSet bool // --token-label or CUSTOS_TOKEN_LABEL was given
+	command []string          // the command's words, as kong spells them: "account", "add", "<account>"
+	origin  map[string]string // where each flag given came from: "--db", "$CUSTOS_DB" or "\"db\" in the config file F"
 }
 
 // settings are the flags every command takes, each with an environment
@@ -82,7 +84,7 @@ type settings struct {
 type accountCmd struct {
 	Add struct {
 		Account    string `arg:""`
-		Credential string `name:"credential" required:"" placeholder:"FILE" help:"file holding the credential's {\"PublicKeyDH\":…} that custos keygen printed"`
+		Credential string `name:"credential" required:"" placeholder:"FILE" help:"file holding the account's public key, the {\"PublicKeyDH\":…} or {\"PublicKeyECDH\":…} object that custos keygen printed"`
 	} `cmd:"" help:"Bind the credential in FILE to the account."`
 	List    struct{} `cmd:"" help:"List the accounts and their credentials."`
 	Disable struct {
@@ -104,7 +106,7 @@ type keysCmd struct {
 	List            struct{} `cmd:"" help:"List the token's keys."`
 	RotateTicketKey struct{} `cmd:"" name:"rotate-ticket-key" help:"Make a new ticket key the active one."`
 	RotateCred      struct {
-		Profile string `name:"profile" enum:"modp2048,p256," default:"" help:"rotate only this profile's credential (modp2048 or p256); default every profile served"`
+		Profile string `name:"profile" enum:"all,modp2048,p256" default:"all" help:"the profile whose credential to rotate: modp2048, p256, or all those the token serves"`
 	} `cmd:"" name:"rotate-credential" help:"Make a new service credential the active one, for each profile served."`
 	Prune struct {
 		Window time.Duration `name:"window" placeholder:"D" help:"delete keys retired longer ago than this (at least session lifetime + rekey window; default --prune-window)"`
@@ -116,12 +118,57 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// exit carries kong's request to exit (after -h or --version) out of Parse.
+// exit is a request to end with this status having run no command: after
+// -h, help or --version, which have printed what was asked.
 type exit int
 
-func run(args []string, stdout, stderr io.Writer) (code int) {
-	var c config
-	parser, err := kong.New(&c,
+func (e exit) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
+
+func run(args []string, stdout, stderr io.Writer) int {
+	c, err := parse(args, stdout, stderr)
+	var e exit
+	if errors.As(err, &e) {
+		return int(e)
+	}
+	if err != nil {
+		fmt.Fprintln(stderr, "custosd:", err)
+		return 2
+	}
+	log := newLogger(c.LogFormat, stderr)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var runErr error
+	switch cmd := c.command; cmd[0] {
+	case "init":
+		runErr = cmdInit(ctx, c, log, stdout)
+	case "serve":
+		runErr = cmdServe(ctx, c, log)
+	case "account":
+		runErr = cmdAccount(ctx, c, log, cmd[1], stdout)
+	case "audit":
+		runErr = cmdAudit(ctx, c, log, stdout)
+	case "keys":
+		runErr = cmdKeys(ctx, c, log, cmd[1], stdout)
+	}
+	var ue usageError
+	if errors.As(runErr, &ue) {
+		fmt.Fprintln(stderr, "custosd:", runErr)
+		return 2
+	}
+	if runErr != nil {
+		fmt.Fprintln(stderr, "custosd:", runErr)
+		return 1
+	}
+	return 0
+}
+
+// parse reads the command line into a config, each setting from its flag,
+// else its environment variable, else the --config file. After -h, help or
+// --version it returns an exit; any other error is a usageError.
+func parse(args []string, stdout, stderr io.Writer) (c *config, err error) {
+	c = new(config)
+	parser, err := kong.New(c,
 		kong.Name("custosd"),
 		kong.Description("The Custos service and its administration."),
 		kong.Vars{"defaultDB": defaultDB, "version": "custosd " + version() + " " + runtime.Version()},
@@ -140,67 +187,136 @@ func run(args []string, stdout, stderr io.Writer) (code int) {
 			if !ok {
 				panic(r)
 			}
-			code = int(e)
+			c, err = nil, e
 		}
 	}()
 	kctx, err := parser.Parse(args)
 	if err != nil {
-		fmt.Fprintf(stderr, "custosd: %v (custosd -h for help)\n", err)
-		return 2
+		return nil, usage(parser, err)
 	}
-	for _, p := range kctx.Path {
-		if p.Flag != nil && !p.Resolved { // on the command line, not from the config file
-			c.pinFileFlag = c.pinFileFlag || p.Flag.Name == "pin-file"
-			c.tokenLabelSet = c.tokenLabelSet || p.Flag.Name == "token-label"
-		}
-	}
-	if os.Getenv("CUSTOS_TOKEN_LABEL") != "" {
-		c.tokenLabelSet = true
-	}
-	cmd := strings.Fields(kctx.Command())
-	if cmd[0] == "help" {
+	c.command = strings.Fields(kctx.Command())
+	c.origin = origins(kctx, string(c.Config))
+	if c.command[0] == "help" {
 		hctx, err := kong.Trace(parser, c.Help.Command)
 		if err == nil {
 			err = hctx.Error
 		}
 		if err != nil {
-			fmt.Fprintf(stderr, "custosd: %v (custosd -h for help)\n", err)
-			return 2
+			return nil, usageError(fmt.Sprintf("there is no command %q (custosd -h lists the commands)", strings.Join(c.Help.Command, " ")))
 		}
 		hctx.PrintUsage(false)
-		return 0
+		return nil, exit(0)
 	}
 	if err := c.check(); err != nil {
-		fmt.Fprintln(stderr, "custosd:", err)
-		return 2
+		return nil, err
 	}
-	log := newLogger(c.LogFormat, stderr)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	return c, nil
+}
 
-	var runErr error
-	switch cmd[0] {
-	case "init":
-		runErr = cmdInit(ctx, &c, log, stdout)
-	case "serve":
-		runErr = cmdServe(ctx, &c, log)
-	case "account":
-		runErr = cmdAccount(ctx, &c, log, cmd[1], stdout)
-	case "audit":
-		runErr = cmdAudit(ctx, &c, stdout)
-	case "keys":
-		runErr = cmdKeys(ctx, &c, log, cmd[1], stdout)
-	}
+// usage rewords an error of kong's: a flag given to a command it does not
+// belong to names the command it belongs to, and every other error points
+// at the help of the command it was parsing.
+func usage(parser *kong.Kong, err error) error {
 	var ue usageError
-	if errors.As(runErr, &ue) {
-		fmt.Fprintln(stderr, "custosd:", runErr)
-		return 2
+	if errors.As(err, &ue) {
+		return ue // one of ours, which says what to do
 	}
-	if runErr != nil {
-		fmt.Fprintln(stderr, "custosd:", runErr)
-		return 1
+	help := "custosd -h"
+	var pe *kong.ParseError
+	if errors.As(err, &pe) && pe.Context != nil {
+		if n := pe.Context.Selected(); n != nil {
+			help = "custosd " + n.Path() + " -h"
+		}
 	}
-	return 0
+	if name, ok := strings.CutPrefix(err.Error(), "unknown flag --"); ok {
+		name, _, _ = strings.Cut(name, ",") // kong may go on with ", did you mean …?"
+		if owners := flagOwners(parser.Model.Node, name); len(owners) > 0 {
+			return usageError(fmt.Sprintf("--%s belongs to %s only (custosd %s -h shows its flags)", name, strings.Join(owners, " and "), owners[0]))
+		}
+	}
+	return usageError(fmt.Sprintf("%v (%s for help)", err, help))
+}
+
+// flagOwners lists the commands under n that have the flag name.
+func flagOwners(n *kong.Node, name string) []string {
+	var owners []string
+	for _, child := range n.Children {
+		for _, f := range child.Flags {
+			if f.Name == name {
+				owners = append(owners, child.Path())
+			}
+		}
+		owners = append(owners, flagOwners(child, name)...)
+	}
+	return owners
+}
+
+// origins says where each flag that was given came from: its flag, its
+// environment variable or the config file.
+func origins(kctx *kong.Context, configFile string) map[string]string {
+	origin := map[string]string{}
+	for _, p := range kctx.Path {
+		switch {
+		case p.Flag == nil:
+		case p.Resolved:
+			origin[p.Flag.Name] = fmt.Sprintf("%q in the config file %s", p.Flag.Name, configFile)
+		default:
+			origin[p.Flag.Name] = "--" + p.Flag.Name
+		}
+	}
+	for _, f := range kctx.Flags() {
+		if _, ok := origin[f.Name]; ok {
+			continue
+		}
+		for _, env := range f.Envs {
+			if _, ok := os.LookupEnv(env); ok {
+				origin[f.Name] = "$" + env
+				break
+			}
+		}
+	}
+	return origin
+}
+
+// Validate runs before kong checks that required flags were given, and
+// so can say more than "missing flags".
+func (c *config) Validate(kctx *kong.Context) error {
+	if strings.HasPrefix(kctx.Command(), "account add") && c.Account.Add.Credential == "" {
+		return usageError(missingCredential(c.Account.Add.Account))
+	}
+	return nil
+}
+
+// missingCredential says what account add needs, with the commands that
+// make it and register it.
+func missingCredential(account string) string {
+	if account == "" {
+		account = "alice@example.com"
+	}
+	name, _, _ := strings.Cut(account, "@")
+	name = strings.Map(func(r rune) rune {
+		if 'a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '.' || r == '_' || r == '-' {
+			return r
+		}
+		return -1
+	}, name)
+	if name == "" || name[0] == '.' || name[0] == '-' {
+		name = "credential"
+	}
+	return fmt.Sprintf("account add needs --credential FILE, the file holding the account's public key: %s. Its owner makes one with\n"+
+		"    custos keygen --out %s.key > %[2]s.pub\n"+
+		"and you register it with\n"+
+		"    custosd account add %s --credential %[2]s.pub", credentialShape, name, shellQuote(account))
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	for _, r := range s {
+		if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || strings.ContainsRune("@%+=:,./_-", r)) {
+			return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+		}
+	}
+	return s
 }
 
 // strictBool reads a boolean as strconv.ParseBool does, refusing the "yes"
@@ -238,11 +354,23 @@ func configFile(r io.Reader) (kong.Resolver, error) {
 		name += " " + f.Name()
 	}
 	var values map[string]any
-	if err := json.NewDecoder(r).Decode(&values); err != nil {
-		return nil, fmt.Errorf("%s is not a JSON object: %v", name, err)
+	dec := json.NewDecoder(r)
+	dec.UseNumber() // 1000000 stays a whole number, not 1e+06
+	err := dec.Decode(&values)
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &te):
+		return nil, fmt.Errorf("%s holds a JSON %s, not an object of settings like {\"listen\": \"127.0.0.1:8443\"}", name, te.Value)
+	case err == nil && values == nil: // null
+		return nil, fmt.Errorf("%s holds null, not an object of settings like {\"listen\": \"127.0.0.1:8443\"}", name)
+	case err != nil:
+		return nil, fmt.Errorf("%s is not valid JSON: %v", name, err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("%s goes on after its JSON object", name)
 	}
 	for k := range values {
-		if strings.Contains(k, "pin") && k != "pin-file" {
+		if lk := strings.ToLower(k); strings.Contains(lk, "pin") && lk != "pin-file" {
 			return nil, fmt.Errorf("%s has a setting %q: it may name a PIN file (pin-file), never hold a PIN", name, k)
 		}
 	}
@@ -267,7 +395,45 @@ func (s fileSettings) Resolve(_ *kong.Context, _ *kong.Path, f *kong.Flag) (any,
 			return nil, nil
 		}
 	}
-	return s.values[f.Name], nil
+	v, ok := s.values[f.Name]
+	if !ok || v == nil {
+		return nil, nil
+	}
+	return s.typed(f, v)
+}
+
+// typed checks a value from the file against the setting's type. A string
+// is read as the flag's text would be; a number only where a whole number
+// is wanted, and true or false only where a boolean is. Kong by itself
+// would take 3600 as a duration of 3600 ns and round 1.5 sessions to 2.
+func (s fileSettings) typed(f *kong.Flag, v any) (any, error) {
+	if str, ok := v.(string); ok {
+		return str, nil
+	}
+	text, _ := json.Marshal(v)
+	t := f.Target.Type()
+	switch {
+	case t == reflect.TypeFor[time.Duration]():
+		return nil, fmt.Errorf("%s gives %s, not a duration: write it as a string with its unit, like \"1h\" or \"30s\"", s.name, text)
+	case t.Kind() == reflect.Int:
+		if n, ok := v.(json.Number); ok {
+			if i, err := n.Int64(); err == nil {
+				return strconv.FormatInt(i, 10), nil
+			}
+			// 1e6 is a whole number too.
+			if x, err := n.Float64(); err == nil && x == math.Trunc(x) && math.Abs(x) <= 1<<53 {
+				return strconv.FormatInt(int64(x), 10), nil
+			}
+		}
+		return nil, fmt.Errorf("%s gives %s, not a whole number", s.name, text)
+	case t.Kind() == reflect.Bool:
+		if b, ok := v.(bool); ok {
+			return b, nil
+		}
+		return nil, fmt.Errorf("%s gives %s, not true or false", s.name, text)
+	default:
+		return nil, fmt.Errorf("%s gives %s, not a string", s.name, text)
+	}
 }
 
 // Validate refuses a key that is no setting, which would otherwise be
@@ -278,7 +444,11 @@ func (s fileSettings) Validate(app *kong.Application) error {
 		known[f.Name] = isSetting(f)
 	}
 	for k := range s.values {
-		if !known[k] {
+		switch owners := flagOwners(app.Node, k); {
+		case known[k]:
+		case len(owners) > 0:
+			return fmt.Errorf("%s has %q, which is a flag of %s only, not a setting", s.name, k, strings.Join(owners, " and "))
+		default:
 			return fmt.Errorf("%s has an unknown setting %q", s.name, k)
 		}
 	}
@@ -292,18 +462,22 @@ func (e usageError) Error() string { return string(e) }
 // check refuses what kong cannot: two ways of naming the token, and
 // numbers out of their range.
 func (c *config) check() error {
-	if c.URI != "" && (c.Module != "" || c.tokenLabelSet) {
-		return usageError("give the token either as --pkcs11-uri or as --pkcs11-module and --token-label, not both")
+	if c.URI != "" && (c.Module != "" || c.origin["token-label"] != "") {
+		other := "pkcs11-module"
+		if c.Module == "" {
+			other = "token-label"
+		}
+		return usageError(fmt.Sprintf("give the token either as --pkcs11-uri or as --pkcs11-module and --token-label, not both: the URI comes from %s, the %s from %s", c.origin["pkcs11-uri"], other, c.origin[other]))
 	}
 	for _, d := range []struct {
 		name      string
 		d         time.Duration
-		zeroUnset bool // 0 is "not given"
+		zeroUnset bool // 0 is "not given", unless it was
 	}{
 		{"session-lifetime", c.Session, false}, {"rekey-window", c.RekeyWindow, false}, {"key-refresh", c.KeyRefresh, false},
 		{"prune-window", c.PruneWindow, true}, {"window", c.Keys.Prune.Window, true}, {"since", c.Audit.Since, true},
 	} {
-		if d.d < 0 || d.d == 0 && !d.zeroUnset {
+		if d.d < 0 || d.d == 0 && (!d.zeroUnset || c.origin[d.name] != "") {
 			return usageError(fmt.Sprintf("--%s %s is not a positive duration (like 1h or 30m)", d.name, d.d))
 		}
 	}
@@ -349,7 +523,7 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	}
 	switch {
 	case hc.PIN != "": // the URI's pin-source (or, from the environment, pin-value)
-	case c.pinFileFlag:
+	case c.origin["pin-file"] == "--pin-file":
 		pin, err := hsm.ReadPINFile(c.PINFile)
 		if err != nil {
 			return hc, err
@@ -433,13 +607,24 @@ func (c *config) openKeystore(ctx context.Context, log *slog.Logger) (*hsm.Token
 // directory custosd creates by itself.
 const defaultDB = "var/custos.db"
 
-func (c *config) openRegistry(ctx context.Context) (*accounts.Registry, error) {
+// openRegistry opens the account registry, saying so when it is a new,
+// empty SQLite file: an administrative command run from another directory
+// than the service's, or with a mistyped --db, would otherwise quietly
+// show no accounts.
+func (c *config) openRegistry(ctx context.Context, log *slog.Logger) (*accounts.Registry, error) {
+	postgres := strings.HasPrefix(c.DB, "postgres://") || strings.HasPrefix(c.DB, "postgresql://")
 	if c.DB == defaultDB {
 		if err := os.MkdirAll(filepath.Dir(defaultDB), 0o700); err != nil {
-			return nil, fmt.Errorf("creating the registry's directory %s: %w", c.registryName(), err)
+			return nil, fmt.Errorf("creating the registry's directory %s: %w", filepath.Dir(c.registryName()), err)
 		}
 	}
-	return accounts.Open(ctx, c.DB)
+	_, err := os.Stat(c.DB)
+	fresh := !postgres && errors.Is(err, fs.ErrNotExist)
+	reg, err := accounts.Open(ctx, c.DB)
+	if err == nil && fresh {
+		log.Info("created an empty account registry", "registry", c.registryName())
+	}
+	return reg, err
 }
 
 // registryName says where the registry is: a SQLite path made absolute

@@ -30,12 +30,24 @@ import (
 
 func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	session, rekey := c.Session, c.RekeyWindow
+	for _, l := range []struct{ name, addr string }{{"listen", c.Listen}, {"metrics-listen", c.MetricsListen}} {
+		if _, _, err := net.SplitHostPort(l.addr); err != nil && l.addr != "" {
+			return usageError(fmt.Sprintf("--%s %q is not HOST:PORT, like 127.0.0.1:8443", l.name, l.addr))
+		}
+	}
 	var upstream *url.URL
 	var err error
 	if c.Upstream != "" {
 		if upstream, err = url.Parse(c.Upstream); err != nil || upstream.Scheme == "" || upstream.Host == "" {
 			return usageError(fmt.Sprintf("--upstream %q is not an absolute URL", c.Upstream))
 		}
+	}
+	var limits httpapi.Limits
+	if limits.PerAddress, limits.AddressBurst, err = rateSetting("rate-per-address", c.RatePerAddr); err != nil {
+		return err
+	}
+	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.RatePerAcct); err != nil {
+		return err
 	}
 	tlsOn := c.TLSCert != "" || c.TLSKey != ""
 	if tlsOn && (c.TLSCert == "" || c.TLSKey == "") {
@@ -70,7 +82,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		}
 		served = append(served, slog.String(p.String(), x.KeyID()))
 	}
-	reg, err := c.openRegistry(ctx)
+	reg, err := c.openRegistry(ctx, log)
 	if err != nil {
 		return err
 	}
@@ -98,13 +110,6 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		log.Info("serving metrics", "url", "http://"+mln.Addr().String()+"/metrics")
 	}
 
-	var limits httpapi.Limits
-	if limits.PerAddress, limits.AddressBurst, err = rateSetting("rate-per-address", c.RatePerAddr); err != nil {
-		return err
-	}
-	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.RatePerAcct); err != nil {
-		return err
-	}
 	reqLevel, reqOff := c.requestLogging()
 	svc := httpapi.New(httpapi.Config{
 		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
