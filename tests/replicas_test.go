@@ -239,7 +239,7 @@ func TestReplicasShareTokenAndDatabase(t *testing.T) {
 		t.Fatalf("requests did not alternate: %d / %d", lb.hits[0].Load(), lb.hits[1].Load())
 	}
 	keys := runCustosd(t, env, "keys", "list")
-	if strings.Count(keys, "ticket") != 2 || activeTicketKey(t, keys) != newKey {
+	if strings.Count(keys, "\nticket ") != 2 || activeTicketKey(t, keys) != newKey {
 		t.Fatalf("keys list after one rotation to %s:\n%s", newKey, keys)
 	}
 	// A replica does not go back to the old key.

@@ -9,12 +9,12 @@ import (
 	"log/slog"
 	"os"
 	"os/user"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore"
 	"github.com/custos-kx/custos/keystore/p11"
@@ -30,12 +30,14 @@ func cmdInit(ctx context.Context, c *config, log *slog.Logger, out io.Writer) er
 	if err != nil {
 		return err
 	}
-	var served []string
 	for _, k := range active {
 		fmt.Fprintf(out, "%s credential %s\n", k.Profile, k.ID)
-		served = append(served, k.Profile.String())
 	}
-	fmt.Fprintf(out, "serving the %s profile(s)\n", strings.Join(served, " and "))
+	report, err := ks.SelfTest(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "the token %s\n", report)
 	return nil
 }
 
@@ -60,16 +62,25 @@ func cmdKeys(ctx context.Context, c *config, log *slog.Logger, verb string, out 
 		if err != nil {
 			return err
 		}
+		report, testErr := ks.SelfTest(ctx)
 		tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "KIND\tPROFILE\tID\tCREATED\tACTIVE")
+		fmt.Fprintln(tw, "KIND\tTYPE\tID\tCREATED\tACTIVE")
 		for _, k := range keys {
-			profile := "-"
-			if k.Kind == keystore.KindCredential {
-				profile = k.Profile.String()
+			typ := k.Profile.String()
+			if k.Kind == keystore.KindTicket {
+				typ = map[ticket.Scheme]string{ticket.GCM: "aes-gcm", ticket.CBCHMAC: "aes-cbc-hmac"}[k.Scheme]
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", k.Kind, profile, k.ID, k.Created.UTC().Format(time.RFC3339), k.Active)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%v\n", k.Kind, typ, k.ID, k.Created.UTC().Format(time.RFC3339), k.Active)
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		if testErr != nil {
+			_, err = fmt.Fprintf(out, "the token cannot serve an exchange: %v\n", testErr)
+			return err
+		}
+		_, err = fmt.Fprintf(out, "the token %s\n", report)
+		return err
 	case "rotate-ticket-key":
 		k, err := ks.RotateTicketKey(ctx)
 		if err != nil {

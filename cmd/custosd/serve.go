@@ -70,6 +70,14 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer tok.Close()
 	ks.RefreshInterval = c.KeyRefresh
+	// What the token can serve, found by probing and a self-test rather
+	// than assumed; /readyz and custos_hsm_up run the same test from now on.
+	report, err := ks.SelfTest(ctx)
+	if err != nil {
+		return fmt.Errorf("token %q: %w", tok.Label(), err)
+	}
+	log.Info("token", "label", tok.Label(), "can", report.String())
+	tok.SetSelfTest(func(ctx context.Context) error { _, err := ks.SelfTest(ctx); return err })
 	go refreshOnHangup(ctx, ks, certs, log)
 	var served []slog.Attr
 	for _, p := range exchange.Profiles {
@@ -113,14 +121,15 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	reqLevel, reqOff := c.requestLogging()
 	svc := httpapi.New(httpapi.Config{
 		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
-		MaxExchanges: c.MaxExch,
-		Limits:       limits,
-		Engine:       &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
-		Accounts:     reg,
-		Ready:        tok.Healthy,
-		Upstream:     upstream,
-		Metrics:      apiMetrics,
-		Logger:       log,
+		MaxExchanges:  c.MaxExch,
+		TokenSessions: c.MaxSessions,
+		Limits:        limits,
+		Engine:        &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
+		Accounts:      reg,
+		Ready:         tok.Healthy,
+		Upstream:      upstream,
+		Metrics:       apiMetrics,
+		Logger:        log,
 	})
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {

@@ -9,8 +9,8 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
