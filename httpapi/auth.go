@@ -65,31 +65,34 @@ func (b *openBudget) OpenFailed(remote string) { b.failedOpens.allow(addressOf(r
 func (s *Service) authenticated(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := s.cfg.Now()
+		// A refusal gets a request id of its own, in its log line and its
+		// answer; a client's own id counts only once its signature holds.
+		refuse := func(v *exchange.Verified, e *exchange.Error) {
+			id := newRequestID()
+			w.Header().Set(requestIDHeader, id)
+			s.refuse(w, v, e)
+			s.logRequest(r, v, e.Code.Status(), string(e.Code), id, start)
+		}
 		body, e := s.readBody(w, r) // any media type: only the signed enc claim decides
 		if e != nil {
-			s.refuse(w, nil, e)
-			s.logRequest(r, nil, e.Code.Status(), string(e.Code), "", start)
+			refuse(nil, e)
 			return
 		}
 		v, err := s.cfg.Engine.Verify(r.Context(), s.signedRequest(r, body))
 		if v == nil {
-			e := s.refusal("authenticate", err)
-			s.refuse(w, nil, e)
-			s.logRequest(r, nil, e.Code.Status(), string(e.Code), "", start)
+			refuse(nil, s.refusal("authenticate", err))
 			return
 		}
 		defer v.Done()
 		if err != nil {
-			e := s.refusal("authenticate", err)
-			s.refuse(w, v, e)
-			s.logRequest(r, v, e.Code.Status(), string(e.Code), "", start)
+			refuse(v, s.refusal("authenticate", err))
 			return
 		}
 		mediaType := r.Header.Get("Content-Type")
 		if v.Encrypted() && len(body) > 0 {
 			pt, cty, err := v.Decrypt(body)
 			if err != nil {
-				s.refuse(w, v, s.refusal("decrypt", err))
+				refuse(v, s.refusal("decrypt", err))
 				return
 			}
 			body, mediaType = pt, cty

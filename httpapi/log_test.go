@@ -48,9 +48,14 @@ func TestRequestLogAndID(t *testing.T) {
 	if logs.Len() != before {
 		t.Fatalf("an answered request was logged with the request log off: %s", logs.String()[before:])
 	}
-	f.serve(newRequest(http.MethodGet, "/v1/whoami", nil, "JWC garbage", ""))
-	if line := lastLine(logs.String()); !strings.Contains(line, "status=401") || !strings.Contains(line, "result=BadAuthentication") {
+	rec = f.serve(newRequest(http.MethodGet, "/v1/whoami", nil, "JWC garbage", ""))
+	line = lastLine(logs.String())
+	if !strings.Contains(line, "status=401") || !strings.Contains(line, "result=BadAuthentication") {
 		t.Fatalf("a refusal was not logged: %s", line)
+	}
+	// A refusal has an id of its own too, in its line and its answer.
+	if id := rec.Header().Get("X-Request-Id"); len(id) != 24 || !strings.Contains(line, "request_id="+id) {
+		t.Fatalf("a refusal answered with request id %q, logged %s", id, line)
 	}
 }
 

@@ -229,6 +229,8 @@ func (k *PublicKey) UnmarshalJSON(b []byte) error {
 	switch {
 	case dh && ec:
 		return &DecodeError{Reason: "a key object is tagged both PublicKeyDH and PublicKeyECDH"}
+	case !dh && !ec:
+		return &DecodeError{Reason: "expected a key object tagged PublicKeyDH or PublicKeyECDH"}
 	case ec:
 		var m ecdhMembers
 		if err := untagged(outer, tagECDH, &m); err != nil {
