@@ -44,6 +44,11 @@ type Config struct {
 	MaxSessions int
 	// RetryInterval is how often an unreachable token is probed again.
 	RetryInterval time.Duration
+	// KeepAlive is how often each idle pooled session makes a cheap call,
+	// so that a module whose device closes idle connections (YubiHSM 2
+	// after ~30 s) keeps them open. Zero means DefaultKeepAlive; negative,
+	// none.
+	KeepAlive time.Duration
 	// Wrap, if set, wraps the module's calls for this token. Fault tests use
 	// it to make a real token fail on cue.
 	Wrap func(Cryptoki) Cryptoki
@@ -54,6 +59,9 @@ type Config struct {
 // DefaultMaxSessions suits SoftHSM on a small machine and a network HSM's
 // default partition limits alike.
 const DefaultMaxSessions = 16
+
+// DefaultKeepAlive is the idle sessions' keep-alive interval.
+const DefaultKeepAlive = 15 * time.Second
 
 // Token is a logged-in PKCS#11 token and its session pool.
 type Token struct {
@@ -76,12 +84,21 @@ type Token struct {
 	lastDown error
 	closed   bool
 	selfTest func(context.Context) error // what "able to serve" means; see SetSelfTest
+	// lastEscalation is when new sessions failing last made the pool
+	// re-initialise the module.
+	lastEscalation time.Time
+	stopKeepAlive  chan struct{} // closed by Close
+	keepAliveDone  chan struct{} // closed when keepAlive has returned
 }
 
 type session struct {
 	h       pkcs11.SessionHandle
 	modGen  uint64
 	poolGen uint64
+	// fresh is true until the session's first operation succeeds: a fresh
+	// session that fails as a dead one does means the module's own
+	// connection is gone, not the session.
+	fresh bool
 }
 
 // Open loads the module, finds the token and logs in. Errors name the token
@@ -115,6 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if cfg.Wrap != nil {
 		t.ck = cfg.Wrap(mod.ck)
 	}
+	t.ck = Intercept(t.ck, mod.guard)
 	if t.log == nil {
 		t.log = slog.Default()
 	}
@@ -124,6 +142,13 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	}
 	t.up = true
 	upGauge.Set(1)
+	if t.cfg.KeepAlive == 0 {
+		t.cfg.KeepAlive = DefaultKeepAlive
+	}
+	if t.cfg.KeepAlive > 0 {
+		t.stopKeepAlive, t.keepAliveDone = make(chan struct{}), make(chan struct{})
+		go t.keepAlive()
+	}
 	return t, nil
 }
 
@@ -138,7 +163,7 @@ func (t *Token) connect() error {
 		if !errors.Is(err, errNoToken) && classify(err) != reinit {
 			return err
 		}
-		if rerr := t.mod.reinitialise(t.mod.generation()); rerr != nil {
+		if rerr := t.mod.reinitialise(t.mod.generation(), t.ck); rerr != nil {
 			return rerr
 		}
 		if err := t.reconnect(); err != nil {
@@ -202,7 +227,7 @@ func (t *Token) findSlot() (uint, error) {
 // without telling anyone, so this checks instead of assuming.
 func (t *Token) newSession() (*session, error) {
 	t.mu.Lock()
-	s := &session{modGen: t.modGen, poolGen: t.poolGen}
+	s := &session{modGen: t.modGen, poolGen: t.poolGen, fresh: true}
 	slot := t.slot
 	t.mu.Unlock()
 	h, err := t.ck.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
@@ -282,12 +307,14 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 	// One fault can take several recoveries, met one at a time by callers
 	// racing each other: C_CloseAllSessions kills the sessions, logs the
 	// application out and, on SoftHSM, renumbers every object handle.
-	for attempt := 0; attempt < 3; attempt++ {
+	attempts := 3
+	for attempt := 0; attempt < attempts; attempt++ {
 		var s *session
 		if s, err = t.acquire(ctx); err != nil {
 			return err
 		}
 		if err = fn(&Session{t: t, s: s}); err == nil {
+			s.fresh = false
 			t.release(s)
 			return nil
 		}
@@ -296,6 +323,21 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			t.release(s)
 			return err
 		case newSession:
+			if s.fresh {
+				// A session opened for this very call is dead already:
+				// the module's connection to the device is gone (YubiHSM
+				// 2 closes its device session after ~30 s idle; a remote
+				// module's server restarted), and only re-initialising
+				// the module makes sessions that work.
+				t.discard(s)
+				if rerr := t.escalate(s.modGen, err); rerr != nil {
+					return t.markDown(rerr)
+				}
+				// The sessions of before the re-initialisation may still
+				// meet this caller once each: one more try for it.
+				attempts = min(attempts+1, 6)
+				continue
+			}
 			t.retire(s)
 		case transient:
 			// Tried once more; a second failure is the operation's own:
@@ -324,18 +366,18 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			}
 			t.release(s)
 			if loggedIn {
-				reconnects.Inc()
+				reconnects.WithLabelValues(reasonLogout).Inc()
 				t.log.Warn("hsm: the application was logged out; logged in again", "token", t.cfg.TokenLabel)
 			}
 		case reinit:
 			t.discard(s)
-			if rerr := t.mod.reinitialise(s.modGen); rerr != nil {
+			if rerr := t.mod.reinitialise(s.modGen, t.ck); rerr != nil {
 				return t.markDown(rerr)
 			}
 			if rerr := t.reconnect(); rerr != nil {
 				return t.markDown(rerr)
 			}
-			reconnects.Inc()
+			reconnects.WithLabelValues(reasonFinalized).Inc()
 			t.log.Warn("hsm: the module was finalized; initialised it again", "token", t.cfg.TokenLabel)
 		case down:
 			t.discard(s)
@@ -346,6 +388,31 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 		return err // the object is really not there, or the call really fails
 	}
 	return t.markDown(err)
+}
+
+// escalate re-initialises the module because new sessions die as old ones
+// did, at most once per RetryInterval: a module that keeps failing after
+// that is down, and the probe takes it from there.
+func (t *Token) escalate(gen uint64, cause error) error {
+	if t.mod.generation() != gen {
+		return t.reconnect() // re-initialised since this failure began: just try again
+	}
+	t.mu.Lock()
+	if !t.lastEscalation.IsZero() && time.Since(t.lastEscalation) < t.cfg.RetryInterval {
+		t.mu.Unlock()
+		return fmt.Errorf("hsm: new sessions keep failing (%w) though the module was re-initialised a moment ago", cause)
+	}
+	t.lastEscalation = time.Now()
+	t.mu.Unlock()
+	if err := t.mod.reinitialise(gen, t.ck); err != nil {
+		return err
+	}
+	if err := t.reconnect(); err != nil {
+		return err
+	}
+	reconnects.WithLabelValues(reasonSessionsFailing).Inc()
+	t.log.Warn("hsm: new sessions failed as the old ones did; re-initialised the module", "token", t.cfg.TokenLabel, "reason", reason(cause))
+	return nil
 }
 
 // retire drops a session that is gone. Sessions die together
@@ -387,7 +454,7 @@ func (t *Token) acquire(ctx context.Context) (*session, error) {
 		}
 		sessionsGauge.WithLabelValues("idle").Dec()
 		if t.stale(s) {
-			t.ck.CloseSession(s.h)
+			t.closeSession(s)
 			<-t.slots
 			continue
 		}
@@ -405,23 +472,30 @@ func (t *Token) stale(s *session) bool {
 // openSession opens a pool session, initialising the module again first if
 // it was finalized behind the pool's back.
 func (t *Token) openSession() (*session, error) {
+	t.mu.Lock()
+	gen := t.modGen // what the sessions about to fail belong to
+	t.mu.Unlock()
 	s, err := t.newSession()
 	switch classify(err) {
 	case newSession, relogin:
 		// Sessions closed all at once (or a logout) can catch one opened
 		// a moment before, between its opening and its login check.
 		s, err = t.newSession()
+		if classify(err) == newSession {
+			// New sessions die as soon as they are made.
+			if rerr := t.escalate(gen, err); rerr != nil {
+				return nil, t.markDown(rerr)
+			}
+			s, err = t.newSession()
+		}
 	case reinit:
-		t.mu.Lock()
-		gen := t.modGen
-		t.mu.Unlock()
-		if rerr := t.mod.reinitialise(gen); rerr != nil {
+		if rerr := t.mod.reinitialise(gen, t.ck); rerr != nil {
 			return nil, t.markDown(rerr)
 		}
 		if rerr := t.reconnect(); rerr != nil {
 			return nil, t.markDown(rerr)
 		}
-		reconnects.Inc()
+		reconnects.WithLabelValues(reasonFinalized).Inc()
 		s, err = t.newSession()
 	}
 	if err != nil {
@@ -467,7 +541,7 @@ func (t *Token) markDown(cause error) error {
 func (t *Token) probe() {
 	err := t.reconnect()
 	if err != nil {
-		if err = t.mod.reinitialise(t.mod.generation()); err == nil {
+		if err = t.mod.reinitialise(t.mod.generation(), t.ck); err == nil {
 			err = t.reconnect()
 		}
 	}
@@ -478,7 +552,7 @@ func (t *Token) probe() {
 	t.mu.Lock()
 	t.probing = false
 	if err == nil && t.closed {
-		t.ck.CloseSession(s.h)
+		t.closeSession(s)
 		err = unavailable(errors.New("closed"))
 	}
 	if err != nil {
@@ -495,9 +569,9 @@ func (t *Token) probe() {
 		t.idle <- s
 		sessionsGauge.WithLabelValues("idle").Inc()
 	default:
-		t.ck.CloseSession(s.h)
+		t.closeSession(s)
 	}
-	reconnects.Inc()
+	reconnects.WithLabelValues(reasonOutage).Inc()
 	t.log.Info("hsm: token reachable again", "token", t.cfg.TokenLabel)
 	// Reachable is not yet able to serve: the self-test says so (a
 	// re-initialised module may have come back without a mechanism).
@@ -540,10 +614,19 @@ func (t *Token) release(s *session) {
 	sessionsGauge.WithLabelValues("idle").Inc()
 }
 
+// closeSession closes a pool session, unless the module has been
+// initialised again since it was opened: its handle then names nothing,
+// or, numbered afresh, another caller's new session.
+func (t *Token) closeSession(s *session) {
+	if s.modGen == t.mod.generation() {
+		t.ck.CloseSession(s.h)
+	}
+}
+
 // discard drops a session that failed; its slot frees up for a new one.
 func (t *Token) discard(s *session) {
 	sessionsGauge.WithLabelValues("busy").Dec()
-	t.ck.CloseSession(s.h) // usually already invalid
+	t.closeSession(s) // usually already invalid
 	<-t.slots
 }
 
@@ -571,11 +654,15 @@ func (t *Token) Close() error {
 	}
 	t.closed = true
 	t.mu.Unlock()
+	if t.stopKeepAlive != nil {
+		close(t.stopKeepAlive)
+		<-t.keepAliveDone // it may hold an idle session
+	}
 	for {
 		select {
 		case s := <-t.idle:
 			sessionsGauge.WithLabelValues("idle").Dec()
-			t.ck.CloseSession(s.h)
+			t.closeSession(s)
 			<-t.slots
 			continue
 		default:
@@ -583,6 +670,40 @@ func (t *Token) Close() error {
 		break
 	}
 	return t.mod.release()
+}
+
+// keepAlive makes a cheap call on every idle session each KeepAlive, so
+// that none stays idle long enough for a device to close it. A session
+// found dead is retired, as a failed operation's would be.
+func (t *Token) keepAlive() {
+	defer close(t.keepAliveDone)
+	tick := time.NewTicker(t.cfg.KeepAlive)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stopKeepAlive:
+			return
+		case <-tick.C:
+		}
+		for range len(t.idle) {
+			var s *session
+			select {
+			case s = <-t.idle:
+			default:
+			}
+			if s == nil {
+				break // all in use now
+			}
+			sessionsGauge.WithLabelValues("idle").Dec()
+			sessionsGauge.WithLabelValues("busy").Inc()
+			_, err := t.ck.GetSessionInfo(s.h)
+			if err != nil && classify(err) != keep {
+				t.retire(s)
+				continue
+			}
+			t.release(s)
+		}
+	}
 }
 
 // Slot returns the token's current slot id, for diagnostics and for fault

@@ -21,13 +21,13 @@ var (
 		Name: "custos_hsm_sessions",
 		Help: "PKCS#11 sessions held by the pool: idle or in use.",
 	}, []string{"state"})
-	reconnects = prometheus.NewCounter(prometheus.CounterOpts{
+	reconnects = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_hsm_reconnects_total",
-		Help: "Recoveries from a lost token: module re-initialised, re-login, or reconnection after an outage.",
-	})
+		Help: "Recoveries from a lost token, by reason: logout (logged in again), finalized (the module was finalized behind the pool's back), sessions-failing (new sessions failed too: the module was re-initialised), outage (reached again after being unreachable).",
+	}, []string{"reason"})
 	upGauge = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "custos_hsm_up",
-		Help: "1 while the token answers, 0 while it is unreachable.",
+		Help: "1 while the token can serve an exchange (it answers and passes the keystore's self-test), 0 otherwise.",
 	})
 	sessionsMax = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "custos_hsm_sessions_max",
@@ -44,9 +44,20 @@ func init() {
 	for _, state := range []string{"idle", "busy"} {
 		sessionsGauge.WithLabelValues(state)
 	}
+	for _, r := range []string{reasonLogout, reasonFinalized, reasonSessionsFailing, reasonOutage} {
+		reconnects.WithLabelValues(r)
+	}
 }
 
 // Collectors returns the HSM metrics, for registration on the service's registry.
 func Collectors() []prometheus.Collector {
 	return []prometheus.Collector{opDuration, opErrors, sessionsGauge, sessionsMax, reconnects, upGauge}
 }
+
+// Reasons for custos_hsm_reconnects_total; each series exists from zero.
+const (
+	reasonLogout          = "logout"
+	reasonFinalized       = "finalized"
+	reasonSessionsFailing = "sessions-failing"
+	reasonOutage          = "outage"
+)

@@ -20,6 +20,12 @@ type module struct {
 	argsText string
 	ck       Cryptoki
 
+	// calls is held shared by every operation in the module and
+	// exclusively while it is finalized and initialised again: finalizing
+	// a module with calls inside it is library-dependent, and SoftHSM
+	// crashes.
+	calls sync.RWMutex
+
 	mu    sync.Mutex
 	refs  int
 	ready bool
@@ -57,14 +63,14 @@ func loadModule(path, args string) (*module, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if err := m.initLocked(); err != nil {
+	if err := m.initLocked(m.ck); err != nil {
 		return nil, err
 	}
 	m.refs++
 	return m, nil
 }
 
-func (m *module) initLocked() error {
+func (m *module) initLocked(ck Cryptoki) error {
 	if m.ready {
 		return nil
 	}
@@ -72,13 +78,23 @@ func (m *module) initLocked() error {
 	if m.args != nil {
 		opts = append(opts, pkcs11.InitializeWithReserved(m.args))
 	}
-	err := m.ck.Initialize(opts...)
+	err := ck.Initialize(opts...)
 	if err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 		return fmt.Errorf("hsm: initialising the PKCS#11 module %s: %w", m.path, err)
 	}
 	m.ready = true
 	m.gen++
 	return nil
+}
+
+// guard holds calls shared for the length of each call but C_Initialize
+// and C_Finalize, which reinitialise makes with it held exclusively.
+func (m *module) guard(call string) (after func()) {
+	if call == "Initialize" || call == "Finalize" {
+		return func() {}
+	}
+	m.calls.RLock()
+	return m.calls.RUnlock
 }
 
 // generation returns the current initialisation count.
@@ -91,18 +107,21 @@ func (m *module) generation() uint64 {
 // reinitialise finalizes and initialises the module again, unless another
 // caller already did so since generation seen. It is how the pool recovers
 // from a module finalized behind its back, and how a token created after
-// start-up becomes visible.
-func (m *module) reinitialise(seen uint64) error {
+// start-up becomes visible. ck is the calling token's view of the module
+// (wrapped, in fault tests), through which the calls go.
+func (m *module) reinitialise(seen uint64, ck Cryptoki) error {
+	m.calls.Lock()
+	defer m.calls.Unlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.gen != seen && m.ready {
 		return nil
 	}
-	if err := m.ck.Finalize(); err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
+	if err := ck.Finalize(); err != nil && !Is(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED) {
 		return fmt.Errorf("hsm: finalizing the module: %w", err)
 	}
 	m.ready = false
-	return m.initLocked()
+	return m.initLocked(ck)
 }
 
 // release drops one user; the last one finalizes the module (the library

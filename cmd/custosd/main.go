@@ -59,6 +59,7 @@ type config struct {
 type settings struct {
 	Module           string        `name:"pkcs11-module" env:"CUSTOS_PKCS11_MODULE" placeholder:"FILE" help:"path of the PKCS#11 library"`
 	InitArgs         string        `name:"pkcs11-init-args" env:"CUSTOS_PKCS11_INIT_ARGS" placeholder:"STRING" help:"the module's initialisation string, passed to C_Initialize (NSS softokn: configdir='sql:DIR' certPrefix='' keyPrefix='' secmod='secmod.db' flags=)"`
+	KeepAlive        time.Duration `name:"hsm-keepalive" env:"CUSTOS_HSM_KEEPALIVE" default:"15s" help:"a cheap call on each idle PKCS#11 session this often, so that HSMs which close idle connections keep them (0: none)"`
 	URI              string        `name:"pkcs11-uri" env:"CUSTOS_PKCS11_URI" placeholder:"URI" help:"RFC 7512 URI naming module, token and PIN source (instead of the three flags)"`
 	TokenLabel       string        `name:"token-label" env:"CUSTOS_TOKEN_LABEL" default:"custos" help:"label of the token holding the keys"`
 	PINFile          string        `name:"pin-file" env:"CUSTOS_PIN_FILE" placeholder:"FILE" help:"file holding the token's user PIN (or set CUSTOS_PIN)"`
@@ -523,6 +524,10 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 		hc.TokenLabel = c.TokenLabel
 	}
 	hc.InitArgs = c.InitArgs
+	hc.KeepAlive = c.KeepAlive
+	if c.KeepAlive == 0 {
+		hc.KeepAlive = -1 // none; hsm's zero means its default
+	}
 	switch {
 	case hc.PIN != "": // the URI's pin-source (or, from the environment, pin-value)
 	case c.origin["pin-file"] == "--pin-file":

@@ -110,7 +110,9 @@ func (r *Rig) NewService() *httpapi.Service {
 func (r *Rig) RemoteService(delay time.Duration) (svc *httpapi.Service, sessions int, close func(), err error) {
 	ctx := context.Background()
 	tok, err := hsm.Open(ctx, hsm.Config{Module: r.SoftHSM.Module, TokenLabel: r.SoftHSM.Label, PIN: r.SoftHSM.PIN,
-		Wrap: func(ck hsm.Cryptoki) hsm.Cryptoki { return delayed{ck, delay} }})
+		Wrap: func(ck hsm.Cryptoki) hsm.Cryptoki {
+			return hsm.Intercept(ck, func(string) func() { time.Sleep(delay); return func() {} })
+		}})
 	if err != nil {
 		return nil, 0, nil, err
 	}
