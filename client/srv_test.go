@@ -1,109 +1,20 @@
 package client
 
 import (
-	"context"
 	"net"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/miekg/dns"
+	"github.com/custos-kx/custos/internal/dnstest"
 )
 
 // SRV discovery against a real DNS server on loopback, started by the test:
 // the resolver is Go's own, dialling only that server.
 
-// testDNS is an authoritative DNS server for _jwcexchange._tcp.<domain>
-// names, on UDP and TCP on 127.0.0.1.
-type testDNS struct {
-	mu       sync.Mutex
-	records  map[string][]net.SRV // by domain, without the trailing dot
-	servfail map[string]bool
-
-	resolver *net.Resolver
-}
-
-func newTestDNS(t *testing.T) *testDNS {
+// origins looks the service of domain up n times and counts the origins.
+func origins(d *dnstest.Server, t *testing.T, domain string, n int) map[string]int {
 	t.Helper()
-	d := &testDNS{records: map[string][]net.SRV{}, servfail: map[string]bool{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := make(chan struct{}, 2)
-	for _, srv := range []*dns.Server{{PacketConn: pc}, {Listener: ln}} {
-		srv.Handler = dns.HandlerFunc(d.serveDNS)
-		srv.NotifyStartedFunc = func() { started <- struct{}{} }
-		go srv.ActivateAndServe()
-		t.Cleanup(func() { srv.Shutdown() })
-	}
-	for range 2 {
-		select {
-		case <-started:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the test DNS server did not start")
-		}
-	}
-	addr := map[string]string{"udp": pc.LocalAddr().String(), "tcp": ln.Addr().String()}
-	d.resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var dialer net.Dialer
-		return dialer.DialContext(ctx, network, addr[strings.TrimRight(network, "46")])
-	}}
-	return d
-}
-
-// set makes recs the SRV records of domain; none makes it NXDOMAIN.
-func (d *testDNS) set(domain string, recs ...net.SRV) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.records[domain] = recs
-	if len(recs) == 0 {
-		delete(d.records, domain)
-	}
-}
-
-// fail makes every query about domain answer SERVFAIL.
-func (d *testDNS) fail(domain string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.servfail[domain] = true
-}
-
-func (d *testDNS) serveDNS(w dns.ResponseWriter, req *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	q := req.Question[0]
-	domain, ok := strings.CutPrefix(strings.TrimSuffix(strings.ToLower(q.Name), "."), "_jwcexchange._tcp.")
-	d.mu.Lock()
-	recs, found := d.records[domain]
-	fail := d.servfail[domain]
-	d.mu.Unlock()
-	switch {
-	case fail:
-		m.Rcode = dns.RcodeServerFailure
-	case !ok || !found:
-		m.Rcode = dns.RcodeNameError
-	case q.Qtype == dns.TypeSRV:
-		for _, r := range recs {
-			m.Answer = append(m.Answer, &dns.SRV{
-				Hdr:      dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: 60},
-				Priority: r.Priority, Weight: r.Weight, Port: r.Port, Target: r.Target,
-			})
-		}
-	}
-	w.WriteMsg(m)
-}
-
-// origins looks domain up n times and counts the origins returned.
-func (d *testDNS) origins(t *testing.T, domain string, n int) map[string]int {
-	t.Helper()
-	l := &ServiceLookup{Resolver: d.resolver}
+	l := &ServiceLookup{Resolver: d.Resolver}
 	seen := map[string]int{}
 	for range n {
 		o, err := l.Origin(t.Context(), domain)
@@ -116,21 +27,21 @@ func (d *testDNS) origins(t *testing.T, domain string, n int) map[string]int {
 }
 
 func TestServiceLookupPriority(t *testing.T) {
-	d := newTestDNS(t)
+	d := dnstest.Start(t)
 	backup := net.SRV{Target: "backup.example.test.", Port: 443, Priority: 20, Weight: 100}
-	d.set("example.test",
+	d.Set("example.test",
 		backup,
 		net.SRV{Target: "a.example.test.", Port: 8443, Priority: 10, Weight: 1},
 		net.SRV{Target: "b.example.test.", Port: 8443, Priority: 10, Weight: 3},
 	)
-	for o, n := range d.origins(t, "example.test", 500) {
+	for o, n := range origins(d, t, "example.test", 500) {
 		if o != "https://a.example.test:8443" && o != "https://b.example.test:8443" {
 			t.Errorf("%s chosen %d times while priority 10 has targets", o, n)
 		}
 	}
 	// Once the lowest priority is gone, the next one serves.
-	d.set("example.test", backup)
-	for o, n := range d.origins(t, "example.test", 50) {
+	d.Set("example.test", backup)
+	for o, n := range origins(d, t, "example.test", 50) {
 		if o != "https://backup.example.test" {
 			t.Errorf("%s chosen %d times; want https://backup.example.test (port 443 left out)", o, n)
 		}
@@ -138,13 +49,13 @@ func TestServiceLookupPriority(t *testing.T) {
 }
 
 func TestServiceLookupWeights(t *testing.T) {
-	d := newTestDNS(t)
-	d.set("example.test",
+	d := dnstest.Start(t)
+	d.Set("example.test",
 		net.SRV{Target: "light.example.test.", Port: 8443, Priority: 10, Weight: 1},
 		net.SRV{Target: "heavy.example.test.", Port: 8443, Priority: 10, Weight: 3},
 	)
 	const n = 2000
-	seen := d.origins(t, "example.test", n)
+	seen := origins(d, t, "example.test", n)
 	light, heavy := seen["https://light.example.test:8443"], seen["https://heavy.example.test:8443"]
 	if light+heavy != n {
 		t.Fatalf("unexpected origins: %v", seen)
@@ -156,13 +67,13 @@ func TestServiceLookupWeights(t *testing.T) {
 }
 
 func TestServiceLookupZeroWeight(t *testing.T) {
-	d := newTestDNS(t)
-	d.set("example.test",
+	d := dnstest.Start(t)
+	d.Set("example.test",
 		net.SRV{Target: "spare.example.test.", Port: 8443, Priority: 10, Weight: 0},
 		net.SRV{Target: "main.example.test.", Port: 8443, Priority: 10, Weight: 3},
 	)
 	const n = 2000
-	seen := d.origins(t, "example.test", n)
+	seen := origins(d, t, "example.test", n)
 	// RFC 2782 draws in [0, 3]: the weight-0 record first wins on 0 only.
 	if spare := seen["https://spare.example.test:8443"]; spare < n/10 || spare > n*4/10 {
 		t.Errorf("the weight-0 target was chosen %d times of %d; want about a quarter: %v", spare, n, seen)
@@ -182,12 +93,12 @@ func TestChooseRFC2782(t *testing.T) {
 }
 
 func TestServiceLookupOrigin(t *testing.T) {
-	d := newTestDNS(t)
-	d.set("default.test", net.SRV{Target: "api.default.test.", Port: 80, Priority: 1, Weight: 1})
-	d.set("other.test", net.SRV{Target: "api.other.test.", Port: 8080, Priority: 1, Weight: 1})
+	d := dnstest.Start(t)
+	d.Set("default.test", net.SRV{Target: "api.default.test.", Port: 80, Priority: 1, Weight: 1})
+	d.Set("other.test", net.SRV{Target: "api.other.test.", Port: 8080, Priority: 1, Weight: 1})
 	// LookupSRV drops a target that is not a domain name, such as an
 	// address, and keeps the others.
-	d.set("malformed.test",
+	d.Set("malformed.test",
 		net.SRV{Target: "192.0.2.1.", Port: 8443, Priority: 1, Weight: 1},
 		net.SRV{Target: "api.malformed.test.", Port: 8443, Priority: 2, Weight: 1},
 	)
@@ -202,7 +113,7 @@ func TestServiceLookupOrigin(t *testing.T) {
 		{"other.test", true, "http://api.other.test:8080"},
 		{"malformed.test", false, "https://api.malformed.test:8443"},
 	} {
-		got, err := (&ServiceLookup{Resolver: d.resolver, PlainHTTP: c.plainHTTP}).Origin(t.Context(), c.domain)
+		got, err := (&ServiceLookup{Resolver: d.Resolver, PlainHTTP: c.plainHTTP}).Origin(t.Context(), c.domain)
 		if err != nil || got != c.want {
 			t.Errorf("Origin(%q, PlainHTTP=%v) = %q, %v; want %q", c.domain, c.plainHTTP, got, err, c.want)
 		}
@@ -210,16 +121,16 @@ func TestServiceLookupOrigin(t *testing.T) {
 }
 
 func TestServiceLookupErrors(t *testing.T) {
-	d := newTestDNS(t)
-	d.set("closed.test", net.SRV{Target: ".", Port: 0})
-	d.fail("broken.test")
+	d := dnstest.Start(t)
+	d.Set("closed.test", net.SRV{Target: ".", Port: 0})
+	d.Fail("broken.test")
 	for domain, want := range map[string]string{
 		"closed.test":  `the DNS SRV record _jwcexchange._tcp.closed.test says the service is not available at closed.test`,
 		"nowhere.test": "nowhere.test has no DNS SRV record _jwcexchange._tcp.nowhere.test: publish one, or give the service's URL instead",
 		"broken.test":  "could not look up the DNS SRV record _jwcexchange._tcp.broken.test",
 		"":             "no domain",
 	} {
-		o, err := (&ServiceLookup{Resolver: d.resolver}).Origin(t.Context(), domain)
+		o, err := (&ServiceLookup{Resolver: d.Resolver}).Origin(t.Context(), domain)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("Origin(%q) = %q, %v; want an error saying %q", domain, o, err, want)
 		}

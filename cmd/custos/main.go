@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -24,6 +23,7 @@ import (
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/client/bench"
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/version"
 )
 
 // options is the command line of custos.
@@ -144,7 +144,7 @@ func parse(args []string, stdout, stderr io.Writer) (o *options, cmd []string, e
 	parser, err := kong.New(o,
 		kong.Name("custos"),
 		kong.Description("The Custos client. Response bodies go to stdout, diagnostics to stderr; the exit status is 0 only on success."),
-		kong.Vars{"defaultState": defaultState(), "version": "custos " + version() + " " + runtime.Version()},
+		kong.Vars{"defaultState": defaultState(), "version": "custos " + version.String() + " " + runtime.Version()},
 		kong.Writers(stdout, stderr),
 		kong.Exit(func(code int) { panic(exit(code)) }),
 	)
@@ -196,22 +196,6 @@ func (o *options) Validate(kctx *kong.Context) error {
 			"    custos keygen --out alice.key > alice.pub")
 	}
 	return nil
-}
-
-// version is the module version custos was built as, with its VCS
-// revision when the build recorded one.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += "+" + s.Value[:12]
-		}
-	}
-	return v
 }
 
 type usageError string

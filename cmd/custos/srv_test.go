@@ -10,11 +10,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
-	"time"
 
-	"github.com/miekg/dns"
+	"github.com/custos-kx/custos/internal/dnstest"
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/client"
@@ -26,76 +24,15 @@ import (
 // custos --srv against a DNS server on loopback that the test starts and
 // points resolver at; nothing reaches the network.
 
-// srvZone answers SRV queries for _jwcexchange._tcp.<domain> from
-// records, NXDOMAIN for any other name.
-type srvZone struct {
-	mu      sync.Mutex
-	records map[string][]*dns.SRV // by domain, without the trailing dot
-}
-
-func (z *srvZone) set(domain string, recs ...*dns.SRV) {
-	z.mu.Lock()
-	defer z.mu.Unlock()
-	z.records[domain] = recs
-}
-
-func (z *srvZone) ServeDNS(w dns.ResponseWriter, req *dns.Msg) {
-	m := new(dns.Msg)
-	m.SetReply(req)
-	m.Authoritative = true
-	q := req.Question[0]
-	domain, ok := strings.CutPrefix(strings.TrimSuffix(strings.ToLower(q.Name), "."), "_jwcexchange._tcp.")
-	z.mu.Lock()
-	recs, found := z.records[domain]
-	z.mu.Unlock()
-	switch {
-	case !ok || !found:
-		m.Rcode = dns.RcodeNameError
-	case q.Qtype == dns.TypeSRV:
-		for _, r := range recs {
-			rr := *r
-			rr.Hdr = dns.RR_Header{Name: q.Name, Rrtype: dns.TypeSRV, Class: dns.ClassINET, Ttl: 60}
-			m.Answer = append(m.Answer, &rr)
-		}
-	}
-	w.WriteMsg(m)
-}
-
-// useTestDNS starts a DNS server on 127.0.0.1 (UDP and TCP) and makes it
-// the one custos asks for the rest of the test.
-func useTestDNS(t *testing.T) *srvZone {
+// useTestDNS starts a DNS server on 127.0.0.1 and makes it the one custos
+// asks for the rest of the test.
+func useTestDNS(t *testing.T) *dnstest.Server {
 	t.Helper()
-	z := &srvZone{records: map[string][]*dns.SRV{}}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	started := make(chan struct{}, 2)
-	for _, srv := range []*dns.Server{{PacketConn: pc}, {Listener: ln}} {
-		srv.Handler = z
-		srv.NotifyStartedFunc = func() { started <- struct{}{} }
-		go srv.ActivateAndServe()
-		t.Cleanup(func() { srv.Shutdown() })
-	}
-	for range 2 {
-		select {
-		case <-started:
-		case <-time.After(10 * time.Second):
-			t.Fatal("the test DNS server did not start")
-		}
-	}
-	addr := map[string]string{"udp": pc.LocalAddr().String(), "tcp": ln.Addr().String()}
+	d := dnstest.Start(t)
 	saved := resolver
-	resolver = &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, network, addr[strings.TrimRight(network, "46")])
-	}}
+	resolver = d.Resolver
 	t.Cleanup(func() { resolver = saved })
-	return z
+	return d
 }
 
 // custos runs the command line args and returns its exit status, stdout
@@ -142,9 +79,9 @@ func TestSrvExchange(t *testing.T) {
 	z := useTestDNS(t)
 	// localhost comes from /etc/hosts, not from DNS; nothing listens on
 	// port 1, so the test fails if it picks the priority-20 record.
-	z.set("example.test",
-		&dns.SRV{Priority: 20, Weight: 1, Port: 1, Target: "localhost."},
-		&dns.SRV{Priority: 10, Weight: 1, Port: uint16(port), Target: "localhost."},
+	z.Set("example.test",
+		net.SRV{Priority: 20, Weight: 1, Port: 1, Target: "localhost."},
+		net.SRV{Priority: 10, Weight: 1, Port: uint16(port), Target: "localhost."},
 	)
 	origin := "http://localhost:" + u.Port()
 	common := []string{"--key", keyFile, "--state", filepath.Join(dir, "state"), "--srv-scheme", "http"}
@@ -162,7 +99,7 @@ func TestSrvExchange(t *testing.T) {
 
 func TestSrvErrors(t *testing.T) {
 	z := useTestDNS(t)
-	z.set("closed.test", &dns.SRV{Target: "."})
+	z.Set("closed.test", net.SRV{Target: "."})
 	dir := t.TempDir()
 	keyFile := filepath.Join(dir, "alice.key")
 	if _, err := client.GenerateKey(keyFile, exchange.P256); err != nil {

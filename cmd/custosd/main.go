@@ -27,6 +27,7 @@ import (
 
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/hsm"
+	"github.com/custos-kx/custos/internal/version"
 	"github.com/custos-kx/custos/keystore/p11"
 )
 
@@ -173,7 +174,7 @@ func parse(args []string, stdout, stderr io.Writer) (c *config, err error) {
 	parser, err := kong.New(c,
 		kong.Name("custosd"),
 		kong.Description("The Custos service and its administration."),
-		kong.Vars{"defaultDB": defaultDB, "version": "custosd " + version() + " " + runtime.Version()},
+		kong.Vars{"defaultDB": defaultDB, "version": "custosd " + version.String() + " " + runtime.Version()},
 		kong.Configuration(configFile),
 		kong.KindMapper(reflect.Bool, strictBool{}),
 		kong.Writers(stdout, stderr),

@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -25,6 +24,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/internal/version"
 	"github.com/custos-kx/custos/keystore/p11"
 )
 
@@ -249,7 +249,7 @@ func serviceCollectors(ks *p11.Keystore, reg *accounts.Registry) []prometheus.Co
 		Name: "custos_build_info",
 		Help: "Always 1; the labels say which build serves.",
 	}, []string{"version", "goversion"})
-	build.WithLabelValues(version(), runtime.Version()).Set(1)
+	build.WithLabelValues(version.String(), runtime.Version()).Set(1)
 	keyAge := func(kind string, pick func(cred, tk time.Time) time.Time) prometheus.Collector {
 		return prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name:        "custos_key_age_seconds",
@@ -277,20 +277,4 @@ func serviceCollectors(ks *p11.Keystore, reg *accounts.Registry) []prometheus.Co
 		keyAge("credential", func(cred, _ time.Time) time.Time { return cred }),
 		keyAge("ticket", func(_, tk time.Time) time.Time { return tk }),
 		registryUp}
-}
-
-// version is the module version custosd was built as, with its VCS
-// revision when the build recorded one.
-func version() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-			v += "+" + s.Value[:12]
-		}
-	}
-	return v
 }
