@@ -381,6 +381,13 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			t.log.Warn("hsm: the module was finalized; initialised it again", "token", t.cfg.TokenLabel)
 		case down:
 			t.discard(s)
+			// A module finalized behind the pool's back can answer so too
+			// (NSS softokn: CKR_SLOT_ID_INVALID): re-initialising it once
+			// tells that from an outage.
+			if rerr := t.escalate(s.modGen, err); rerr == nil {
+				attempts = min(attempts+1, 6)
+				continue
+			}
 			return t.markDown(err)
 		}
 	}
@@ -497,6 +504,12 @@ func (t *Token) openSession() (*session, error) {
 		}
 		reconnects.WithLabelValues(reasonFinalized).Inc()
 		s, err = t.newSession()
+	case down:
+		// Or the module was finalized behind the pool's back and says so
+		// this way (NSS softokn: CKR_SLOT_ID_INVALID).
+		if t.escalate(gen, err) == nil {
+			s, err = t.newSession()
+		}
 	}
 	if err != nil {
 		return nil, t.markDown(err)

@@ -59,7 +59,15 @@ func loadModule(path, args string) (*module, error) {
 		m.argsText = args
 		modules.byPath[path] = m
 	case m.argsText != args:
-		return nil, fmt.Errorf("hsm: the PKCS#11 module %s is already initialised in this process with other initialisation arguments", path)
+		m.mu.Lock()
+		inUse := m.refs > 0
+		if !inUse { // finalized by its last user: it starts afresh
+			m.args, m.argsText = initArgs(args), args
+		}
+		m.mu.Unlock()
+		if inUse {
+			return nil, fmt.Errorf("hsm: the PKCS#11 module %s is already initialised in this process with other initialisation arguments", path)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

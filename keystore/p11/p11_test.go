@@ -26,12 +26,17 @@ import (
 )
 
 type fixture struct {
-	st  *softhsm.Token
+	cfg hsm.Config // the token, without Wrap
 	tok *hsm.Token
 	ks  *Keystore
 	// ck is the module's calls as the pool makes them: the tests use it
 	// as any other program on the machine could, on sessions of their own.
 	ck hsm.Cryptoki
+	// sealing is how the token's ticket keys seal, by its self-test.
+	sealing ticket.Scheme
+	// slow tokens run a tenth of the load tests' operations: NSS's
+	// database takes about 10 ms for each here.
+	slow bool
 }
 
 func openTok(t *testing.T, st *softhsm.Token) *hsm.Token {
@@ -41,7 +46,13 @@ func openTok(t *testing.T, st *softhsm.Token) *hsm.Token {
 
 func openTokWith(t *testing.T, st *softhsm.Token, wrap func(hsm.Cryptoki) hsm.Cryptoki) *hsm.Token {
 	t.Helper()
-	tok, err := hsm.Open(context.Background(), hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN, Wrap: wrap})
+	return openCfg(t, hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN}, wrap)
+}
+
+func openCfg(t *testing.T, cfg hsm.Config, wrap func(hsm.Cryptoki) hsm.Cryptoki) *hsm.Token {
+	t.Helper()
+	cfg.Wrap = wrap
+	tok, err := hsm.Open(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,11 +60,46 @@ func openTokWith(t *testing.T, st *softhsm.Token, wrap func(hsm.Cryptoki) hsm.Cr
 	return tok
 }
 
+// testTokens are the PKCS#11 implementations the keystore's tests run on:
+// each makes a fresh token for one test and says how it seals.
+var testTokens = []struct {
+	name    string
+	make    func(t *testing.T) hsm.Config
+	sealing ticket.Scheme
+	slow    bool
+}{
+	{"softhsm", func(t *testing.T) hsm.Config {
+		st := softhsm.New(t)
+		return hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN}
+	}, ticket.GCM, false},
+	{"nss", func(t *testing.T) hsm.Config {
+		n := softhsm.NewNSS(t)
+		return hsm.Config{Module: n.Module, InitArgs: n.InitArgs, TokenLabel: n.Label, PIN: n.PIN}
+	}, ticket.CBCHMAC, true},
+}
+
+// forEachToken runs test on a fresh, initialised keystore of each
+// implementation.
+func forEachToken(t *testing.T, test func(t *testing.T, f *fixture)) {
+	for _, tk := range testTokens {
+		t.Run(tk.name, func(t *testing.T) {
+			f := newFixtureOn(t, tk.make(t), tk.sealing)
+			f.slow = tk.slow
+			test(t, f)
+		})
+	}
+}
+
+// newFixture is an initialised keystore on a SoftHSM token.
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
-	st := softhsm.New(t)
-	f := &fixture{st: st}
-	f.tok = openTokWith(t, st, func(ck hsm.Cryptoki) hsm.Cryptoki { f.ck = ck; return ck })
+	return newFixtureOn(t, testTokens[0].make(t), testTokens[0].sealing)
+}
+
+func newFixtureOn(t *testing.T, cfg hsm.Config, sealing ticket.Scheme) *fixture {
+	t.Helper()
+	f := &fixture{cfg: cfg, sealing: sealing}
+	f.tok = openCfg(t, cfg, func(ck hsm.Cryptoki) hsm.Cryptoki { f.ck = ck; return ck })
 	ks, err := Open(context.Background(), f.tok)
 	if err != nil {
 		t.Fatal(err)
@@ -73,14 +119,15 @@ func (f *fixture) session(t *testing.T) pkcs11.SessionHandle {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := f.ck.Login(sh, pkcs11.CKU_USER, f.st.PIN); err != nil && !hsm.Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
+	if err := f.ck.Login(sh, pkcs11.CKU_USER, f.cfg.PIN); err != nil && !hsm.Is(err, pkcs11.CKR_USER_ALREADY_LOGGED_IN) {
 		t.Fatal(err)
 	}
 	return sh
 }
 
-func TestInitIsIdempotent(t *testing.T) {
-	f := newFixture(t)
+func TestInitIsIdempotent(t *testing.T) { forEachToken(t, testInitIsIdempotent) }
+
+func testInitIsIdempotent(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	x1, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	e1, _ := f.ks.Credential(ctx, exchange.P256)
@@ -118,8 +165,9 @@ func TestEmptyTokenSaysToInit(t *testing.T) {
 	}
 }
 
-func TestDeriveMatchesPublicKey(t *testing.T) {
-	f := newFixture(t)
+func TestDeriveMatchesPublicKey(t *testing.T) { forEachToken(t, testDeriveMatchesPublicKey) }
+
+func testDeriveMatchesPublicKey(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	X, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	p := group.P()
@@ -158,8 +206,9 @@ func TestDeriveMatchesPublicKey(t *testing.T) {
 
 // TestEngineOnToken runs whole exchanges and rekeys with the service's keys
 // in the token and checks both sides agree.
-func TestEngineOnToken(t *testing.T) {
-	f := newFixture(t)
+func TestEngineOnToken(t *testing.T) { forEachToken(t, testEngineOnToken) }
+
+func testEngineOnToken(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	srv := &exchange.Server{Keystore: f.ks, Accounts: enabledAccounts{}}
 	for i := 0; i < 40; i++ {
@@ -226,8 +275,9 @@ func openSession(t *testing.T, ks *Keystore, tk []byte) *ticket.Session {
 	return st
 }
 
-func TestTicketTamper(t *testing.T) {
-	f := newFixture(t)
+func TestTicketTamper(t *testing.T) { forEachToken(t, testTicketTamper) }
+
+func testTicketTamper(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	pt := []byte("account, kid, times and session keys")
 	tk, err := ticket.Seal(ctx, f.ks, rand.Reader, pt)
@@ -249,8 +299,9 @@ func TestTicketTamper(t *testing.T) {
 	}
 }
 
-func TestRotationAndPrune(t *testing.T) {
-	f := newFixture(t)
+func TestRotationAndPrune(t *testing.T) { forEachToken(t, testRotationAndPrune) }
+
+func testRotationAndPrune(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	now := time.Now()
 	f.ks.Now = func() time.Time { return now }
@@ -324,10 +375,11 @@ func TestRotationAndPrune(t *testing.T) {
 
 // TestReplicasShareToken: a ticket sealed after one keystore rotated opens
 // on another that has not refreshed yet.
-func TestReplicasShareToken(t *testing.T) {
-	f := newFixture(t)
+func TestReplicasShareToken(t *testing.T) { forEachToken(t, testReplicasShareToken) }
+
+func testReplicasShareToken(t *testing.T, f *fixture) {
 	ctx := context.Background()
-	other, err := Open(ctx, openTok(t, f.st))
+	other, err := Open(ctx, openCfg(t, f.cfg, nil))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -344,14 +396,15 @@ func TestReplicasShareToken(t *testing.T) {
 	}
 }
 
-func TestConcurrentKeystore(t *testing.T) {
-	f := newFixture(t)
+func TestConcurrentKeystore(t *testing.T) { forEachToken(t, testConcurrentKeystore) }
+
+func testConcurrentKeystore(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	X, _ := f.ks.Credential(ctx, exchange.ModP2048)
 	peer := X
 	E, _ := f.ks.Credential(ctx, exchange.P256)
 	ops := 500
-	if testing.Short() {
+	if testing.Short() || f.slow {
 		ops = 50
 	}
 	var wg sync.WaitGroup
@@ -409,31 +462,35 @@ func TestFaults(t *testing.T) {
 	}
 	for name, fault := range faults {
 		t.Run(name, func(t *testing.T) {
-			f := newFixture(t)
-			ctx := context.Background()
-			X, _ := f.ks.Credential(ctx, exchange.ModP2048)
-			tk, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("before"))
-			if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
-				t.Fatal(err)
-			}
-			fault(f) // its own error is irrelevant: the session it ran on may be gone
-			for i := 0; i < 10; i++ {
+			forEachToken(t, func(t *testing.T, f *fixture) {
+				ctx := context.Background()
+				X, _ := f.ks.Credential(ctx, exchange.ModP2048)
+				tk, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("before"))
 				if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
-					t.Fatalf("derive %d after %s: %v", i, name, err)
+					t.Fatal(err)
 				}
-				if _, err := ticket.Open(ctx, f.ks, tk); err != nil {
-					t.Fatalf("open %d after %s: %v", i, name, err)
+				fault(f) // its own error is irrelevant: the session it ran on may be gone
+				for i := 0; i < 10; i++ {
+					if _, err := f.ks.Derive(ctx, X.KeyID(), X); err != nil {
+						t.Fatalf("derive %d after %s: %v", i, name, err)
+					}
+					if _, err := ticket.Open(ctx, f.ks, tk); err != nil {
+						t.Fatalf("open %d after %s: %v", i, name, err)
+					}
+					if _, err := ticket.Seal(ctx, f.ks, rand.Reader, []byte("after")); err != nil {
+						t.Fatalf("seal %d after %s: %v", i, name, err)
+					}
 				}
-				if _, err := ticket.Seal(ctx, f.ks, rand.Reader, []byte("after")); err != nil {
-					t.Fatalf("seal %d after %s: %v", i, name, err)
-				}
-			}
+			})
 		})
 	}
 }
 
 func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
-	f := newFixture(t)
+	forEachToken(t, testKeysCreatedByKeystoreStayInside)
+}
+
+func testKeysCreatedByKeystoreStayInside(t *testing.T, f *fixture) {
 	sh := f.session(t)
 	// The group-14 and P-256 credentials, and the ticket key.
 	for _, kind := range []struct {
@@ -468,8 +525,9 @@ func TestKeysCreatedByKeystoreStayInside(t *testing.T) {
 // made 31 days ago and active until a second ago is not "older than 30
 // days": pruning with a 30-day window keeps it, and the ticket it sealed
 // still opens.
-func TestPruneByRetirement(t *testing.T) {
-	f := newFixture(t)
+func TestPruneByRetirement(t *testing.T) { forEachToken(t, testPruneByRetirement) }
+
+func testPruneByRetirement(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	day := 24 * time.Hour
 	base := time.Now()
@@ -500,8 +558,9 @@ func TestPruneByRetirement(t *testing.T) {
 
 // TestRotateAndPruneP256: the P-256 credential rotates and is pruned like
 // the group-14 one, each profile on its own.
-func TestRotateAndPruneP256(t *testing.T) {
-	f := newFixture(t)
+func TestRotateAndPruneP256(t *testing.T) { forEachToken(t, testRotateAndPruneP256) }
+
+func testRotateAndPruneP256(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	now := time.Now()
 	f.ks.Now = func() time.Time { return now }
@@ -690,14 +749,15 @@ func TestEngineOnNSS(t *testing.T) {
 	}
 }
 
-func TestSelfTest(t *testing.T) {
-	f := newFixture(t)
+func TestSelfTest(t *testing.T) { forEachToken(t, testSelfTest) }
+
+func testSelfTest(t *testing.T, f *fixture) {
 	r, err := f.ks.SelfTest(context.Background())
-	if err != nil || len(r.Profiles) != 2 || r.Sealing != ticket.GCM || len(r.Refused) != 0 {
+	if err != nil || len(r.Profiles) != 2 || r.Sealing != f.sealing || len(r.Refused) != 0 {
 		t.Fatalf("report %+v, %v", r, err)
 	}
-	if s := r.String(); s != "serves modp2048 and p256; seals tickets with AES-256-GCM" {
-		t.Fatalf("report line %q", s)
+	if s, want := r.String(), "serves modp2048 and p256; seals tickets with "+f.sealing.String(); s != want {
+		t.Fatalf("report line %q, want %q", s, want)
 	}
 }
 
