@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"crypto/rand"
 	"io"
 	"net/http"
@@ -85,5 +86,63 @@ func TestServeOnNSS(t *testing.T) {
 	resp, err := http.Get(r.url + "/readyz")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("/readyz on NSS: %v %v", resp, err)
+	}
+}
+
+// TestServeOnOpenCryptoki runs custosd on opencryptoki's soft token, the
+// third implementation: no EC and no AES-GCM, so it serves group 14 only,
+// seals with CBC and HMAC, says so, and refuses a P-256 exchange 422.
+func TestServeOnOpenCryptoki(t *testing.T) {
+	ock := softhsm.NewOpenCryptoki(t)
+	dir := t.TempDir()
+	dsn := filepath.Join(dir, "custos.db")
+	env := append(os.Environ(),
+		"CUSTOS_PKCS11_MODULE="+ock.Module,
+		"CUSTOS_TOKEN_LABEL="+ock.Label,
+		"CUSTOS_PIN="+ock.PIN,
+		"CUSTOS_DB="+dsn,
+		"CUSTOS_RATE_PER_ADDRESS=0", "CUSTOS_RATE_PER_ACCOUNT=0",
+	)
+	out := runCustosd(t, env, "init")
+	if !strings.Contains(out, "serves modp2048; seals tickets with AES-256-CBC-PAD + HMAC-SHA-256; not p256: the token lacks CKM_EC_KEY_PAIR_GEN") {
+		t.Fatalf("custosd init on opencryptoki:\n%s", out)
+	}
+	reg, err := accounts.Open(context.Background(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := exchange.GenerateClientKey(rand.Reader, exchange.ModP2048)
+	ec, _ := exchange.GenerateClientKey(rand.Reader, exchange.P256)
+	for _, k := range []*exchange.ClientKey{key, ec} {
+		if err := reg.Add(context.Background(), "alice@example.com", k.Public()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reg.Close()
+	r := startReplica(t, env)
+	tr := &client.Transport{Key: key, State: &client.State{Dir: t.TempDir()}}
+	hc := &http.Client{Transport: tr}
+	if who := whoami(t, hc, r.url); who["credential_kid"] != key.Public().KeyID() {
+		t.Fatalf("whoami %v", who)
+	}
+	enc := &http.Client{Transport: &client.Transport{Key: key, State: tr.State, Encrypt: true}}
+	resp, err := enc.Post(r.url+"/v1/echo", "text/plain", strings.NewReader("over opencryptoki"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "over opencryptoki" {
+		t.Fatalf("encrypted echo %d %q", resp.StatusCode, b)
+	}
+	if err := tr.Rekey(context.Background(), r.url); err != nil {
+		t.Fatalf("rekey on opencryptoki: %v", err)
+	}
+	// A P-256 client is told the profile is not served.
+	_, msg, _ := ec.NewExchange(rand.Reader, nil)
+	body, _ := json.Marshal(msg)
+	status, m, _ := post(t, r.url, body, "")
+	if status != 422 || m.Error != string(exchange.UnsupportedDomain) || !strings.Contains(m.StatusDescription, "modp2048") {
+		t.Fatalf("a P-256 exchange on a token without EC: %d %+v", status, m)
 	}
 }

@@ -183,7 +183,13 @@ func testDeriveMatchesPublicKey(t *testing.T, f *fixture) {
 			t.Fatalf("peer %d: derive differs from math/big", i)
 		}
 	}
-	E, _ := f.ks.Credential(ctx, exchange.P256)
+	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
+		t.Fatalf("unknown kid: %v", err)
+	}
+	E, err := f.ks.Credential(ctx, exchange.P256)
+	if err != nil {
+		return // a token without EC
+	}
 	for i := 0; i < 100; i++ {
 		k, _ := ecdh.P256().GenerateKey(rand.Reader)
 		pt, _ := p256.FromECDH(k.PublicKey())
@@ -195,9 +201,6 @@ func testDeriveMatchesPublicKey(t *testing.T, f *fixture) {
 		if !bytes.Equal(got, want) {
 			t.Fatalf("peer %d: P-256 derive differs from crypto/ecdh", i)
 		}
-	}
-	if _, err := f.ks.Derive(ctx, "MAAAA-AAAAA-AAAAA-AAAAA-AAAAA-AAAAA", X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
-		t.Fatalf("unknown kid: %v", err)
 	}
 	if _, err := f.ks.Derive(ctx, E.KeyID(), X); err == nil || errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("a group-14 peer for the P-256 credential: %v", err)
@@ -211,8 +214,14 @@ func TestEngineOnToken(t *testing.T) { forEachToken(t, testEngineOnToken) }
 func testEngineOnToken(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	srv := &exchange.Server{Keystore: f.ks, Accounts: enabledAccounts{}}
+	var served []exchange.Profile // both, but for a token without EC
+	for _, p := range exchange.Profiles {
+		if _, err := f.ks.Credential(ctx, p); err == nil {
+			served = append(served, p)
+		}
+	}
 	for i := 0; i < 40; i++ {
-		key, _ := exchange.GenerateClientKey(rand.Reader, exchange.Profiles[i%2])
+		key, _ := exchange.GenerateClientKey(rand.Reader, served[i%len(served)])
 		pending, msg, _ := key.NewExchange(rand.Reader, nil)
 		req, err := exchange.ParseRequest(msg)
 		if err != nil {
@@ -798,5 +807,66 @@ func TestSelfTestCatchesWrongDerive(t *testing.T) {
 	d, err := srv.Describe(ctx)
 	if err != nil || len(d.Credentials) != 1 {
 		t.Fatalf("discovery offers %d credentials (%v), want the group-14 one", len(d.Credentials), err)
+	}
+}
+
+// TestEngineOnOpenCryptoki runs the keystore on opencryptoki's soft
+// token, the third implementation: it has DH but no EC and no AES-GCM, so
+// the token serves group 14 only and seals tickets with CBC and HMAC.
+// Exchanges and rekeys, a tampered ticket, both rotations and a prune, the
+// keys staying inside, and recovery from all sessions closed.
+func TestEngineOnOpenCryptoki(t *testing.T) {
+	ock := softhsm.NewOpenCryptoki(t)
+	f := newFixtureOn(t, hsm.Config{Module: ock.Module, TokenLabel: ock.Label, PIN: ock.PIN}, ticket.CBCHMAC)
+	ctx := context.Background()
+	r, err := f.ks.SelfTest(ctx)
+	if err != nil || len(r.Profiles) != 1 || r.Profiles[0] != exchange.ModP2048 || r.Sealing != ticket.CBCHMAC || !strings.Contains(r.Refused[exchange.P256], "CKM_EC_KEY_PAIR_GEN") {
+		t.Fatalf("self-test on opencryptoki: %+v, %v", r, err)
+	}
+	testEngineOnToken(t, f)
+	testTicketTamper(t, f)
+	testDeriveMatchesPublicKey(t, f)
+	// Rotations and a prune: the old ticket key and credential go.
+	now := time.Now()
+	f.ks.Now = func() time.Time { return now }
+	old, _ := ticket.Seal(ctx, f.ks, rand.Reader, []byte("old"))
+	oldCred, _ := f.ks.Credential(ctx, exchange.ModP2048)
+	now = now.Add(time.Hour)
+	if _, err := f.ks.RotateTicketKey(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ks.RotateCredential(ctx, exchange.ModP2048); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ticket.Open(ctx, f.ks, old); err != nil {
+		t.Fatalf("a ticket of the retired key: %v", err)
+	}
+	now = now.Add(2 * time.Hour)
+	pruned, err := f.ks.Prune(ctx, time.Hour, false)
+	if err != nil || len(pruned) != 2 {
+		t.Fatalf("prune: %+v, %v", pruned, err)
+	}
+	if _, err := ticket.Open(ctx, f.ks, old); !errors.Is(err, ticket.ErrInvalid) {
+		t.Fatalf("a ticket of a pruned key: %v", err)
+	}
+	if _, err := f.ks.Derive(ctx, oldCred.KeyID(), oldCred); err == nil {
+		t.Fatal("a pruned credential still derives")
+	}
+	// The keys stay inside: the DH private key's value cannot be read.
+	sh := f.session(t)
+	if err := f.ck.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY)}); err != nil {
+		t.Fatal(err)
+	}
+	hs, _, _ := f.ck.FindObjects(sh, 10)
+	f.ck.FindObjectsFinal(sh)
+	for _, h := range hs {
+		if _, err := f.ck.GetAttributeValue(sh, h, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_VALUE, nil)}); !hsm.Is(err, pkcs11.CKR_ATTRIBUTE_SENSITIVE) {
+			t.Errorf("a private key's value is readable on opencryptoki: %v", err)
+		}
+	}
+	// All sessions closed behind the pool's back: it recovers.
+	f.ck.CloseAllSessions(f.tok.Slot())
+	if _, err := ticket.Seal(ctx, f.ks, rand.Reader, []byte("after")); err != nil {
+		t.Fatalf("seal after all sessions closed: %v", err)
 	}
 }
