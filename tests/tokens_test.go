@@ -2,8 +2,8 @@ package tests
 
 import (
 	"context"
-	"encoding/json"
 	"crypto/rand"
+	"encoding/json"
 	"io"
 	"net/http"
 	"os"
