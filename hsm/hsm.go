@@ -383,7 +383,12 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			t.discard(s)
 			// A module finalized behind the pool's back can answer so too
 			// (NSS softokn: CKR_SLOT_ID_INVALID): re-initialising it once
-			// tells that from an outage.
+			// tells that from an outage. Not for the device codes of an
+			// outage: calls in flight would hold the re-initialisation,
+			// and everyone behind it, until they time out.
+			if !Is(err, pkcs11.CKR_SLOT_ID_INVALID) {
+				return t.markDown(err)
+			}
 			if rerr := t.escalate(s.modGen, err); rerr == nil {
 				attempts = min(attempts+1, 6)
 				continue
@@ -507,7 +512,7 @@ func (t *Token) openSession() (*session, error) {
 	case down:
 		// Or the module was finalized behind the pool's back and says so
 		// this way (NSS softokn: CKR_SLOT_ID_INVALID).
-		if t.escalate(gen, err) == nil {
+		if Is(err, pkcs11.CKR_SLOT_ID_INVALID) && t.escalate(gen, err) == nil {
 			s, err = t.newSession()
 		}
 	}
