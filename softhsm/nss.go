@@ -32,13 +32,7 @@ var nssModules = []string{
 // test is skipped with a loud message, except under CI, where it fails.
 func NewNSS(t testing.TB) *NSSToken {
 	t.Helper()
-	skip := func(msg string) {
-		msg = "!!! NSS softokn is not available, so this test cannot run against it: " + msg
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	skip := func(why string) { missing(t, "NSS softokn", why) }
 	var module string
 	for _, m := range nssModules {
 		if _, err := os.Stat(m); err == nil {

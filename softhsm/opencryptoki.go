@@ -42,13 +42,7 @@ const (
 // fails.
 func NewOpenCryptoki(t testing.TB) *OpenCryptokiToken {
 	t.Helper()
-	skip := func(msg string) {
-		msg = "!!! opencryptoki is not available, so this test cannot run against it: " + msg
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
+	skip := func(why string) { missing(t, "opencryptoki", why) }
 	for _, f := range []string{ockModule, "/usr/sbin/pkcsslotd", "/usr/sbin/pkcsconf"} {
 		if _, err := os.Stat(f); err != nil {
 			skip(f + " not found (install opencryptoki)")

@@ -37,17 +37,24 @@ func New(t testing.TB) *Token {
 	label := fmt.Sprintf("custos-test-%d-%d", os.Getpid(), counter.Add(1))
 	tok, err := Create(t.TempDir(), label)
 	if errors.Is(err, ErrUnavailable) {
-		msg := fmt.Sprintf("!!! SoftHSM2 is not available, so this test cannot run against a real token: %v", err)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		missing(t, "SoftHSM2", err.Error())
 	}
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("SOFTHSM2_CONF", tok.Conf)
 	return tok
+}
+
+// missing ends a test that cannot find the token it needs: loudly skipped
+// on a developer's machine, failed under CI, which installs every token.
+func missing(t testing.TB, token, why string) {
+	t.Helper()
+	msg := fmt.Sprintf("!!! %s is not available, so this test cannot run against it: %s", token, why)
+	if os.Getenv("CI") != "" {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
 }
 
 // ErrUnavailable means SoftHSM2 is not installed and could not be.
