@@ -61,18 +61,24 @@ func (k *Keystore) SelfTest(ctx context.Context) (Report, error) {
 		return Report{}, err
 	}
 	r := Report{Refused: map[exchange.Profile]string{}}
+	// A profile whose token lacks the mechanisms or gets the derive wrong
+	// stays refused until a later self-test; one that merely has no
+	// credential yet is served as soon as one is made (a rotation on
+	// another replica), as Credential tells by itself.
+	refused := map[exchange.Profile]string{}
 	for _, p := range exchange.Profiles {
 		k.mu.RLock()
 		c := k.activeCred[p]
 		k.mu.RUnlock()
 		var why string
+		sticky := true
 		switch can, err := k.can(ctx, credentialKinds[p].capability); {
 		case err != nil:
 			return r, err
 		case !can:
 			why = "the token lacks " + mechanismNames[p]
 		case c == nil:
-			why = "the token holds no credential of it (custosd init makes one)"
+			why, sticky = "the token holds no credential of it (custosd init makes one)", false
 		default:
 			if err := k.selfTestDerive(ctx, c); err != nil {
 				if errors.Is(err, exchange.ErrKeystoreUnavailable) {
@@ -83,12 +89,15 @@ func (k *Keystore) SelfTest(ctx context.Context) (Report, error) {
 		}
 		if why != "" {
 			r.Refused[p] = why
+			if sticky {
+				refused[p] = why
+			}
 			continue
 		}
 		r.Profiles = append(r.Profiles, p)
 	}
 	k.mu.Lock()
-	k.refused = r.Refused
+	k.refused = refused
 	k.mu.Unlock()
 	id, scheme, err := k.SealingKey(ctx)
 	if err != nil {
