@@ -2,12 +2,14 @@ package exchange
 
 import (
 	"container/list"
+	"context"
 	"crypto/sha256"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/replay"
 	"github.com/custos-kx/custos/internal/ticket"
 )
 
@@ -163,64 +165,21 @@ func (c *ticketCache) len() int {
 	return c.lru.Len()
 }
 
-// replayCache remembers every request within the skew window, so a
-// captured request cannot be sent again while its iat is still accepted.
-// Entries are 16 bytes of SHA-256(session key ‖ jti), kept in a map for
-// lookup and in arrival order for expiry: at tens of thousands of requests
-// a second the window holds millions, and sweeping the whole map (as a
-// first version did) cost more than the rest of the check.
-type replayCache struct {
-	mu    sync.Mutex
-	seen  map[replayKey]struct{}
-	queue []replayEntry // arrival order; queue[head:] are live
-	head  int
+// Replays records the requests seen within the skew window (SPEC §6: a
+// jti is accepted once). The default is this process's memory, which
+// refuses a replay only to the replica that saw the request;
+// internal/sharedstore shares what replicas saw through Redis.
+type Replays interface {
+	// FirstSeen records k until forget and reports whether it was new. An
+	// error means it could not tell, and the request is refused 503.
+	FirstSeen(ctx context.Context, k replay.Key, forget, now time.Time) (bool, error)
 }
 
-type replayKey [16]byte
+// memoryReplays is the default Replays.
+type memoryReplays struct{ c *replay.Cache }
 
-type replayEntry struct {
-	key    replayKey
-	forget int64 // unix time after which the entry may go
-}
-
-func newReplayCache() *replayCache { return &replayCache{seen: map[replayKey]struct{}{}} }
-
-func newReplayKey(session [32]byte, jti string) replayKey {
-	h := sha256.New()
-	h.Write(session[:])
-	h.Write([]byte(jti))
-	var sum [sha256.Size]byte
-	var k replayKey
-	copy(k[:], h.Sum(sum[:0]))
-	return k
-}
-
-// add records a request and reports whether it was new. Entries leave in
-// arrival order once expired; one that expires early waits behind one that
-// expires late, which keeps it longer than needed (at most the skew window
-// again), never shorter.
-func (c *replayCache) add(k replayKey, forget, now time.Time) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for t := now.Unix(); c.head < len(c.queue) && c.queue[c.head].forget < t; c.head++ {
-		delete(c.seen, c.queue[c.head].key)
-	}
-	if c.head > 1024 && c.head > len(c.queue)/2 {
-		c.queue = append(c.queue[:0], c.queue[c.head:]...)
-		c.head = 0
-	}
-	if _, dup := c.seen[k]; dup {
-		return false
-	}
-	c.seen[k] = struct{}{}
-	c.queue = append(c.queue, replayEntry{k, forget.Unix()})
-	return true
-}
-
-func (c *replayCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.seen)
+func (m memoryReplays) FirstSeen(_ context.Context, k replay.Key, forget, now time.Time) (bool, error) {
+	return m.c.Add(k, forget, now), nil
 }
 
 // statusCache remembers, for a short while, which account each credential

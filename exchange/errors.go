@@ -109,8 +109,16 @@ func AsError(err error) *Error {
 // operator must see in the log, with its cause.
 func (e *Error) Unexpected() bool { return e.Code.Status() >= 500 }
 
-// RegistryError is the refusal sent when the account registry (or another
-// store the service shares with its replicas) cannot answer.
+// RegistryError is the refusal sent when the account registry cannot
+// answer.
 func RegistryError(cause error) *Error {
 	return &Error{Code: RegistryUnavailable, Description: "The account registry is not available; try again shortly.", cause: cause}
+}
+
+// SharedStoreError is the refusal sent when the store the service shares
+// with its replicas (the requests seen, the rate limits) cannot answer
+// and the service is set to refuse what it cannot check (SPEC §2 names
+// it with the registry).
+func SharedStoreError(cause error) *Error {
+	return &Error{Code: RegistryUnavailable, Description: "The store this service shares with its replicas is not available; try again shortly.", cause: cause}
 }

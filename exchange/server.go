@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/replay"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 )
@@ -42,13 +43,15 @@ type Server struct {
 	// StatusTTL is how long an account's enabled/disabled status is
 	// trusted (default 10 s).
 	StatusTTL time.Duration
+	// Replays records the requests seen (default: in this process's
+	// memory, which does not reach other replicas).
+	Replays Replays
 	// Now and Rand default to time.Now and crypto/rand.
 	Now  func() time.Time
 	Rand io.Reader
 
 	once    sync.Once
 	tickets *ticketCache
-	replays *replayCache
 	status  *statusCache
 }
 
@@ -63,7 +66,9 @@ func (s *Server) init() {
 			ttl = 10 * time.Second
 		}
 		s.tickets = newTicketCache(size)
-		s.replays = newReplayCache()
+		if s.Replays == nil {
+			s.Replays = memoryReplays{replay.New()}
+		}
 		s.status = &statusCache{ttl: ttl, entries: map[string]statusEntry{}}
 	})
 }

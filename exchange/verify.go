@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/internal/jwc"
+	"github.com/custos-kx/custos/internal/replay"
 	"github.com/custos-kx/custos/internal/ticket"
 	"github.com/custos-kx/custos/internal/wire"
 )
@@ -36,8 +37,8 @@ type SignedRequest struct {
 	// field lines in the order received (an http.Header).
 	Header map[string][]string
 	Body   []byte
-	// Remote is the client's address (an http.Request's RemoteAddr), and
-	// Opens, if set, what limits the ticket opens it may cost.
+	// Remote is the client's address, as the limits count it, and Opens,
+	// if set, what limits the ticket opens it may cost.
 	Remote string
 	Opens  OpenBudget
 }
@@ -47,9 +48,9 @@ type SignedRequest struct {
 type OpenBudget interface {
 	// BeforeOpen is asked before the keystore opens a ticket for remote;
 	// an error refuses the request with it.
-	BeforeOpen(remote string) error
+	BeforeOpen(ctx context.Context, remote string) error
 	// OpenFailed is told that a ticket from remote did not open.
-	OpenFailed(remote string)
+	OpenFailed(ctx context.Context, remote string)
 }
 
 // Accounts is what verification needs of the account registry.
@@ -214,7 +215,11 @@ func (s *Server) checkClaims(ctx context.Context, v *Verified, r *SignedRequest,
 	if skew := now.Sub(iat); skew > jwc.MaxSkew || skew < -jwc.MaxSkew {
 		return badAuth("The token's iat is %s away from the service's clock; the limit is %s. Check the client's clock.", skew.Round(time.Second), jwc.MaxSkew)
 	}
-	if !s.replays.add(newReplayKey(v.entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now) {
+	first, err := s.Replays.FirstSeen(ctx, replay.NewKey(v.entry.key, claims.ID), iat.Add(2*jwc.MaxSkew), now)
+	if err != nil {
+		return SharedStoreError(err)
+	}
+	if !first {
 		return badAuth("This request (jti %s) was already received; sign each request afresh.", wire.Clip(claims.ID))
 	}
 	if subtle.ConstantTimeCompare([]byte(claims.BodyHash), []byte(jwc.BodyHash(r.Body))) != 1 {
@@ -320,14 +325,14 @@ func (s *Server) session(ctx context.Context, token string, r *SignedRequest) (*
 	}
 	cacheStats.misses.Add(1)
 	if r.Opens != nil {
-		if err := r.Opens.BeforeOpen(r.Remote); err != nil {
+		if err := r.Opens.BeforeOpen(ctx, r.Remote); err != nil {
 			return nil, nil, err
 		}
 	}
 	sess, err := s.openTicket(ctx, req.Ticket)
 	if err != nil {
 		if r.Opens != nil && AsError(err).Code == BadAuthentication {
-			r.Opens.OpenFailed(r.Remote)
+			r.Opens.OpenFailed(ctx, r.Remote)
 		}
 		return nil, nil, err
 	}

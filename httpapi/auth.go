@@ -35,7 +35,7 @@ func sessionFrom(ctx context.Context) Session {
 func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
 	return &exchange.SignedRequest{
 		Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Header: r.Header, Body: body,
-		Remote: r.RemoteAddr, Opens: (*openBudget)(s),
+		Remote: s.clientAddress(r), Opens: (*openBudget)(s),
 	}
 }
 
@@ -44,9 +44,13 @@ func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRe
 // forged tickets gets 429 before costing the token much.
 type openBudget Service
 
-func (b *openBudget) BeforeOpen(remote string) error {
+func (b *openBudget) BeforeOpen(ctx context.Context, remote string) error {
 	s := (*Service)(b)
-	if ok, retry := s.failedOpens.peek(addressOf(remote), s.cfg.Now()); !ok {
+	ok, retry, err := s.failedOpens.Peek(ctx, remote)
+	if err != nil {
+		return s.refusal("rate limit", exchange.SharedStoreError(err))
+	}
+	if !ok {
 		e := exchange.Errorf(exchange.RateLimited, "Too many session tickets from your address did not open; retry after %ss, or run a new exchange.", retryAfter(retry))
 		e.RetryAfter = retry
 		return e
@@ -54,7 +58,11 @@ func (b *openBudget) BeforeOpen(remote string) error {
 	return nil
 }
 
-func (b *openBudget) OpenFailed(remote string) { b.failedOpens.allow(addressOf(remote), b.cfg.Now()) }
+func (b *openBudget) OpenFailed(ctx context.Context, remote string) {
+	if _, _, err := b.failedOpens.Allow(ctx, remote); err != nil {
+		(*Service)(b).refusal("rate limit", exchange.SharedStoreError(err))
+	}
+}
 
 // authenticated wraps a handler (SPEC §6): it verifies the request; sends
 // a refusal unsigned if the MAC did not verify and signed if it did;
@@ -157,7 +165,7 @@ func (s *Service) logRequest(r *http.Request, v *exchange.Verified, status int, 
 	s.log.LogAttrs(r.Context(), level, "request", slog.String("account", account), slog.String("kid", kid),
 		slog.String("method", r.Method), slog.String("path", r.URL.Path), slog.Int("status", status),
 		slog.String("result", result), slog.Float64("duration_ms", ms(s.cfg.Now().Sub(start))),
-		slog.String("client", clientAddress(r)), slog.String("request_id", id))
+		slog.String("client", s.clientAddress(r)), slog.String("request_id", id))
 }
 
 // refuse sends the service's own refusal of an authenticated request:

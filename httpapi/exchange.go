@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
@@ -31,8 +32,8 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		e   *exchange.Error
 	)
 	var body []byte
-	if ok, retry := s.byAddress.allow(clientAddress(r), start); !ok {
-		e = rateLimited("your address", retry)
+	if e = s.take(r.Context(), s.byAddress, s.clientAddress(r), "your address"); e != nil {
+		// refused before reading the body
 	} else if body, e = s.readExchangeBody(w, r); e != nil {
 		// refused before taking a turn: a slow upload holds no slot
 	} else if e = s.takeTurn(r); e == nil {
@@ -51,7 +52,7 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 	d := s.cfg.Now().Sub(start)
 	exchangesTotal.WithLabelValues(who.profileLabel(), kind, result).Inc()
 	exchangeDuration.WithLabelValues(kind).Observe(d.Seconds())
-	s.log.Info(kind, "account", who.account, "kid", who.kid, "profile", who.profileLabel(), "result", result, "duration_ms", ms(d), "client", clientAddress(r))
+	s.log.Info(kind, "account", who.account, "kid", who.kid, "profile", who.profileLabel(), "result", result, "duration_ms", ms(d), "client", s.clientAddress(r))
 }
 
 // party is who an exchange or rekey was from, as far as it got: the
@@ -108,11 +109,8 @@ func (s *Service) takeTurn(r *http.Request) *exchange.Error {
 }
 
 // accountTurn applies the per-account limit.
-func (s *Service) accountTurn(account string) *exchange.Error {
-	if ok, retry := s.byAccount.allow(account, s.cfg.Now()); !ok {
-		return rateLimited("account "+account, retry)
-	}
-	return nil
+func (s *Service) accountTurn(ctx context.Context, account string) *exchange.Error {
+	return s.take(ctx, s.byAccount, account, "account "+account)
 }
 
 // exchange follows the SPEC's order of work: parse, validate both keys,
@@ -142,7 +140,7 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) 
 	if disabled {
 		return who, exchange.Errorf(exchange.AccountDisabled, "The account %s is disabled.", account)
 	}
-	if e := s.accountTurn(account); e != nil {
+	if e := s.accountTurn(r.Context(), account); e != nil {
 		return who, e
 	}
 	resp, err := s.cfg.Engine.Exchange(r.Context(), req, account)
@@ -157,7 +155,7 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) 
 // the old session's RK (typ jwc-rekey), and answers it.
 func (s *Service) rekey(w http.ResponseWriter, r *http.Request, body []byte) (party, *exchange.Error) {
 	resp, sess, err := s.cfg.Engine.Rekey(r.Context(), s.signedRequest(r, body), func(account string) error {
-		if e := s.accountTurn(account); e != nil {
+		if e := s.accountTurn(r.Context(), account); e != nil {
 			return e
 		}
 		return nil

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
+	"net/netip"
 	"net/http/httputil"
 	"net/url"
 	"runtime"
@@ -36,8 +37,10 @@ type Accounts interface {
 type Config struct {
 	Engine   *exchange.Server
 	Accounts Accounts
-	// Ready reports whether the token answers, for /readyz.
-	Ready func(ctx context.Context) error
+	// Ready reports whether the service can serve, for /readyz; ReadyNote,
+	// if set, adds what an operator should know of a service that can.
+	Ready     func(ctx context.Context) error
+	ReadyNote func() string
 	// Upstream, if set, receives every authenticated request that is not a
 	// built-in endpoint, with the account in a Custos-Account header.
 	Upstream *url.URL
@@ -66,6 +69,11 @@ type Config struct {
 	TokenSessions int
 	// Limits bound exchanges and rekeys per client address and per account.
 	Limits Limits
+	// TrustedProxies are the load balancers and proxies in front of the
+	// service, whose X-Forwarded-For names the client the limits count.
+	TrustedProxies []netip.Prefix
+	// Limiter makes the limits' buckets (default: in this process's memory).
+	Limiter NewLimiter
 	Now    func() time.Time
 }
 
@@ -79,10 +87,10 @@ type Service struct {
 	// counts those waiting for one.
 	exchanges chan struct{}
 	queued    atomic.Int64
-	byAddress *buckets
-	byAccount *buckets
+	byAddress Limiter
+	byAccount Limiter
 	// failedOpens counts, per address, tickets that did not open.
-	failedOpens *buckets
+	failedOpens Limiter
 	requests    atomic.Uint64 // answered authenticated requests, for log sampling
 }
 
@@ -107,9 +115,9 @@ func New(cfg Config) *Service {
 	s := &Service{
 		cfg:         cfg,
 		exchanges:   make(chan struct{}, cfg.MaxExchanges),
-		byAddress:   newBuckets(cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
-		byAccount:   newBuckets(cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
-		failedOpens: newBuckets(cfg.Limits.FailedOpens, cfg.Limits.FailedOpenBurst),
+		byAddress:   cfg.newLimiter("address", cfg.Limits.PerAddress, cfg.Limits.AddressBurst),
+		byAccount:   cfg.newLimiter("account", cfg.Limits.PerAccount, cfg.Limits.AccountBurst),
+		failedOpens: cfg.newLimiter("failed-open", cfg.Limits.FailedOpens, cfg.Limits.FailedOpenBurst),
 		log:         cfg.Logger,
 		mux:         http.NewServeMux(),
 	}
@@ -301,7 +309,13 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 		defer cancel()
 		if err := s.cfg.Ready(ctx); err != nil {
 			w.Header().Set("Retry-After", "1")
-			http.Error(w, "the key store is not available", http.StatusServiceUnavailable)
+			http.Error(w, "not ready: a part the service needs (the key store, or the shared store) does not answer; the service log says which", http.StatusServiceUnavailable)
+			return
+		}
+	}
+	if s.cfg.ReadyNote != nil {
+		if note := s.cfg.ReadyNote(); note != "" {
+			w.Write([]byte("ready; " + note + "\n"))
 			return
 		}
 	}

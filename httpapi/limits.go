@@ -1,17 +1,17 @@
 package httpapi
 
 import (
+	"context"
 	"math"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
-	"sync"
+	"strings"
 	"time"
 
-	"golang.org/x/time/rate"
-
 	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/internal/ratelimit"
 )
 
 // Limits bound what one client can make the service spend on exchanges
@@ -76,73 +76,66 @@ func (l Limits) withDefaults(maxExchanges int) Limits {
 	return l
 }
 
-// buckets holds one token bucket per key, forgetting buckets that have
-// been idle long enough to be full again.
-type buckets struct {
-	rate  rate.Limit
-	burst int
-	mu    sync.Mutex
-	m     map[string]*bucket
-	swept time.Time
+// Limiter is one rate limit, kept per key (an address, an account). The
+// default keeps its buckets in this process's memory, so N replicas allow N
+// times the rate; internal/sharedstore shares them through Redis.
+type Limiter interface {
+	// Allow takes a token for key, or says how long until one is
+	// available. An error means it could not tell, and the request is
+	// refused 503.
+	Allow(ctx context.Context, key string) (ok bool, retry time.Duration, err error)
+	// Peek says whether key has a token, without taking it.
+	Peek(ctx context.Context, key string) (ok bool, retry time.Duration, err error)
 }
 
-type bucket struct {
-	lim  *rate.Limiter
-	seen time.Time
+// NewLimiter makes the Limiter named name ("address", "account",
+// "failed-open") of perSecond tokens a second and bursts of burst.
+type NewLimiter func(name string, perSecond float64, burst int) Limiter
+
+// memoryLimiter is the default Limiter.
+type memoryLimiter struct {
+	b   *ratelimit.Buckets
+	now func() time.Time
 }
 
-func newBuckets(perSecond float64, burst int) *buckets {
-	if perSecond < 0 {
-		return nil
-	}
-	return &buckets{rate: rate.Limit(perSecond), burst: burst, m: map[string]*bucket{}}
+func (m memoryLimiter) Allow(_ context.Context, key string) (bool, time.Duration, error) {
+	ok, retry := m.b.Allow(key, m.now())
+	return ok, retry, nil
 }
 
-// allow takes a token for key, or says how long until one is available.
-func (b *buckets) allow(key string, now time.Time) (ok bool, retry time.Duration) {
-	if b == nil {
-		return true, 0
-	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if now.Sub(b.swept) > time.Minute {
-		full := time.Duration(float64(b.burst)/float64(b.rate)*float64(time.Second)) + time.Second
-		for k, e := range b.m {
-			if now.Sub(e.seen) > full {
-				delete(b.m, k)
-			}
-		}
-		b.swept = now
-	}
-	e := b.m[key]
-	if e == nil {
-		e = &bucket{lim: rate.NewLimiter(b.rate, b.burst)}
-		b.m[key] = e
-	}
-	e.seen = now
-	r := e.lim.ReserveN(now, 1)
-	if d := r.DelayFrom(now); d > 0 {
-		r.CancelAt(now)
-		return false, d
-	}
-	return true, 0
+func (m memoryLimiter) Peek(_ context.Context, key string) (bool, time.Duration, error) {
+	ok, retry := m.b.Peek(key, m.now())
+	return ok, retry, nil
 }
 
-// peek says whether key has a token, without taking it.
-func (b *buckets) peek(key string, now time.Time) (ok bool, retry time.Duration) {
-	if b == nil {
-		return true, 0
+// unlimited is the Limiter of a limit turned off.
+type unlimited struct{}
+
+func (unlimited) Allow(context.Context, string) (bool, time.Duration, error) { return true, 0, nil }
+func (unlimited) Peek(context.Context, string) (bool, time.Duration, error)  { return true, 0, nil }
+
+// newLimiter makes a limit of cfg, turned off when perSecond is negative.
+func (cfg *Config) newLimiter(name string, perSecond float64, burst int) Limiter {
+	switch {
+	case perSecond < 0:
+		return unlimited{}
+	case cfg.Limiter != nil:
+		return cfg.Limiter(name, perSecond, burst)
 	}
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	e := b.m[key]
-	if e == nil {
-		return true, 0
+	return memoryLimiter{ratelimit.New(perSecond, burst), cfg.Now}
+}
+
+// take applies the limit l to key: nil when a token was taken, else the
+// refusal to send.
+func (s *Service) take(ctx context.Context, l Limiter, key, who string) *exchange.Error {
+	ok, retry, err := l.Allow(ctx, key)
+	if err != nil {
+		return s.refusal("rate limit", exchange.SharedStoreError(err))
 	}
-	r := e.lim.ReserveN(now, 1)
-	d := r.DelayFrom(now)
-	r.CancelAt(now)
-	return d <= 0, d
+	if !ok {
+		return rateLimited(who, retry)
+	}
+	return nil
 }
 
 func rateLimited(who string, retry time.Duration) *exchange.Error {
@@ -155,23 +148,56 @@ func retryAfter(d time.Duration) string {
 	return strconv.Itoa(max(1, int(math.Ceil(d.Seconds()))))
 }
 
-// clientAddress is the peer's IP address. Behind a proxy, every client has
-// the proxy's address: raise PerAddress or turn it off there.
-// clientAddress is what the per-address limit counts: the client's IPv4
+// clientAddress is what the per-address limits count: the client's IPv4
 // address, or the /64 of its IPv6 address, since one host is commonly
-// given a whole /64 and could otherwise rotate through it.
-func clientAddress(r *http.Request) string { return addressOf(r.RemoteAddr) }
+// given a whole /64 and could otherwise rotate through it. Behind a load
+// balancer or proxy in Config.TrustedProxies, the client is the last
+// address in X-Forwarded-For that is not itself a trusted proxy: the
+// entries before it are whatever the client chose to send.
+func (s *Service) clientAddress(r *http.Request) string {
+	peer, ok := parseAddr(r.RemoteAddr)
+	if !ok {
+		return r.RemoteAddr
+	}
+	if s.trusted(peer) {
+		fwd := r.Header.Values("X-Forwarded-For")
+		for i := len(fwd) - 1; i >= 0; i-- {
+			hops := strings.Split(fwd[i], ",")
+			for j := len(hops) - 1; j >= 0; j-- {
+				ip, err := netip.ParseAddr(strings.TrimSpace(hops[j]))
+				if err != nil {
+					return maskAddr(peer) // a hop the proxy did not write: stop at the proxy
+				}
+				if peer = ip.Unmap(); !s.trusted(peer) {
+					return maskAddr(peer)
+				}
+			}
+		}
+	}
+	return maskAddr(peer)
+}
 
-func addressOf(remote string) string {
+func (s *Service) trusted(ip netip.Addr) bool {
+	for _, p := range s.cfg.TrustedProxies {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+// parseAddr is the IP address of a host:port.
+func parseAddr(remote string) (netip.Addr, bool) {
 	host, _, err := net.SplitHostPort(remote)
 	if err != nil {
-		return remote
+		return netip.Addr{}, false
 	}
 	ip, err := netip.ParseAddr(host)
-	if err != nil {
-		return host
-	}
-	if ip = ip.Unmap(); ip.Is6() {
+	return ip.Unmap(), err == nil
+}
+
+func maskAddr(ip netip.Addr) string {
+	if ip.Is6() {
 		return netip.PrefixFrom(ip, 64).Masked().String()
 	}
 	return ip.String()

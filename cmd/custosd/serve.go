@@ -8,10 +8,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -24,6 +26,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/httpapi"
+	"github.com/custos-kx/custos/internal/sharedstore"
 	"github.com/custos-kx/custos/internal/version"
 	"github.com/custos-kx/custos/keystore/p11"
 )
@@ -47,6 +50,10 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	if limits.PerAccount, limits.AccountBurst, err = rateSetting("rate-per-account", c.RatePerAcct); err != nil {
+		return err
+	}
+	proxies, err := trustedProxies(c.TrustedProxies)
+	if err != nil {
 		return err
 	}
 	tlsOn := c.TLSCert != "" || c.TLSKey != ""
@@ -96,11 +103,23 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 	defer reg.Close()
 
+	var shared *sharedstore.Store
+	if c.SharedStore != "" {
+		shared, err = sharedstore.Open(ctx, c.SharedStore, sharedstore.Options{FailOpen: c.SharedFailure == "open", Logger: log})
+		if err != nil {
+			return err
+		}
+		defer shared.Close()
+	}
+
 	metrics := prometheus.NewRegistry()
 	metrics.MustRegister(hsm.Collectors()...)
 	metrics.MustRegister(httpapi.Collectors()...)
 	metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics.MustRegister(serviceCollectors(ks, reg)...)
+	if shared != nil {
+		metrics.MustRegister(sharedstore.Collectors()...)
+	}
 	// With --metrics-listen, /metrics is served there alone (an address
 	// operators reach and clients do not), not beside the API.
 	apiMetrics := metrics
@@ -119,18 +138,38 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	}
 
 	reqLevel, reqOff := c.requestLogging()
-	svc := httpapi.New(httpapi.Config{
+	cfg := httpapi.Config{
 		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
-		MaxExchanges:  c.MaxExch,
-		TokenSessions: c.MaxSessions,
-		Limits:        limits,
-		Engine:        &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
-		Accounts:      reg,
-		Ready:         tok.Healthy,
-		Upstream:      upstream,
-		Metrics:       apiMetrics,
-		Logger:        log,
-	})
+		MaxExchanges:   c.MaxExch,
+		TokenSessions:  c.MaxSessions,
+		Limits:         limits,
+		TrustedProxies: proxies,
+		Engine:         &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
+		Accounts:       reg,
+		Ready:          tok.Healthy,
+		Upstream:       upstream,
+		Metrics:        apiMetrics,
+		Logger:         log,
+	}
+	if shared != nil {
+		cfg.Engine.Replays = shared
+		cfg.Limiter = func(name string, perSecond float64, burst int) httpapi.Limiter {
+			return shared.Limiter(name, perSecond, burst)
+		}
+		cfg.Ready = func(ctx context.Context) error {
+			if err := shared.Ready(ctx); err != nil {
+				return err
+			}
+			return tok.Healthy(ctx)
+		}
+		cfg.ReadyNote = func() string {
+			if !shared.Up() {
+				return "the shared store does not answer: replays and rate limits are checked by this replica alone"
+			}
+			return ""
+		}
+	}
+	svc := httpapi.New(cfg)
 	ln, err := net.Listen("tcp", c.Listen)
 	if err != nil {
 		return err
@@ -148,7 +187,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if tlsOn {
 		scheme = "https"
 	}
-	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credentials", slog.GroupValue(served...), "token", tok.Label(), "registry", c.registryName(), "upstream", c.Upstream)
+	log.Info("serving", "url", scheme+"://"+ln.Addr().String()+httpapi.WellKnown, "credentials", slog.GroupValue(served...), "token", tok.Label(), "registry", c.registryName(), "shared_store", c.sharedStoreName(), "upstream", c.Upstream)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsOn {
@@ -174,6 +213,38 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		return err
 	}
 	return nil
+}
+
+// sharedStoreName says, for the log, what replays and rate limits are
+// shared through.
+func (c *config) sharedStoreName() string {
+	if c.SharedStore == "" {
+		return "none (this replica alone)"
+	}
+	u, err := url.Parse(c.SharedStore)
+	if err != nil {
+		return "redis"
+	}
+	return u.Redacted() + " (on failure: " + c.SharedFailure + ")"
+}
+
+// trustedProxies parses --trusted-proxies: addresses or CIDR prefixes,
+// separated by commas.
+func trustedProxies(list string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, f := range strings.Split(list, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(f); err == nil {
+			out = append(out, p.Masked())
+		} else if a, err := netip.ParseAddr(f); err == nil {
+			out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+		} else {
+			return nil, usageError(fmt.Sprintf("--trusted-proxies %q: %q is neither an address nor a CIDR prefix, like 10.0.0.0/8", list, f))
+		}
+	}
+	return out, nil
 }
 
 // loopback reports whether addr (host:port) is on a loopback interface.

@@ -1,0 +1,246 @@
+package sharedstore
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/custos-kx/custos/internal/replay"
+	"github.com/custos-kx/custos/tests/cluster"
+)
+
+func startRedis(t *testing.T) *cluster.Redis {
+	t.Helper()
+	if m := cluster.Missing(); len(m) > 0 && m[0] == "redis-server" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("redis-server is not installed")
+		}
+		t.Skip("redis-server is not installed")
+	}
+	r, err := cluster.StartRedis(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// replicas opens n Stores on r, as n replicas would.
+func replicas(t *testing.T, r *cluster.Redis, n int, failOpen bool) []*Store {
+	t.Helper()
+	var out []*Store
+	for range n {
+		s, err := Open(context.Background(), r.URL(), Options{FailOpen: failOpen, ProbeInterval: 50 * time.Millisecond, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		out = append(out, s)
+	}
+	return out
+}
+
+func newKey() replay.Key {
+	var k replay.Key
+	rand.Read(k[:])
+	return k
+}
+
+func seen(t *testing.T, s *Store, k replay.Key) (bool, error) {
+	t.Helper()
+	now := time.Now()
+	return s.FirstSeen(context.Background(), k, now.Add(2*time.Minute), now)
+}
+
+func mustFirst(t *testing.T, s *Store, k replay.Key, want bool, what string) {
+	t.Helper()
+	first, err := seen(t, s, k)
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if first != want {
+		t.Fatalf("%s: first seen = %v, want %v", what, first, want)
+	}
+}
+
+func waitUp(t *testing.T, stores ...*Store) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, s := range stores {
+		err := cluster.Wait(ctx, func() error {
+			if !s.Up() {
+				return errors.New("the store is not up")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestReplaySharedAcrossReplicas: a request seen by one replica is
+// refused by another, and by the first again.
+func TestReplaySharedAcrossReplicas(t *testing.T) {
+	s := replicas(t, startRedis(t), 2, false)
+	k := newKey()
+	mustFirst(t, s[0], k, true, "first sight")
+	mustFirst(t, s[1], k, false, "replayed to the other replica")
+	mustFirst(t, s[0], k, false, "replayed to the same replica")
+	mustFirst(t, s[1], newKey(), true, "another request")
+}
+
+// TestFailClosed: while Redis is down, requests are refused (not accepted
+// on one replica's word), readiness says so, and once it is back — empty,
+// as a restart without persistence leaves it — what each replica saw
+// before is refused by the others too.
+func TestFailClosed(t *testing.T) {
+	r := startRedis(t)
+	s := replicas(t, r, 2, false)
+	before := newKey()
+	mustFirst(t, s[0], before, true, "before the outage")
+
+	r.Stop()
+	if _, err := seen(t, s[0], newKey()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("with Redis down, a request was answered %v, want ErrUnavailable", err)
+	}
+	if _, err := seen(t, s[1], newKey()); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("with Redis down, a request on the other replica was answered %v, want ErrUnavailable", err)
+	}
+	if s[0].Ready(context.Background()) == nil || s[0].Up() {
+		t.Fatal("with Redis down and failing closed, the store says it is ready")
+	}
+	lim := s[0].Limiter("address", 100, 10)
+	if _, _, err := lim.Allow(context.Background(), "192.0.2.1"); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("with Redis down, a rate limit answered %v, want ErrUnavailable", err)
+	}
+
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUp(t, s...)
+	mustFirst(t, s[1], before, false, "a request from before the outage, replayed to the other replica after Redis came back empty")
+	if s[0].Ready(context.Background()) != nil {
+		t.Fatal("Redis is back, and the store is not ready")
+	}
+}
+
+// TestFailOpen: while Redis is down each replica checks requests against
+// its own memory and keeps serving; once Redis is back, what a replica saw
+// meanwhile is refused by every other.
+func TestFailOpen(t *testing.T) {
+	r := startRedis(t)
+	s := replicas(t, r, 2, true)
+	before := newKey()
+	mustFirst(t, s[0], before, true, "before the outage")
+
+	r.Stop()
+	during := newKey()
+	mustFirst(t, s[0], during, true, "during the outage")
+	mustFirst(t, s[0], during, false, "replayed to the same replica during the outage")
+	if s[0].Ready(context.Background()) != nil {
+		t.Fatal("failing open, the store is not ready while Redis is down")
+	}
+	if s[0].Up() {
+		t.Fatal("with Redis down, the store says it is up")
+	}
+	lim := s[0].Limiter("address", 1, 2)
+	for i, want := range []bool{true, true, false} {
+		ok, _, err := lim.Allow(context.Background(), "192.0.2.1")
+		if err != nil || ok != want {
+			t.Fatalf("during the outage, rate-limited request %d: %v, %v; want %v (this replica's own bucket)", i, ok, err, want)
+		}
+	}
+
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitUp(t, s...)
+	mustFirst(t, s[1], during, false, "a request seen during the outage, replayed to the other replica after")
+	mustFirst(t, s[1], before, false, "a request seen before the outage, replayed to the other replica after Redis came back empty")
+}
+
+// TestLostDataRestored: Redis restarted between two probes, so that no
+// command failed; the replicas notice that it lost what it held.
+func TestLostDataRestored(t *testing.T) {
+	r := startRedis(t)
+	s := replicas(t, r, 2, false)
+	k := newKey()
+	mustFirst(t, s[0], k, true, "first sight")
+	r.Stop()
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	// Asking the other replica would record the request there; ask Redis.
+	err := cluster.Wait(ctx, func() error {
+		if n, err := s[1].rdb.Exists(ctx, replayPrefix+string(k[:])).Result(); err != nil || n != 1 {
+			return fmt.Errorf("the request seen before the restart is not in Redis again (%v)", err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustFirst(t, s[1], k, false, "replayed to the other replica after the restart")
+}
+
+// TestLimitsShared: one rate across replicas; Peek takes nothing; a rate
+// below one a second works.
+func TestLimitsShared(t *testing.T) {
+	s := replicas(t, startRedis(t), 3, false)
+	ctx := context.Background()
+	var lims []*Limiter
+	for _, st := range s {
+		lims = append(lims, st.Limiter("account", 0.5, 4))
+	}
+	for range 3 {
+		if ok, _, err := lims[0].Peek(ctx, "alice"); !ok || err != nil {
+			t.Fatalf("peek: %v %v", ok, err)
+		}
+	}
+	for i := range 4 {
+		if ok, _, err := lims[i%3].Allow(ctx, "alice"); !ok || err != nil {
+			t.Fatalf("request %d of the burst of 4 was refused: %v", i, err)
+		}
+	}
+	for i, l := range lims {
+		ok, retry, err := l.Allow(ctx, "alice")
+		if ok || err != nil {
+			t.Fatalf("replica %d allowed a fifth request in the burst of 4: %v", i, err)
+		}
+		if retry < time.Second || retry > 2*time.Second {
+			t.Fatalf("replica %d: retry after %s, want about 2 s at 0.5/s", i, retry)
+		}
+		if ok, _, _ := l.Peek(ctx, "alice"); ok {
+			t.Fatalf("replica %d: peek says a token is left", i)
+		}
+	}
+	if ok, _, err := lims[1].Allow(ctx, "bob"); !ok || err != nil {
+		t.Fatal("another key is limited with alice")
+	}
+}
+
+// TestOpenRefusesBadURLs: a wrong URL or an address nothing answers on is
+// an error at start, which names it without its password.
+func TestOpenRefusesBadURLs(t *testing.T) {
+	addr, _ := cluster.FreeAddr()
+	for url, want := range map[string]string{
+		"http://example.com":                 "is not a redis://",
+		"redis://:hunter2@" + addr:           "does not answer",
+		"unix:///nonexistent/custos-redis.s": "does not answer",
+	} {
+		_, err := Open(context.Background(), url, Options{Timeout: 100 * time.Millisecond})
+		if err == nil || !strings.Contains(err.Error(), want) || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Open(%q) = %v, want an error saying %q without the password", url, err, want)
+		}
+	}
+}

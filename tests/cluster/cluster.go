@@ -1,0 +1,331 @@
+// Package cluster runs the parts of a replicated deployment on loopback,
+// for the replica tests and the scale-out benchmark: redis-server, custosd
+// replicas, and haproxy balancing between them. Every part is a real
+// process of the machine's own packages, in a directory of the caller's.
+package cluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// FreeAddr is a loopback address with a port nothing listens on now.
+func FreeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	defer l.Close()
+	return l.Addr().String(), nil
+}
+
+// Missing says which of the programs the cluster needs are not installed.
+func Missing() []string {
+	var missing []string
+	for _, p := range []string{"redis-server", "haproxy"} {
+		if _, err := lookPath(p); err != nil {
+			missing = append(missing, p)
+		}
+	}
+	return missing
+}
+
+func lookPath(name string) (string, error) {
+	if p, err := exec.LookPath(name); err == nil {
+		return p, nil
+	}
+	for _, dir := range []string{"/usr/sbin", "/usr/bin", "/usr/local/bin"} {
+		if p := filepath.Join(dir, name); isExecutable(p) {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("%s is not installed (apt-get install %s)", name, name)
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode()&0o111 != 0
+}
+
+// process is a child process and what it printed.
+type process struct {
+	cmd  *exec.Cmd
+	mu   sync.Mutex
+	logs bytes.Buffer
+	done chan struct{}
+}
+
+func (p *process) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.Write(b)
+}
+
+// Logs is what the process printed so far.
+func (p *process) Logs() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.logs.String()
+}
+
+func start(name string, args, env []string) (*process, error) {
+	path, err := lookPath(name)
+	if err != nil {
+		return nil, err
+	}
+	return startPath(path, args, env)
+}
+
+// signal sends sig and waits up to 10 s for the process to end.
+func (p *process) signal(sig syscall.Signal) {
+	if p == nil {
+		return
+	}
+	p.cmd.Process.Signal(sig)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
+	}
+}
+
+func (p *process) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitUntil polls ready every 20 ms until it returns nil, the process
+// exits, or the deadline passes.
+func waitUntil(p *process, what string, d time.Duration, ready func() error) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := ready()
+		if err == nil {
+			return nil
+		}
+		if p.exited() {
+			return fmt.Errorf("%s exited before it was ready: %v\n%s", what, err, p.Logs())
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not ready after %s: %v\n%s", what, d, err, p.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// Redis is a redis-server on a loopback port, without persistence: a
+// restart loses what it held, as a cache node's restart does.
+type Redis struct {
+	Addr string
+	dir  string
+	proc *process
+}
+
+// StartRedis starts redis-server with its files in dir.
+func StartRedis(dir string) (*Redis, error) {
+	addr, err := FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{Addr: addr, dir: dir}
+	return r, r.Start()
+}
+
+// URL is the redis:// URL custosd's --shared-store takes.
+func (r *Redis) URL() string { return "redis://" + r.Addr }
+
+// Start starts the server again on its address, empty, after Stop.
+func (r *Redis) Start() error {
+	_, port, _ := net.SplitHostPort(r.Addr)
+	p, err := start("redis-server", []string{"--bind", "127.0.0.1", "--port", port, "--dir", r.dir,
+		"--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--protected-mode", "no"}, os.Environ())
+	if err != nil {
+		return err
+	}
+	r.proc = p
+	return waitUntil(p, "redis-server", 10*time.Second, func() error {
+		c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(time.Second))
+		if _, err := c.Write([]byte("PING\r\n")); err != nil {
+			return err
+		}
+		buf := make([]byte, 16)
+		n, err := c.Read(buf)
+		if err != nil || !strings.HasPrefix(string(buf[:n]), "+PONG") {
+			return fmt.Errorf("PING answered %q, %v", buf[:n], err)
+		}
+		return nil
+	})
+}
+
+// Stop kills the server at once, as a crash or a lost host would.
+func (r *Redis) Stop() { r.proc.signal(syscall.SIGKILL) }
+
+// Replica is a custosd serve process.
+type Replica struct {
+	Addr string
+	URL  string
+	proc *process
+}
+
+// StartReplica starts `custosd serve` (the binary custosd) on addr with
+// env, and waits until its /readyz answers 200.
+func StartReplica(custosd, addr string, env []string) (*Replica, error) {
+	p, err := startPath(custosd, []string{"serve"}, append(env, "CUSTOS_LISTEN="+addr))
+	if err != nil {
+		return nil, err
+	}
+	r := &Replica{Addr: addr, URL: "http://" + addr, proc: p}
+	err = waitUntil(p, "custosd on "+addr, 20*time.Second, func() error {
+		resp, err := http.Get(r.URL + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("/readyz answered %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		r.Kill()
+	}
+	return r, err
+}
+
+func startPath(path string, args, env []string) (*process, error) {
+	p := &process{cmd: exec.Command(path, args...), done: make(chan struct{})}
+	p.cmd.Env = env
+	p.cmd.Stdout, p.cmd.Stderr = p, p
+	if err := p.cmd.Start(); err != nil {
+		return nil, err
+	}
+	go func() { p.cmd.Wait(); close(p.done) }()
+	return p, nil
+}
+
+// Logs is what the replica printed so far.
+func (r *Replica) Logs() string { return r.proc.Logs() }
+
+// Stop ends the replica as an operator would: SIGTERM, in-flight work finished.
+func (r *Replica) Stop() { r.proc.signal(syscall.SIGTERM) }
+
+// Kill ends the replica at once, as a crash would.
+func (r *Replica) Kill() { r.proc.signal(syscall.SIGKILL) }
+
+// PID is the replica's process id.
+func (r *Replica) PID() int { return r.proc.cmd.Process.Pid }
+
+// Balancer is haproxy in HTTP mode in front of replicas: round robin, no
+// affinity, X-Forwarded-For added, each server health-checked on /readyz
+// every 100 ms, and a request whose connection to a server failed sent to
+// another. A request a server took and did not answer is not retried: it
+// may have been acted on (and, signed, would be refused as a replay).
+type Balancer struct {
+	Addr string
+	URL  string
+	proc *process
+}
+
+// StartBalancer starts haproxy on a free loopback port, with its
+// configuration in dir, balancing between the servers at backends.
+func StartBalancer(dir string, backends []string) (*Balancer, error) {
+	addr, err := FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	var servers strings.Builder
+	for i, b := range backends {
+		fmt.Fprintf(&servers, "    server r%d %s check\n", i, b)
+	}
+	conf := fmt.Sprintf(`global
+    maxconn 20000
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 60s
+    timeout server 60s
+    timeout http-keep-alive 60s
+    retries 3
+    option redispatch 1
+    retry-on conn-failure
+frontend api
+    bind %s
+    option forwardfor
+    default_backend replicas
+backend replicas
+    balance roundrobin
+    option httpchk GET /readyz
+    http-check expect status 200
+    default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2 maxconn 2000
+%s`, addr, servers.String())
+	file := filepath.Join(dir, "haproxy.cfg")
+	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := start("haproxy", []string{"-db", "-f", file}, os.Environ())
+	if err != nil {
+		return nil, err
+	}
+	b := &Balancer{Addr: addr, URL: "http://" + addr, proc: p}
+	err = waitUntil(p, "haproxy", 10*time.Second, func() error {
+		resp, err := http.Get(b.URL + "/readyz")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("/readyz through haproxy answered %d", resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		b.Stop()
+	}
+	return b, err
+}
+
+// Logs is what haproxy printed so far.
+func (b *Balancer) Logs() string { return b.proc.Logs() }
+
+// Stop ends haproxy.
+func (b *Balancer) Stop() { b.proc.signal(syscall.SIGTERM) }
+
+// PID is haproxy's process id.
+func (b *Balancer) PID() int { return b.proc.cmd.Process.Pid }
+
+// Wait polls cond every 20 ms until it returns nil or ctx ends, and
+// returns cond's last error then.
+func Wait(ctx context.Context, cond func() error) error {
+	for {
+		err := cond()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(ctx.Err(), err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
