@@ -11,8 +11,8 @@ import (
 	"log/slog"
 	"mime"
 	"net/http"
-	"net/netip"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"runtime"
 	"strconv"
@@ -74,7 +74,7 @@ type Config struct {
 	TrustedProxies []netip.Prefix
 	// Limiter makes the limits' buckets (default: in this process's memory).
 	Limiter NewLimiter
-	Now    func() time.Time
+	Now     func() time.Time
 }
 
 // Service serves the Custos HTTP API.

@@ -70,4 +70,3 @@ func (b *Buckets) Peek(key string, now time.Time) (ok bool, retry time.Duration)
 	r.CancelAt(now)
 	return d <= 0, d
 }
-
