@@ -259,7 +259,7 @@ func StartBalancer(dir string, backends []string) (*Balancer, error) {
 		fmt.Fprintf(&servers, "    server r%d %s check\n", i, b)
 	}
 	conf := fmt.Sprintf(`global
-    maxconn 20000
+    maxconn 4096
 defaults
     mode http
     timeout connect 1s
@@ -277,7 +277,7 @@ backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2 maxconn 2000
+    default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2 maxconn 1000
 %s`, addr, servers.String())
 	file := filepath.Join(dir, "haproxy.cfg")
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
