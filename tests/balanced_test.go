@@ -404,18 +404,19 @@ func (b *balanced) testDisable(t *testing.T) {
 }
 
 // load runs workers clients through the balancer, each with a session of
-// its own, sending authenticated requests until stop is closed; every
-// rekeyEvery-th request of a worker is preceded by a rekey. It returns the
-// requests answered 200 and the failures, by what went wrong.
+// its own, sending authenticated requests until stop is closed, and
+// rekeying every rekeyEvery (0: never), within the per-address limit. It
+// returns the requests answered 200 and the failures, by what went wrong.
 type load struct {
 	ok       atomic.Int64
+	rekeys   atomic.Int64
 	mu       sync.Mutex
 	failures map[string]int
 	wg       sync.WaitGroup
 	stop     chan struct{}
 }
 
-func (b *balanced) startLoad(t *testing.T, workers, rekeyEvery int) *load {
+func (b *balanced) startLoad(t *testing.T, workers int, rekeyEvery time.Duration) *load {
 	t.Helper()
 	l := &load{failures: map[string]int{}, stop: make(chan struct{})}
 	ctx := context.Background()
@@ -428,17 +429,20 @@ func (b *balanced) startLoad(t *testing.T, workers, rekeyEvery int) *load {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
-			for i := 1; ; i++ {
+			rekeyed := time.Now()
+			for {
 				select {
 				case <-l.stop:
 					return
 				default:
 				}
-				if rekeyEvery > 0 && i%rekeyEvery == 0 {
+				if rekeyEvery > 0 && time.Since(rekeyed) > rekeyEvery {
+					rekeyed = time.Now()
 					if err := tr.Rekey(ctx, b.lb.URL); err != nil {
 						l.fail("rekey: " + err.Error())
 						continue
 					}
+					l.rekeys.Add(1)
 				}
 				resp, err := hc.Get(b.lb.URL + "/v1/whoami")
 				if err != nil {
@@ -492,7 +496,7 @@ func (l *load) waitRequests(t *testing.T, n int64) {
 // exchange, rekey and send requests through the balancer: no request fails
 // on any replica.
 func (b *balanced) testRotation(t *testing.T) {
-	l := b.startLoad(t, 6, 20)
+	l := b.startLoad(t, 6, 250*time.Millisecond)
 	l.waitRequests(t, 300)
 	out := runCustosd(t, b.env, "keys", "rotate-ticket-key")
 	m := regexp.MustCompile(`new ticket key ([0-9a-f]{16}) is active`).FindStringSubmatch(out)
@@ -508,9 +512,17 @@ func (b *balanced) testRotation(t *testing.T) {
 			return nil
 		})
 	}
-	l.waitRequests(t, 300) // rekeys since have new tickets, which every replica opens
+	// Every client rekeys twice more: new tickets, which every replica opens.
+	rekeys := l.rekeys.Load()
+	waitFor(t, 30*time.Second, "two rekeys per client after the rotation", func() error {
+		if n := l.rekeys.Load() - rekeys; n < 12 {
+			return fmt.Errorf("%d rekeys", n)
+		}
+		return nil
+	})
+	l.waitRequests(t, 300)
 	ok, failed, failures := l.end()
-	t.Logf("%d requests answered across the rotation", ok)
+	t.Logf("%d requests and %d rekeys answered across the rotation", ok, l.rekeys.Load())
 	if failed > 0 {
 		t.Fatalf("%d requests failed across a ticket-key rotation: %v", failed, failures)
 	}
@@ -521,7 +533,7 @@ func (b *balanced) testRotation(t *testing.T) {
 // per client at most), and the balancer sends the rest to the others.
 func (b *balanced) testKill(t *testing.T) {
 	const workers = 8
-	l := b.startLoad(t, workers, 50)
+	l := b.startLoad(t, workers, 250*time.Millisecond)
 	l.waitRequests(t, 300)
 	victim := b.replicas[len(b.replicas)-1]
 	victim.Kill()

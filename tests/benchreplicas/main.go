@@ -1,0 +1,247 @@
+// Command benchreplicas prints the scale-out table `make bench-replicas`
+// shows: authenticated requests/s and exchanges/s through haproxy with 1, 2
+// and 3 custosd replicas (one SoftHSM token, one PostgreSQL registry), with
+// replays and rate limits in each replica's memory and shared through
+// Redis, each beside one replica served directly, so that the cost of the
+// balancer and of the shared store are ratios from one run. It also counts
+// what the figures for more machines depend on: Redis commands per request
+// and registry transactions per exchange.
+//
+//	go run ./tests/benchreplicas -bin bin [-d 3s] [-c 32]
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
+
+	"github.com/custos-kx/custos/accounts"
+	"github.com/custos-kx/custos/client/bench"
+	"github.com/custos-kx/custos/exchange"
+	"github.com/custos-kx/custos/softhsm"
+	"github.com/custos-kx/custos/tests/cluster"
+	"github.com/custos-kx/custos/tests/pgtest"
+)
+
+func main() {
+	bin := flag.String("bin", "bin", "directory holding the custosd binary")
+	d := flag.Duration("d", 3*time.Second, "how long each load runs")
+	c := flag.Int("c", 32, "concurrency of each load")
+	flag.Parse()
+	if err := run(*bin, *d, *c); err != nil {
+		fmt.Fprintln(os.Stderr, "benchreplicas:", err)
+		os.Exit(1)
+	}
+}
+
+// figure is one load's outcome, and what it cost the shared parts.
+type figure struct {
+	rate, p99     float64
+	errors        int
+	redisPerOp    float64
+	registryPerOp float64
+}
+
+func run(bin string, d time.Duration, concurrency int) error {
+	if m := cluster.Missing(); len(m) > 0 {
+		return fmt.Errorf("%s not installed", strings.Join(m, " and "))
+	}
+	if !pgtest.Installed() {
+		return fmt.Errorf("the PostgreSQL server (initdb, pg_ctl) is not installed")
+	}
+	dir, err := os.MkdirTemp("", "custos-bench-replicas-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	st, err := softhsm.Create(dir, "custos-bench-replicas")
+	if err != nil {
+		return err
+	}
+	pg, err := pgtest.Run()
+	if err != nil {
+		return err
+	}
+	defer pg.Stop()
+	rd, err := cluster.StartRedis(dir)
+	if err != nil {
+		return err
+	}
+	defer rd.Stop()
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte(st.PIN), 0o600); err != nil {
+		return err
+	}
+	env := append(os.Environ(),
+		"SOFTHSM2_CONF="+st.Conf, "CUSTOS_PKCS11_MODULE="+st.Module, "CUSTOS_TOKEN_LABEL="+st.Label, "CUSTOS_PIN_FILE="+pinFile,
+		"CUSTOS_DB="+pg.DSN,
+		// One load generator is one address and one account.
+		"CUSTOS_RATE_PER_ADDRESS=0", "CUSTOS_RATE_PER_ACCOUNT=0",
+		"CUSTOS_REQUEST_LOG=off", "CUSTOS_TRUSTED_PROXIES=127.0.0.1")
+	custosd := filepath.Join(bin, "custosd")
+	if out, err := cmdOutput(custosd, env, "init"); err != nil {
+		return fmt.Errorf("custosd init: %v\n%s", err, out)
+	}
+	ctx := context.Background()
+	reg, err := accounts.Open(ctx, pg.DSN)
+	if err != nil {
+		return err
+	}
+	key, err := exchange.GenerateClientKey(rand.Reader, exchange.P256)
+	if err != nil {
+		return err
+	}
+	if err := reg.Add(ctx, "bench@example.com", key.Public()); err != nil {
+		return err
+	}
+	reg.Close()
+	rdb := redis.NewClient(&redis.Options{Addr: rd.Addr})
+	defer rdb.Close()
+	pgc, err := pgx.Connect(ctx, pg.DSN)
+	if err != nil {
+		return err
+	}
+	defer pgc.Close(ctx)
+
+	counters := func() (redisCmds, xacts float64) {
+		info, _ := rdb.Info(ctx, "stats").Result()
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+				redisCmds, _ = strconv.ParseFloat(v, 64)
+			}
+		}
+		pgc.QueryRow(ctx, "SELECT sum(xact_commit)::float8 FROM pg_stat_database").Scan(&xacts)
+		return redisCmds, xacts
+	}
+	measure := func(kind, url string) (figure, error) {
+		r0, x0 := counters()
+		res, err := bench.Run(ctx, bench.Config{Kind: kind, URL: url, Concurrency: concurrency, Duration: d, Key: key, Precompute: true})
+		if err != nil {
+			return figure{}, err
+		}
+		r1, x1 := counters()
+		f := figure{rate: res.Throughput, p99: res.Latency.P99}
+		for _, n := range res.Errors {
+			f.errors += n
+		}
+		if n := float64(res.Completed); n > 0 {
+			// The counters' own queries (one INFO, one SELECT) are taken off.
+			f.redisPerOp = max(0, r1-r0-1) / n
+			f.registryPerOp = max(0, x1-x0-1) / n
+		}
+		return f, nil
+	}
+
+	type row struct {
+		name     string
+		req, exc figure
+		base     string // the row the ratio is to
+	}
+	var rows []row
+	for _, store := range []string{"", rd.URL()} {
+		storeName := "memory"
+		if store != "" {
+			storeName = "Redis"
+		}
+		var reps []*cluster.Replica
+		for range 3 {
+			addr, err := cluster.FreeAddr()
+			if err != nil {
+				return err
+			}
+			r, err := cluster.StartReplica(custosd, addr, append(append([]string{}, env...), "CUSTOS_SHARED_STORE="+store))
+			if err != nil {
+				return err
+			}
+			defer r.Stop()
+			reps = append(reps, r)
+		}
+		direct := row{name: "1 replica, direct, " + storeName}
+		if direct.req, err = measure(bench.Requests, reps[0].URL+"/v1/whoami"); err != nil {
+			return err
+		}
+		if direct.exc, err = measure(bench.Exchange, reps[0].URL); err != nil {
+			return err
+		}
+		rows = append(rows, direct)
+		for n := 1; n <= 3; n++ {
+			var backends []string
+			for _, r := range reps[:n] {
+				backends = append(backends, r.Addr)
+			}
+			lb, err := cluster.StartBalancer(dir, backends)
+			if err != nil {
+				return err
+			}
+			r := row{name: fmt.Sprintf("%d replica%s, haproxy, %s", n, plural(n), storeName), base: direct.name}
+			if r.req, err = measure(bench.Requests, lb.URL+"/v1/whoami"); err == nil {
+				r.exc, err = measure(bench.Exchange, lb.URL)
+			}
+			lb.Stop()
+			if err != nil {
+				return err
+			}
+			rows = append(rows, r)
+		}
+		for _, r := range reps {
+			r.Stop()
+		}
+	}
+
+	byName := map[string]row{}
+	for _, r := range rows {
+		byName[r.name] = r
+	}
+	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges and authenticated GETs on one session, concurrency %d, %s each\n\n", runtime.NumCPU(), concurrency, d)
+	fmt.Printf("  %-34s %12s %8s %8s %12s %8s %8s %11s %12s\n", "", "requests/s", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "registry/exch")
+	for _, r := range rows {
+		reqRatio, excRatio := "", ""
+		if b, ok := byName[r.base]; ok {
+			reqRatio = fmt.Sprintf("%.2f", r.req.rate/b.req.rate)
+			excRatio = fmt.Sprintf("%.2f", r.exc.rate/b.exc.rate)
+		}
+		errs := ""
+		if r.req.errors+r.exc.errors > 0 {
+			errs = fmt.Sprintf("  (%d errors)", r.req.errors+r.exc.errors)
+		}
+		fmt.Printf("  %-34s %12.0f %8s %8.1f %12.0f %8s %8.1f %11.2f %12.2f%s\n", r.name, r.req.rate, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.exc.registryPerOp, errs)
+	}
+	fmt.Println()
+	fmt.Println("  × is the ratio to one replica served directly with the same store setting.")
+	cost := func(kind string, pick func(row) figure) {
+		mem, shared := pick(byName["1 replica, haproxy, memory"]), pick(byName["1 replica, haproxy, Redis"])
+		direct, directShared := pick(byName["1 replica, direct, memory"]), pick(byName["1 replica, direct, Redis"])
+		fmt.Printf("  the shared store's cost, %s at one replica: %.1f %% through haproxy, %.1f %% direct\n", kind, 100*(1-shared.rate/mem.rate), 100*(1-directShared.rate/direct.rate))
+	}
+	cost("authenticated requests (target ≤ 15 %)", func(r row) figure { return r.req })
+	cost("exchanges", func(r row) figure { return r.exc })
+	balancer := byName["1 replica, haproxy, memory"].req.rate / byName["1 replica, direct, memory"].req.rate
+	fmt.Printf("  the balancer's cost, authenticated requests at one replica: %.1f %%\n", 100*(1-balancer))
+	return nil
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+func cmdOutput(path string, env []string, args ...string) (string, error) {
+	cmd := exec.Command(path, args...)
+	cmd.Env = env
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
