@@ -10,7 +10,7 @@ export PATH := $(PATH):/usr/local/go/bin
 # when the tests do, not succeed with grep.
 SHELL := /bin/bash
 
-.PHONY: run demo test unit fuzz bench bench-micro ct vet build
+.PHONY: run demo test unit fuzz bench bench-replicas bench-micro ct vet build
 
 build:
 	$(GO) build -o bin/ ./cmd/...
@@ -54,6 +54,13 @@ fuzz:
 # (`make bench-micro` runs the go test benchmarks behind the primitives.)
 bench: build
 	$(GO) run ./tests/benchtable -bin bin
+
+# Scale-out: authenticated requests/s and exchanges/s through haproxy with
+# 1, 2 and 3 replicas (one SoftHSM token, one PostgreSQL registry), replays
+# and limits in memory and in Redis, beside one replica served directly
+# (needs redis-server, haproxy and PostgreSQL, which .ci/run installs).
+bench-replicas: build
+	$(GO) run ./tests/benchreplicas -bin bin
 
 # Constant-time evidence (internal/dudect): fixed-vs-random secrets through
 # B^r, the client's (n + d·c) exponentiation, g^r, the P-256 r·G, DH(r, ·)

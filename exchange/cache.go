@@ -3,6 +3,7 @@ package exchange
 import (
 	"container/list"
 	"context"
+	"errors"
 	"crypto/sha256"
 	"sync"
 	"sync/atomic"
@@ -174,6 +175,12 @@ type Replays interface {
 	// error means it could not tell, and the request is refused 503.
 	FirstSeen(ctx context.Context, k replay.Key, forget, now time.Time) (bool, error)
 }
+
+// ErrSharedStoreUnavailable is what a Replays (or another shared store)
+// wraps while it cannot be reached and refuses what it cannot check. The
+// store says so in its own log, once per outage, so the requests it
+// refuses meanwhile are not logged one by one.
+var ErrSharedStoreUnavailable = errors.New("the shared store cannot be reached")
 
 // memoryReplays is the default Replays.
 type memoryReplays struct{ c *replay.Cache }

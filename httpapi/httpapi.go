@@ -328,7 +328,7 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 // sentence.
 func (s *Service) refusal(what string, err error) *exchange.Error {
 	e := exchange.AsError(err)
-	if e.Unexpected() {
+	if e.Unexpected() && !errors.Is(err, exchange.ErrSharedStoreUnavailable) {
 		s.log.Error(what+" failed", "code", string(e.Code), "error", errors.Unwrap(e))
 	}
 	return e

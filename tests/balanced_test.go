@@ -643,6 +643,14 @@ func (b *balanced) testRedisOutage(t *testing.T) {
 	}
 	t.Logf("Redis stopped under load: %d requests answered before it stopped and after it returned, none while it was down, %d refused 503", ok, failed)
 
+	// The outage is logged once per replica, not once per refusal.
+	for i, r := range b.replicas {
+		logs := r.Logs()
+		if n := strings.Count(logs, "shared store unreachable"); n != 1 || strings.Contains(logs, "code=RegistryUnavailable") {
+			t.Errorf("replica %d logged the outage %d times, and its refusals one by one: %v; want once, and no line per refusal", i, n, strings.Contains(logs, "code=RegistryUnavailable"))
+		}
+	}
+
 	// Nothing wrongly accepted after: Redis came back empty, and still
 	// every replica refuses a request seen before or during the outage.
 	for i, r := range append(b.replicas, open) {

@@ -17,7 +17,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -29,6 +28,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/rueidis"
 
+	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/ratelimit"
 	"github.com/custos-kx/custos/internal/replay"
 )
@@ -50,7 +50,7 @@ type Options struct {
 
 // ErrUnavailable is returned, when failing closed, while Redis cannot be
 // reached.
-var ErrUnavailable = errors.New("sharedstore: Redis cannot be reached")
+var ErrUnavailable = fmt.Errorf("%w: Redis does not answer", exchange.ErrSharedStoreUnavailable)
 
 // Store is a connection to the shared Redis, with this replica's memory
 // beside it. Close stops it.
