@@ -197,6 +197,17 @@ func (t *Token) reconnect() error {
 	return nil
 }
 
+// Reread re-initialises the module, so that what is read next comes from
+// the token rather than from the module's memory of it: an administrative
+// command checks with it that a key it made was kept (keystore/p11). Calls
+// in flight finish first; sessions and object handles are made again.
+func (t *Token) Reread(ctx context.Context) error {
+	if err := t.mod.reinitialise(t.mod.generation(), t.ck); err != nil {
+		return err
+	}
+	return t.reconnect()
+}
+
 var errNoToken = errors.New("no such token")
 
 func (t *Token) findSlot() (uint, error) {
