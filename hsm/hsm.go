@@ -84,6 +84,8 @@ type Token struct {
 	lastDown error
 	closed   bool
 	selfTest func(context.Context) error // what "able to serve" means; see SetSelfTest
+	tested   time.Time                   // when selfTest last ran, and what it said
+	testErr  error
 	// lastEscalation is when new sessions failing last made the pool
 	// re-initialise the module.
 	lastEscalation time.Time
@@ -629,6 +631,9 @@ func (t *Token) checkServing(ctx context.Context) error {
 			err = fmt.Errorf("hsm: the token answers but fails its self-test: %w", err)
 		}
 	}
+	t.mu.Lock()
+	t.tested, t.testErr = time.Now(), err
+	t.mu.Unlock()
 	if err != nil {
 		upGauge.Set(0)
 	} else {
@@ -670,8 +675,19 @@ func (t *Token) Healthy(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	t.mu.Lock()
+	at, last := t.tested, t.testErr
+	t.mu.Unlock()
+	if time.Since(at) < selfTestFresh {
+		return last
+	}
 	return t.checkServing(ctx)
 }
+
+// selfTestFresh is how long Healthy trusts the last self-test: balancers
+// probe readiness every 100 ms or so, each of them, and a self-test costs
+// a derive and a seal/open on the token.
+const selfTestFresh = time.Second
 
 // Close closes the pool's sessions and releases the module; the last Token
 // of a module finalizes it. Operations in flight must have returned.

@@ -76,7 +76,7 @@ func startBalanced(t *testing.T, n int) *balanced {
 		b.replicas = append(b.replicas, r)
 		backends = append(backends, r.Addr)
 	}
-	if b.lb, err = cluster.StartBalancer(t.TempDir(), backends); err != nil {
+	if b.lb, err = cluster.StartBalancer(t.TempDir(), backends, 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {

@@ -132,6 +132,7 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	// One connection, so that the probe that finds Redis answering has
 	// found the connection the requests use answering.
 	copt.PipelineMultiplex = -1
+	copt.MaxFlushDelay = 100 * time.Microsecond
 	copt.ClientSetInfo = rueidis.DisableClientSetInfo
 	if s.seen, err = rueidis.NewClient(copt); err != nil {
 		s.rdb.Close()

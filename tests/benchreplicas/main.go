@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,7 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding the custosd binary")
 	d := flag.Duration("d", 3*time.Second, "how long each load runs")
 	c := flag.Int("c", 32, "concurrency of each load")
+	roundsFlag = flag.Int("rounds", 3, "rounds of every load, the figures being their medians")
 	flag.Parse()
 	if err := run(*bin, *d, *c); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreplicas:", err)
@@ -45,11 +47,16 @@ func main() {
 	}
 }
 
+var roundsFlag *int
+
 // figure is one load's outcome, and what it cost the shared parts.
 type figure struct {
-	rate, p99     float64
-	errors        int
-	redisPerOp    float64
+	rate, p99  float64
+	errors     int
+	redisPerOp float64
+	// CPU per operation of the replicas, of haproxy, of Redis and of the
+	// load generator (this process), in µs.
+	cpu           [4]float64
 	registryPerOp float64
 }
 
@@ -124,14 +131,21 @@ func run(bin string, d time.Duration, concurrency int) error {
 		pgc.QueryRow(ctx, "SELECT sum(xact_commit)::float8 FROM pg_stat_database").Scan(&xacts)
 		return redisCmds, xacts
 	}
-	measure := func(kind, url string) (figure, error) {
+	measure := func(kind, url string, pids [3][]int) (figure, error) {
+		cpu0 := cpuOf(pids)
 		r0, x0 := counters()
 		res, err := bench.Run(ctx, bench.Config{Kind: kind, URL: url, Concurrency: concurrency, Duration: d, Key: key, Precompute: true})
 		if err != nil {
 			return figure{}, err
 		}
 		r1, x1 := counters()
+		cpu1 := cpuOf(pids)
 		f := figure{rate: res.Throughput, p99: res.Latency.P99}
+		for i := range cpu1 {
+			if res.Completed > 0 {
+				f.cpu[i] = float64((cpu1[i] - cpu0[i]).Microseconds()) / float64(res.Completed)
+			}
+		}
 		for _, n := range res.Errors {
 			f.errors += n
 		}
@@ -143,12 +157,17 @@ func run(bin string, d time.Duration, concurrency int) error {
 		return f, nil
 	}
 
-	type row struct {
-		name     string
-		req, exc figure
-		base     string // the row the ratio is to
+	// Both store settings' replicas and balancers run throughout, and the
+	// loads go round them in turn, rounds times, each figure the median of
+	// its rounds: on a shared machine the rate drifts by a third from one
+	// minute to the next, and a ratio of two loads far apart in time
+	// measures the drift.
+	type config struct {
+		name, base string
+		url        string   // the origin
+		pids       [3][]int // the replicas, haproxy, Redis
 	}
-	var rows []row
+	var configs []config
 	for _, store := range []string{"", rd.URL()} {
 		storeName := "memory"
 		if store != "" {
@@ -167,43 +186,57 @@ func run(bin string, d time.Duration, concurrency int) error {
 			defer r.Stop()
 			reps = append(reps, r)
 		}
-		direct := row{name: "1 replica, direct, " + storeName}
-		if direct.req, err = measure(bench.Requests, reps[0].URL+"/v1/whoami"); err != nil {
-			return err
+		direct := "1 replica, direct, " + storeName
+		var redisPID []int
+		if store != "" {
+			redisPID = []int{rd.PID()}
 		}
-		if direct.exc, err = measure(bench.Exchange, reps[0].URL); err != nil {
-			return err
-		}
-		rows = append(rows, direct)
+		configs = append(configs, config{name: direct, url: reps[0].URL, pids: [3][]int{{reps[0].PID()}, nil, redisPID}})
 		for n := 1; n <= 3; n++ {
 			var backends []string
+			var pids []int
 			for _, r := range reps[:n] {
 				backends = append(backends, r.Addr)
+				pids = append(pids, r.PID())
 			}
-			lb, err := cluster.StartBalancer(dir, backends)
+			lb, err := cluster.StartBalancer(dir, backends, time.Second)
 			if err != nil {
 				return err
 			}
-			r := row{name: fmt.Sprintf("%d replica%s, haproxy, %s", n, plural(n), storeName), base: direct.name}
-			if r.req, err = measure(bench.Requests, lb.URL+"/v1/whoami"); err == nil {
-				r.exc, err = measure(bench.Exchange, lb.URL)
-			}
-			lb.Stop()
-			if err != nil {
-				return err
-			}
-			rows = append(rows, r)
+			defer lb.Stop()
+			configs = append(configs, config{name: fmt.Sprintf("%d replica%s, haproxy, %s", n, plural(n), storeName), base: direct, url: lb.URL, pids: [3][]int{pids, {lb.PID()}, redisPID}})
 		}
-		for _, r := range reps {
-			r.Stop()
+	}
+	type row struct {
+		name, base string
+		req, exc   figure
+	}
+	rounds := map[string][]figure{}
+	for round := 0; round < *roundsFlag; round++ {
+		for _, kind := range []string{bench.Requests, bench.Exchange} {
+			for _, c := range configs {
+				url := c.url
+				if kind == bench.Requests {
+					url += "/v1/whoami"
+				}
+				f, err := measure(kind, url, c.pids)
+				if err != nil {
+					return fmt.Errorf("%s, %s: %w", c.name, kind, err)
+				}
+				rounds[c.name+"\x00"+kind] = append(rounds[c.name+"\x00"+kind], f)
+			}
 		}
+	}
+	var rows []row
+	for _, c := range configs {
+		rows = append(rows, row{name: c.name, base: c.base, req: median(rounds[c.name+"\x00"+bench.Requests]), exc: median(rounds[c.name+"\x00"+bench.Exchange])})
 	}
 
 	byName := map[string]row{}
 	for _, r := range rows {
 		byName[r.name] = r
 	}
-	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges and authenticated GETs on one session, concurrency %d, %s each\n\n", runtime.NumCPU(), concurrency, d)
+	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges and authenticated GETs on one session, concurrency %d, medians of %d rounds of %s each\n\n", runtime.NumCPU(), concurrency, *roundsFlag, d)
 	fmt.Printf("  %-34s %12s %8s %8s %12s %8s %8s %11s %12s\n", "", "requests/s", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "registry/exch")
 	for _, r := range rows {
 		reqRatio, excRatio := "", ""
@@ -216,6 +249,13 @@ func run(bin string, d time.Duration, concurrency int) error {
 			errs = fmt.Sprintf("  (%d errors)", r.req.errors+r.exc.errors)
 		}
 		fmt.Printf("  %-34s %12.0f %8s %8.1f %12.0f %8s %8.1f %11.2f %12.2f%s\n", r.name, r.req.rate, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.exc.registryPerOp, errs)
+	}
+	fmt.Println()
+	fmt.Printf("  CPU per authenticated request, µs (user + system, /proc):\n")
+	fmt.Printf("  %-34s %10s %10s %10s %10s %10s\n", "", "custosd", "haproxy", "Redis", "client", "all")
+	for _, r := range rows {
+		c := r.req.cpu
+		fmt.Printf("  %-34s %10.1f %10.1f %10.1f %10.1f %10.1f\n", r.name, c[0], c[1], c[2], c[3], c[0]+c[1]+c[2]+c[3])
 	}
 	fmt.Println()
 	fmt.Println("  × is the ratio to one replica served directly with the same store setting.")
@@ -231,6 +271,46 @@ func run(bin string, d time.Duration, concurrency int) error {
 	return nil
 }
 
+// cpuOf is the CPU time so far of each group of processes, and of this one.
+func cpuOf(pids [3][]int) (t [4]time.Duration) {
+	for i, group := range pids {
+		for _, pid := range group {
+			d, _ := cluster.ProcessCPU(pid)
+			t[i] += d
+		}
+	}
+	t[3], _ = cluster.ProcessCPU(os.Getpid())
+	return t
+}
+
+// median is the figure of median rate among fs, its other fields each
+// the median of theirs.
+func median(fs []figure) figure {
+	pick := func(get func(figure) float64) float64 {
+		v := make([]float64, len(fs))
+		for i, f := range fs {
+			v[i] = get(f)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
+	}
+	errors := 0
+	for _, f := range fs {
+		errors += f.errors
+	}
+	return figure{
+		rate:          pick(func(f figure) float64 { return f.rate }),
+		p99:           pick(func(f figure) float64 { return f.p99 }),
+		errors:        errors,
+		redisPerOp:    pick(func(f figure) float64 { return f.redisPerOp }),
+		registryPerOp: pick(func(f figure) float64 { return f.registryPerOp }),
+		cpu: [4]float64{
+			pick(func(f figure) float64 { return f.cpu[0] }), pick(func(f figure) float64 { return f.cpu[1] }),
+			pick(func(f figure) float64 { return f.cpu[2] }), pick(func(f figure) float64 { return f.cpu[3] }),
+		},
+	}
+}
+
 func plural(n int) string {
 	if n == 1 {
 		return ""
@@ -244,4 +324,3 @@ func cmdOutput(path string, env []string, args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
-

@@ -37,6 +37,7 @@ import (
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/hsm"
 	"github.com/custos-kx/custos/tests/benchkit"
+	"github.com/custos-kx/custos/tests/cluster"
 )
 
 func main() {
@@ -194,19 +195,19 @@ func run(bin string, d time.Duration) error {
 	for _, c := range []int{1, 2, 8, 32, 128} {
 		for i, p := range []exchange.Profile{exchange.P256, exchange.ModP2048} {
 			progress("%s exchanges at concurrency %d", names[p], c)
-			cpu0, _ := processCPU(svc.pid())
+			cpu0, _ := cluster.ProcessCPU(svc.pid())
 			res, err := bench.Run(context.Background(), bench.Config{Kind: bench.Exchange, URL: svc.url, Concurrency: c, Duration: d, Key: keys[p], Precompute: true})
 			if err != nil {
 				return err
 			}
-			cpu1, _ := processCPU(svc.pid())
+			cpu1, _ := cluster.ProcessCPU(svc.pid())
 			series[i].add(c, res.Throughput, res.Latency.P50, res.Latency.P99, errorCount(res), (cpu1-cpu0)/time.Duration(max(res.Completed, 1)))
 		}
 		for i, k := range []string{"ecdsa", "rsa"} {
 			progress("mTLS %s handshakes at concurrency %d", k, c)
-			cpu0, _ := processCPU(peers[k].pid())
+			cpu0, _ := cluster.ProcessCPU(peers[k].pid())
 			res := peers[k].load(c, d)
-			cpu1, _ := processCPU(peers[k].pid())
+			cpu1, _ := cluster.ProcessCPU(peers[k].pid())
 			series[2+i].add(c, res.throughput, float64(res.p50)/1e6, float64(res.p99)/1e6, res.errors, (cpu1-cpu0)/time.Duration(max(res.completed, 1)))
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -181,6 +182,9 @@ func (r *Redis) Start() error {
 // Stop kills the server at once, as a crash or a lost host would.
 func (r *Redis) Stop() { r.proc.signal(syscall.SIGKILL) }
 
+// PID is the server's process id.
+func (r *Redis) PID() int { return r.proc.cmd.Process.Pid }
+
 // Replica is a custosd serve process.
 type Replica struct {
 	Addr string
@@ -238,7 +242,7 @@ func (r *Replica) PID() int { return r.proc.cmd.Process.Pid }
 
 // Balancer is haproxy in HTTP mode in front of replicas: round robin, no
 // affinity, X-Forwarded-For added, each server health-checked on /readyz
-// every 100 ms, and a request whose connection to a server failed sent to
+// every checkEvery, and a request whose connection to a server failed sent to
 // another. A request a server took and did not answer is not retried: it
 // may have been acted on (and, signed, would be refused as a replay).
 type Balancer struct {
@@ -249,7 +253,7 @@ type Balancer struct {
 
 // StartBalancer starts haproxy on a free loopback port, with its
 // configuration in dir, balancing between the servers at backends.
-func StartBalancer(dir string, backends []string) (*Balancer, error) {
+func StartBalancer(dir string, backends []string, checkEvery time.Duration) (*Balancer, error) {
 	addr, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -270,16 +274,16 @@ defaults
     option redispatch 1
     retry-on conn-failure
 frontend api
-    bind %s
+    bind %[1]s
     option forwardfor
     default_backend replicas
 backend replicas
     balance roundrobin
     option httpchk GET /readyz
     http-check expect status 200
-    default-server inter 100ms fastinter 100ms downinter 100ms fall 1 rise 2 maxconn 1000
-%s`, addr, servers.String())
-	file := filepath.Join(dir, "haproxy.cfg")
+    default-server inter %[3]dms fastinter %[3]dms downinter %[3]dms fall 1 rise 2 maxconn 1000
+%[2]s`, addr, servers.String(), checkEvery.Milliseconds())
+	file := filepath.Join(dir, "haproxy-"+strings.ReplaceAll(addr, ":", "-")+".cfg")
 	if err := os.WriteFile(file, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
@@ -328,4 +332,29 @@ func Wait(ctx context.Context, cond func() error) error {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// ProcessCPU is a process's user and system time so far, from
+// /proc/PID/stat (in clock ticks of 1/100 s, Linux's USER_HZ).
+func ProcessCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name, field 2, is in parentheses and may hold spaces.
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("unreadable /proc stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 13 {
+		return 0, errors.New("unreadable /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, errors.New("unreadable /proc stat")
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
