@@ -3,8 +3,8 @@ package exchange
 import (
 	"container/list"
 	"context"
-	"errors"
 	"crypto/sha256"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"

@@ -55,8 +55,8 @@ var ErrUnavailable = fmt.Errorf("%w: Redis does not answer", exchange.ErrSharedS
 // Store is a connection to the shared Redis, with this replica's memory
 // beside it. Close stops it.
 type Store struct {
-	opts    Options
-	where   string // the server, for logs; never the password
+	opts  Options
+	where string // the server, for logs; never the password
 	// The requests seen go through rueidis, which pipelines the SETs of
 	// concurrent requests on one connection by itself: measured here,
 	// go-redis's one round trip per SET on a pooled connection cost a

@@ -273,4 +273,3 @@ func (p *mtlsPeer) stop() {
 	p.cmd.Process.Kill()
 	p.cmd.Wait()
 }
-
