@@ -513,3 +513,24 @@ func TestServeRefusesBeforeTheToken(t *testing.T) {
 		}
 	}
 }
+
+// TestTrustedProxies: addresses and prefixes, and a sentence for what is
+// neither.
+func TestTrustedProxies(t *testing.T) {
+	got, err := trustedProxies(" 10.0.0.0/8, 127.0.0.1,::1 ,192.0.2.7/24")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"10.0.0.0/8", "127.0.0.1/32", "::1/128", "192.0.2.0/24"}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range got {
+		if got[i].String() != want[i] {
+			t.Errorf("entry %d: %s, want %s", i, got[i], want[i])
+		}
+	}
+	if _, err := trustedProxies("10.0.0.0/8,haproxy"); err == nil || !strings.Contains(err.Error(), `"haproxy" is neither an address nor a CIDR prefix`) {
+		t.Errorf("a host name was answered %v", err)
+	}
+}

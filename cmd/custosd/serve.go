@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -105,7 +106,18 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 
 	var shared *sharedstore.Store
 	if c.SharedStore != "" {
-		shared, err = sharedstore.Open(ctx, c.SharedStore, sharedstore.Options{FailOpen: c.SharedFailure == "open", Logger: log})
+		opts := sharedstore.Options{FailOpen: c.SharedFailure == "open", Logger: log}
+		if c.SharedStoreCA != "" {
+			pem, err := os.ReadFile(c.SharedStoreCA)
+			if err != nil {
+				return fmt.Errorf("--shared-store-ca: %w", err)
+			}
+			opts.RootCAs = x509.NewCertPool()
+			if !opts.RootCAs.AppendCertsFromPEM(pem) {
+				return usageError(fmt.Sprintf("--shared-store-ca %s holds no PEM certificate", c.SharedStoreCA))
+			}
+		}
+		shared, err = sharedstore.Open(ctx, c.SharedStore, opts)
 		if err != nil {
 			return err
 		}

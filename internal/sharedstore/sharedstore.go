@@ -16,6 +16,7 @@ package sharedstore
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -44,8 +45,11 @@ type Options struct {
 	// ProbeInterval is how often Redis is checked for having come back,
 	// or having lost its data (default 500 ms).
 	ProbeInterval time.Duration
-	Logger        *slog.Logger
-	Now           func() time.Time
+	// RootCAs, if set, are the authorities a rediss:// server's
+	// certificate must chain to (default: the system's).
+	RootCAs *x509.CertPool
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // ErrUnavailable is returned, when failing closed, while Redis cannot be
@@ -104,6 +108,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 		opts.Now = time.Now
 	}
 	ro.DialTimeout, ro.ReadTimeout, ro.WriteTimeout = 4*opts.Timeout, opts.Timeout, opts.Timeout
+	if ro.TLSConfig != nil && opts.RootCAs != nil {
+		ro.TLSConfig.RootCAs = opts.RootCAs
+	}
 	// No retries: a SET NX retried after its answer was lost would find
 	// its own key and refuse a fresh request as a replay, and a rate limit
 	// retried would count twice. A failure is handled once, by the mode.
@@ -127,6 +134,9 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 		return nil, fmt.Errorf("the shared store %q is not a redis://, rediss:// or unix:// URL: %w", redact(rawURL), err)
 	}
 	copt.DisableCache, copt.DisableRetry = true, true
+	if copt.TLSConfig != nil && opts.RootCAs != nil {
+		copt.TLSConfig.RootCAs = opts.RootCAs
+	}
 	copt.ConnWriteTimeout = opts.Timeout
 	copt.Dialer.Timeout = 4 * opts.Timeout
 	// One connection, so that the probe that finds Redis answering has

@@ -2,11 +2,19 @@ package sharedstore
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
+	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -227,6 +235,87 @@ func TestLimitsShared(t *testing.T) {
 	if ok, _, err := lims[1].Allow(ctx, "bob"); !ok || err != nil {
 		t.Fatal("another key is limited with alice")
 	}
+}
+
+// TestUnixSocket: the same store through Redis's unix socket.
+func TestUnixSocket(t *testing.T) {
+	r := startRedis(t)
+	overTCP := replicas(t, r, 1, false)[0]
+	overUnix, err := Open(context.Background(), "unix://"+r.Socket, Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer overUnix.Close()
+	k := newKey()
+	mustFirst(t, overUnix, k, true, "first sight, over the socket")
+	mustFirst(t, overTCP, k, false, "replayed over TCP")
+	if ok, _, err := overUnix.Limiter("address", 1, 1).Allow(context.Background(), "192.0.2.1"); !ok || err != nil {
+		t.Fatalf("a rate limit over the socket: %v %v", ok, err)
+	}
+}
+
+// TestTLS: rediss:// to a Redis whose certificate chains to a private
+// authority, trusted through RootCAs and refused without it.
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	pool, certFile, keyFile := testAuthority(t, dir)
+	r, err := cluster.StartRedisTLS(dir, certFile, keyFile)
+	if err != nil {
+		if os.Getenv("CI") == "" && len(cluster.Missing()) > 0 {
+			t.Skip(err)
+		}
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Stop)
+	if !strings.HasPrefix(r.URL(), "rediss://") {
+		t.Fatalf("URL %s", r.URL())
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	if _, err := Open(context.Background(), r.URL(), Options{Logger: quiet, Timeout: 200 * time.Millisecond}); err == nil {
+		t.Fatal("a Redis whose certificate chains to no trusted authority was accepted")
+	}
+	s, err := Open(context.Background(), r.URL(), Options{RootCAs: pool, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	k := newKey()
+	mustFirst(t, s, k, true, "first sight, over TLS")
+	mustFirst(t, s, k, false, "replayed, over TLS")
+	if ok, _, err := s.Limiter("address", 1, 1).Allow(context.Background(), "192.0.2.1"); !ok || err != nil {
+		t.Fatalf("a rate limit over TLS: %v %v", ok, err)
+	}
+}
+
+// testAuthority makes a CA and a certificate for 127.0.0.1 signed by it,
+// in dir, and returns the CA as a pool and the certificate's files.
+func testAuthority(t *testing.T, dir string) (*x509.CertPool, string, string) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "custos test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "redis"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		KeyUsage: x509.KeyUsageDigitalSignature}
+	der, err := x509.CreateCertificate(rand.Reader, leaf, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	certFile, keyFile := filepath.Join(dir, "redis.crt"), filepath.Join(dir, "redis.key")
+	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
+	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	pool := x509.NewCertPool()
+	pool.AddCert(caCert)
+	return pool, certFile, keyFile
 }
 
 // TestOpenRefusesBadURLs: a wrong URL or an address nothing answers on is

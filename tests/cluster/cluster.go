@@ -133,9 +133,11 @@ func waitUntil(p *process, what string, d time.Duration, ready func() error) err
 // Redis is a redis-server on a loopback port, without persistence: a
 // restart loses what it held, as a cache node's restart does.
 type Redis struct {
-	Addr string
-	dir  string
-	proc *process
+	Addr   string
+	Socket string // the same server's unix socket
+	dir    string
+	tls    []string // redis-server's TLS settings; none for plain TCP
+	proc   *process
 }
 
 // StartRedis starts redis-server with its files in dir.
@@ -144,24 +146,46 @@ func StartRedis(dir string) (*Redis, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &Redis{Addr: addr, dir: dir}
+	r := &Redis{Addr: addr, dir: dir, Socket: filepath.Join(dir, "redis.sock")}
 	return r, r.Start()
 }
 
-// URL is the redis:// URL custosd's --shared-store takes.
-func (r *Redis) URL() string { return "redis://" + r.Addr }
+// StartRedisTLS starts redis-server speaking only TLS on its TCP port,
+// with the certificate and key in the PEM files given.
+func StartRedisTLS(dir, certFile, keyFile string) (*Redis, error) {
+	addr, err := FreeAddr()
+	if err != nil {
+		return nil, err
+	}
+	r := &Redis{Addr: addr, dir: dir, Socket: filepath.Join(dir, "redis.sock"),
+		tls: []string{"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-auth-clients", "no"}}
+	return r, r.Start()
+}
+
+// URL is the redis:// (or rediss://) URL custosd's --shared-store takes.
+func (r *Redis) URL() string {
+	if r.tls != nil {
+		return "rediss://" + r.Addr
+	}
+	return "redis://" + r.Addr
+}
 
 // Start starts the server again on its address, empty, after Stop.
 func (r *Redis) Start() error {
 	_, port, _ := net.SplitHostPort(r.Addr)
-	p, err := start("redis-server", []string{"--bind", "127.0.0.1", "--port", port, "--dir", r.dir,
-		"--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--protected-mode", "no"}, os.Environ())
+	args := []string{"--bind", "127.0.0.1", "--port", port, "--dir", r.dir,
+		"--unixsocket", r.Socket, "--unixsocketperm", "700",
+		"--save", "", "--appendonly", "no", "--maxmemory-policy", "noeviction", "--protected-mode", "no"}
+	if r.tls != nil {
+		args = append(append(args, "--port", "0", "--tls-port", port), r.tls...)
+	}
+	p, err := start("redis-server", args, os.Environ())
 	if err != nil {
 		return err
 	}
 	r.proc = p
 	return waitUntil(p, "redis-server", 10*time.Second, func() error {
-		c, err := net.DialTimeout("tcp", r.Addr, time.Second)
+		c, err := net.DialTimeout("unix", r.Socket, time.Second)
 		if err != nil {
 			return err
 		}
