@@ -89,6 +89,7 @@ func TestParseDefaults(t *testing.T) {
 		TokenLabel: "custos", MaxSessions: 16, DB: defaultDB, Listen: "127.0.0.1:8443",
 		Session: time.Hour, RekeyWindow: 168 * time.Hour, KeyRefresh: 30 * time.Second, KeepAlive: 15 * time.Second,
 		RatePerAddr: "20/50", RatePerAcct: "5/20", LogFormat: "text", RequestLog: "info", RequestLogSample: 1,
+		SharedFailure: "closed",
 	}
 	if c.settings != want {
 		t.Errorf("defaults:\n got %+v\nwant %+v", c.settings, want)
