@@ -20,7 +20,6 @@ import (
 	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
-	"github.com/custos-kx/custos/httpapi"
 	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/softhsm"
 	"github.com/custos-kx/custos/tests/cluster"
@@ -133,20 +132,8 @@ func (b *balanced) exchange(t *testing.T, url string, key *exchange.ClientKey) *
 // postFrom posts an exchange body to url as if from addr.
 func postFrom(t *testing.T, url, addr string, body []byte) (int, *wire.ExchangeResponse) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url+httpapi.WellKnown, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Forwarded-For", addr)
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var m wire.ExchangeResponse
-	if err := wire.Unmarshal(b, &m); err != nil {
-		t.Fatalf("the answer of %s is not an ExchangeResponse (%v): %s", url, err, b)
-	}
-	return resp.StatusCode, &m
+	status, m, _ := postWith(t, url, body, http.Header{"X-Forwarded-For": {addr}})
+	return status, m
 }
 
 // account registers a new P-256 credential to account.

@@ -142,11 +142,20 @@ func (e *env) registerProfile(t *testing.T, account string, p exchange.Profile) 
 // post sends body to the jwcexchange endpoint and decodes the answer.
 func post(t *testing.T, url string, body []byte, auth string) (int, *wire.ExchangeResponse, http.Header) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, url+httpapi.WellKnown, bytes.NewReader(body))
-	req.Header.Set("Content-Type", "application/json")
+	h := http.Header{}
 	if auth != "" {
-		req.Header.Set("Authorization", "JWC "+auth)
+		h.Set("Authorization", "JWC "+auth)
 	}
+	return postWith(t, url, body, h)
+}
+
+// postWith sends body to the jwcexchange endpoint with the headers h and
+// decodes the answer.
+func postWith(t *testing.T, url string, body []byte, h http.Header) (int, *wire.ExchangeResponse, http.Header) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, url+httpapi.WellKnown, bytes.NewReader(body))
+	req.Header = h.Clone()
+	req.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

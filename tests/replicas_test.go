@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,7 @@ import (
 	"github.com/custos-kx/custos/client"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/softhsm"
+	"github.com/custos-kx/custos/tests/cluster"
 	"github.com/custos-kx/custos/tests/pgtest"
 )
 
@@ -33,12 +33,11 @@ type replica struct {
 }
 
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := cluster.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return addr
 }
 
 // custosdEnv is the environment of custosd processes on the token st and database dsn.

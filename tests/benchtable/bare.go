@@ -4,6 +4,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/custos-kx/custos/tests/cluster"
 	"io"
 	"net/http"
 	"os"
@@ -92,7 +93,7 @@ type bareServer struct {
 }
 
 func startBare(s wireSizes) (*bareServer, error) {
-	addr, err := freeAddr()
+	addr, err := cluster.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

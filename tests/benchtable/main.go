@@ -464,7 +464,7 @@ type custosd struct {
 }
 
 func startCustosd(bin string, rig *benchkit.Rig, dir string) (*custosd, error) {
-	addr, err := freeAddr()
+	addr, err := cluster.FreeAddr()
 	if err != nil {
 		return nil, err
 	}
@@ -509,17 +509,6 @@ func tokenEnv(rig *benchkit.Rig, dir string) []string {
 }
 
 func (c *custosd) pid() int { return c.cmd.Process.Pid }
-
-// freeAddr returns a loopback address no one listens on, for a server
-// process to take.
-func freeAddr() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
-}
 
 // waitOK reports whether url answers 200 within five seconds.
 func waitOK(url string) bool {

@@ -12,6 +12,7 @@ import (
 	"encoding/pem"
 	"flag"
 	"fmt"
+	"github.com/custos-kx/custos/tests/cluster"
 	"math/big"
 	"net"
 	"os"
@@ -164,7 +165,7 @@ func clientIdentity(dir string) (tls.Certificate, error) {
 }
 
 func startMTLS(rig *benchkit.Rig, dir, keyType string, id tls.Certificate) (*mtlsPeer, error) {
-	addr, err := freeAddr()
+	addr, err := cluster.FreeAddr()
 	if err != nil {
 		return nil, err
 	}

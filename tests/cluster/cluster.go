@@ -130,6 +130,21 @@ func waitUntil(p *process, what string, d time.Duration, ready func() error) err
 	}
 }
 
+// waitReady waits until url answers 200.
+func waitReady(p *process, what string, d time.Duration, url string) error {
+	return waitUntil(p, what, d, func() error {
+		resp, err := http.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("%s answered %d", url, resp.StatusCode)
+		}
+		return nil
+	})
+}
+
 // Redis is a redis-server on a loopback port, without persistence: a
 // restart loses what it held, as a cache node's restart does.
 type Redis struct {
@@ -224,18 +239,7 @@ func StartReplica(custosd, addr string, env []string) (*Replica, error) {
 		return nil, err
 	}
 	r := &Replica{Addr: addr, URL: "http://" + addr, proc: p}
-	err = waitUntil(p, "custosd on "+addr, 20*time.Second, func() error {
-		resp, err := http.Get(r.URL + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("/readyz answered %d", resp.StatusCode)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := waitReady(p, "custosd on "+addr, 20*time.Second, r.URL+"/readyz"); err != nil {
 		r.Kill()
 	}
 	return r, err
@@ -316,18 +320,7 @@ backend replicas
 		return nil, err
 	}
 	b := &Balancer{Addr: addr, URL: "http://" + addr, proc: p}
-	err = waitUntil(p, "haproxy", 10*time.Second, func() error {
-		resp, err := http.Get(b.URL + "/readyz")
-		if err != nil {
-			return err
-		}
-		resp.Body.Close()
-		if resp.StatusCode != 200 {
-			return fmt.Errorf("/readyz through haproxy answered %d", resp.StatusCode)
-		}
-		return nil
-	})
-	if err != nil {
+	if err := waitReady(p, "haproxy", 10*time.Second, b.URL+"/readyz"); err != nil {
 		b.Stop()
 	}
 	return b, err
