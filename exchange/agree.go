@@ -81,68 +81,80 @@ func isZero(b []byte) bool {
 // exchange with the client keys c, n, the service credential x and the
 // service nonce r, all of one profile: one keystore derivation with x's
 // private key, the rest in Go. The caller zeroes IKM.
-func serverAgree(ctx context.Context, ks Keystore, c, n, x *PublicKey, r *privateKey) (ikm, th []byte, err error) {
+func serverAgree(ctx context.Context, cpu cpuSlots, ks Keystore, c, n, x *PublicKey, r *privateKey) (ikm, th []byte, err error) {
 	th = transcript(c, n, x, r.pub)
 	if r.ec != nil {
-		ikm, err = serverAgreeP256(ctx, ks, c, n, x, r.ec)
+		ikm, err = serverAgreeP256(ctx, cpu, ks, c, n, x, r.ec)
 		return ikm, th, err
 	}
-	ikm, err = serverAgreeDH(ctx, ks, th, c.dh, n.dh, x, r.dh)
+	ikm, err = serverAgreeDH(ctx, cpu, ks, th, c.dh, n.dh, x, r.dh)
 	return ikm, th, err
 }
 
 // serverAgreeP256 computes IKM = DH(r, N) ‖ DH(x, N) ‖ DH(r, C) (SPEC §9);
-// DH(x, N) is the keystore's.
-func serverAgreeP256(ctx context.Context, ks Keystore, c, n, x *PublicKey, r *p256.Scalar) ([]byte, error) {
-	ikm := make([]byte, 0, 3*p256.SharedSize)
-	rn, err := r.DH(n.ec)
+// DH(x, N) is the keystore's, and the two DH(r, ·) are computed in one of
+// the CPU slots, before it.
+func serverAgreeP256(ctx context.Context, cpu cpuSlots, ks Keystore, c, n, x *PublicKey, r *p256.Scalar) ([]byte, error) {
+	var rn, rc []byte
+	err := cpu.run(ctx, func() (err error) {
+		if rn, err = r.DH(n.ec); err != nil {
+			return errDegenerate
+		}
+		if rc, err = r.DH(c.ec); err != nil {
+			clear(rn)
+			return errDegenerate
+		}
+		return nil
+	})
 	if err != nil {
-		return nil, errDegenerate
-	}
-	ikm = append(ikm, rn...)
-	clear(rn)
-	xn, err := ks.Derive(ctx, x.KeyID(), n)
-	if err != nil {
-		clear(ikm)
 		return nil, err
 	}
+	defer clear(rn)
+	defer clear(rc)
+	xn, err := ks.Derive(ctx, x.KeyID(), n)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(xn)
 	if len(xn) != p256.SharedSize {
-		clear(ikm)
-		clear(xn)
 		return nil, errors.New("exchange: keystore derive returned a P-256 secret that is not 32 bytes")
 	}
-	ikm = append(ikm, xn...)
-	clear(xn)
-	rc, err := r.DH(c.ec)
-	if err != nil {
-		clear(ikm)
-		return nil, errDegenerate
-	}
-	ikm = append(ikm, rc...)
-	clear(rc)
-	return ikm, nil
+	ikm := make([]byte, 0, 3*p256.SharedSize)
+	return append(append(append(ikm, rn...), xn...), rc...), nil
 }
 
 // serverAgreeDH computes the server's σ = B^r · (B^e)^x with B = N·C^d.
 // C^d and B^e are public; B^r is constant-time; (B^e)^x is the keystore's one
-// derivation.
-func serverAgreeDH(ctx context.Context, ks Keystore, th []byte, c, n *group.Element, x *PublicKey, r *group.Scalar) ([]byte, error) {
+// derivation. The exponentiations are computed in one of the CPU slots,
+// before it.
+func serverAgreeDH(ctx context.Context, cpu cpuSlots, ks Keystore, th []byte, c, n *group.Element, x *PublicKey, r *group.Scalar) ([]byte, error) {
 	d, e, err := weights(th)
 	if err != nil {
 		return nil, err
 	}
-	cd, err := group.ExpPublic(c, d)
+	var (
+		be *group.Element
+		br *group.Secret
+	)
+	err = cpu.run(ctx, func() error {
+		cd, err := group.ExpPublic(c, d)
+		if err != nil {
+			return errDegenerate
+		}
+		b, err := group.MulPublic(n, cd)
+		if err != nil {
+			return errDegenerate
+		}
+		if be, err = group.ExpPublic(b, e); err != nil {
+			return errDegenerate
+		}
+		br = group.ExpScalar(b, r)
+		return nil
+	})
 	if err != nil {
-		return nil, errDegenerate
+		return nil, err
 	}
-	b, err := group.MulPublic(n, cd)
-	if err != nil {
-		return nil, errDegenerate
-	}
-	be, err := group.ExpPublic(b, e)
-	if err != nil {
-		return nil, errDegenerate
-	}
+	defer br.Zero()
 	derived, err := ks.Derive(ctx, x.KeyID(), DHKey(be))
 	if err != nil {
 		return nil, err
@@ -153,8 +165,7 @@ func serverAgreeDH(ctx context.Context, ks Keystore, th []byte, c, n *group.Elem
 		return nil, errors.New("exchange: keystore derive returned a value out of range")
 	}
 	defer bex.Zero()
-	s := group.ExpScalar(b, r).Mul(bex)
-	defer s.Zero()
+	s := br.Mul(bex)
 	if s.Degenerate() {
 		return nil, errDegenerate
 	}

@@ -51,6 +51,7 @@ type Server struct {
 	Rand io.Reader
 
 	once    sync.Once
+	cpu     cpuSlots
 	tickets *ticketCache
 	status  *statusCache
 }
@@ -65,6 +66,7 @@ func (s *Server) init() {
 		if ttl <= 0 {
 			ttl = 10 * time.Second
 		}
+		s.cpu = newCPUSlots()
 		s.tickets = newTicketCache(size)
 		if s.Replays == nil {
 			s.Replays = memoryReplays{replay.New()}
@@ -107,13 +109,14 @@ func (s *Server) Exchange(ctx context.Context, req *Request, account string) (*w
 	if err != nil {
 		return nil, err
 	}
-	r, err := generateKey(req.Profile(), s.rand())
-	if err != nil {
+	s.init()
+	var r *privateKey
+	if err := s.cpu.run(ctx, func() (err error) { r, err = generateKey(req.Profile(), s.rand()); return err }); err != nil {
 		return nil, err
 	}
 	defer r.zero()
 
-	sigma, th, err := serverAgree(ctx, s.Keystore, req.Credential, req.Nonce, x, r)
+	sigma, th, err := serverAgree(ctx, s.cpu, s.Keystore, req.Credential, req.Nonce, x, r)
 	if err != nil {
 		return nil, err
 	}
@@ -197,16 +200,25 @@ func (s *Server) rekey(ctx context.Context, req *RekeyRequest, old *ticket.Sessi
 	if p := Profile(old.Profile); req.Nonce.Profile() != p {
 		return nil, Errorf(Malformed, "This session is of the %s profile and the rekey's ClientNonce is a %s key; a rekey keeps its session's profile.", p, req.Nonce.Profile())
 	}
-	r, err := generateKey(req.Nonce.Profile(), s.rand())
+	s.init()
+	var (
+		r     *privateKey
+		sigma []byte
+	)
+	err := s.cpu.run(ctx, func() (err error) {
+		if r, err = generateKey(req.Nonce.Profile(), s.rand()); err != nil {
+			return err
+		}
+		if sigma, err = rekeyAgree(req.Nonce, r); err != nil {
+			r.zero()
+		}
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
 	defer r.zero()
 	th := rekeyTranscript(req.Nonce, r.pub, oldTicket)
-	sigma, err := rekeyAgree(req.Nonce, r)
-	if err != nil {
-		return nil, err
-	}
 	k := schedule(old.RK[:], sigma, th)
 	clear(sigma)
 	defer k.zero()
