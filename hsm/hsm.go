@@ -89,6 +89,12 @@ type Token struct {
 	// lastEscalation is when new sessions failing last made the pool
 	// re-initialise the module.
 	lastEscalation time.Time
+	escalating     sync.Mutex    // held by the one caller re-initialising for sessions that failed
+	// ops is held shared by every use of a session handle and exclusively
+	// to re-initialise the module: a handle used across a
+	// re-initialisation may by then be the number of another caller's new
+	// session, and its call would run on that session.
+	ops sync.RWMutex
 	stopKeepAlive  chan struct{} // closed by Close
 	keepAliveDone  chan struct{} // closed when keepAlive has returned
 }
@@ -165,7 +171,7 @@ func (t *Token) connect() error {
 		if !errors.Is(err, errNoToken) && classify(err) != reinit {
 			return err
 		}
-		if rerr := t.mod.reinitialise(t.mod.generation(), t.ck); rerr != nil {
+		if rerr := t.reinitialise(t.mod.generation()); rerr != nil {
 			return rerr
 		}
 		if err := t.reconnect(); err != nil {
@@ -204,10 +210,18 @@ func (t *Token) reconnect() error {
 // command checks with it that a key it made was kept (keystore/p11). Calls
 // in flight finish first; sessions and object handles are made again.
 func (t *Token) Reread(ctx context.Context) error {
-	if err := t.mod.reinitialise(t.mod.generation(), t.ck); err != nil {
+	if err := t.reinitialise(t.mod.generation()); err != nil {
 		return err
 	}
 	return t.reconnect()
+}
+
+// reinitialise re-initialises the module unless that happened since
+// generation seen, once no session is in use.
+func (t *Token) reinitialise(seen uint64) error {
+	t.ops.Lock()
+	defer t.ops.Unlock()
+	return t.mod.reinitialise(seen, t.ck)
 }
 
 var errNoToken = errors.New("no such token")
@@ -239,10 +253,18 @@ func (t *Token) findSlot() (uint, error) {
 // application is logged in. Closing all sessions logs an application out
 // without telling anyone, so this checks instead of assuming.
 func (t *Token) newSession() (*session, error) {
+	// The module's own generation, read before the session is opened: a
+	// session opened across a re-initialisation is then taken for stale,
+	// the safe side, where the pool's record of it (modGen, set once the
+	// slot is found again) lags and would let an old session's handle be
+	// lent out after it was numbered anew for another.
+	gen := t.mod.generation()
 	t.mu.Lock()
-	s := &session{modGen: t.modGen, poolGen: t.poolGen, fresh: true}
+	s := &session{modGen: gen, poolGen: t.poolGen, fresh: true}
 	slot := t.slot
 	t.mu.Unlock()
+	t.ops.RLock()
+	defer t.ops.RUnlock()
 	h, err := t.ck.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, err
@@ -326,10 +348,22 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 		if s, err = t.acquire(ctx); err != nil {
 			return err
 		}
-		if err = fn(&Session{t: t, s: s}); err == nil {
+		t.ops.RLock()
+		err = fn(&Session{t: t, s: s})
+		t.ops.RUnlock()
+		if err == nil {
 			s.fresh = false
 			t.release(s)
 			return nil
+		}
+		if s.modGen != t.mod.generation() {
+			// The module was re-initialised while fn ran, by a caller
+			// that met the same fault: the session's handle now names
+			// nothing, or another caller's new session, so its error
+			// says nothing about the operation. Once more, on a new one.
+			t.discard(s)
+			attempts = min(attempts+1, 6)
+			continue
 		}
 		switch classify(err) {
 		case keep:
@@ -368,7 +402,9 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			// rather than being refused, so a missing object is also a
 			// reason to check the login before finding handles again.
 			t.epoch.Add(1)
+			t.ops.RLock()
 			loggedIn, lerr := t.ensureLogin(s.h)
+			t.ops.RUnlock()
 			switch {
 			case classify(lerr) == newSession:
 				t.retire(s) // closed while we looked
@@ -384,7 +420,7 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			}
 		case reinit:
 			t.discard(s)
-			if rerr := t.mod.reinitialise(s.modGen, t.ck); rerr != nil {
+			if rerr := t.reinitialise(s.modGen); rerr != nil {
 				return t.markDown(rerr)
 			}
 			if rerr := t.reconnect(); rerr != nil {
@@ -419,6 +455,13 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 // did, at most once per RetryInterval: a module that keeps failing after
 // that is down, and the probe takes it from there.
 func (t *Token) escalate(gen uint64, cause error) error {
+	// One caller re-initialises; the others that met the same dead
+	// generation meanwhile wait for it, then find the generation moved on
+	// and only reconnect. Without the wait they saw the re-initialisation
+	// of a moment ago, took it for a module that keeps failing, and
+	// marked the token down.
+	t.escalating.Lock()
+	defer t.escalating.Unlock()
 	if t.mod.generation() != gen {
 		return t.reconnect() // re-initialised since this failure began: just try again
 	}
@@ -429,7 +472,7 @@ func (t *Token) escalate(gen uint64, cause error) error {
 	}
 	t.lastEscalation = time.Now()
 	t.mu.Unlock()
-	if err := t.mod.reinitialise(gen, t.ck); err != nil {
+	if err := t.reinitialise(gen); err != nil {
 		return err
 	}
 	if err := t.reconnect(); err != nil {
@@ -491,7 +534,7 @@ func (t *Token) acquire(ctx context.Context) (*session, error) {
 func (t *Token) stale(s *session) bool {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return s.modGen != t.modGen || s.poolGen != t.poolGen
+	return s.modGen != t.mod.generation() || s.poolGen != t.poolGen
 }
 
 // openSession opens a pool session, initialising the module again first if
@@ -514,7 +557,7 @@ func (t *Token) openSession() (*session, error) {
 			s, err = t.newSession()
 		}
 	case reinit:
-		if rerr := t.mod.reinitialise(gen, t.ck); rerr != nil {
+		if rerr := t.reinitialise(gen); rerr != nil {
 			return nil, t.markDown(rerr)
 		}
 		if rerr := t.reconnect(); rerr != nil {
@@ -572,7 +615,7 @@ func (t *Token) markDown(cause error) error {
 func (t *Token) probe() {
 	err := t.reconnect()
 	if err != nil {
-		if err = t.mod.reinitialise(t.mod.generation(), t.ck); err == nil {
+		if err = t.reinitialise(t.mod.generation()); err == nil {
 			err = t.reconnect()
 		}
 	}
@@ -652,6 +695,8 @@ func (t *Token) release(s *session) {
 // initialised again since it was opened: its handle then names nothing,
 // or, numbered afresh, another caller's new session.
 func (t *Token) closeSession(s *session) {
+	t.ops.RLock()
+	defer t.ops.RUnlock()
 	if s.modGen == t.mod.generation() {
 		t.ck.CloseSession(s.h)
 	}
@@ -741,7 +786,14 @@ func (t *Token) keepAlive() {
 			}
 			sessionsGauge.WithLabelValues("idle").Dec()
 			sessionsGauge.WithLabelValues("busy").Inc()
-			_, err := t.ck.GetSessionInfo(s.h)
+			var err error
+			if t.stale(s) {
+				err = pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID) // its handle may name another's session now
+			} else {
+				t.ops.RLock()
+				_, err = t.ck.GetSessionInfo(s.h)
+				t.ops.RUnlock()
+			}
 			if err != nil && classify(err) != keep {
 				t.retire(s)
 				continue
