@@ -89,14 +89,14 @@ type Token struct {
 	// lastEscalation is when new sessions failing last made the pool
 	// re-initialise the module.
 	lastEscalation time.Time
-	escalating     sync.Mutex    // held by the one caller re-initialising for sessions that failed
+	escalating     sync.Mutex // held by the one caller re-initialising for sessions that failed
 	// ops is held shared by every use of a session handle and exclusively
 	// to re-initialise the module: a handle used across a
 	// re-initialisation may by then be the number of another caller's new
 	// session, and its call would run on that session.
-	ops sync.RWMutex
-	stopKeepAlive  chan struct{} // closed by Close
-	keepAliveDone  chan struct{} // closed when keepAlive has returned
+	ops           sync.RWMutex
+	stopKeepAlive chan struct{} // closed by Close
+	keepAliveDone chan struct{} // closed when keepAlive has returned
 }
 
 type session struct {
