@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/big"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +35,8 @@ type fixture struct {
 	ck hsm.Cryptoki
 	// sealing is how the token's ticket keys seal, by its self-test.
 	sealing ticket.Scheme
+	// profiles are those the token serves (all, unless forEachToken says).
+	profiles []exchange.Profile
 	// slow tokens run a tenth of the load tests' operations: NSS's
 	// database takes about 10 ms for each here.
 	slow bool
@@ -63,19 +66,25 @@ func openCfg(t *testing.T, cfg hsm.Config, wrap func(hsm.Cryptoki) hsm.Cryptoki)
 // testTokens are the PKCS#11 implementations the keystore's tests run on:
 // each makes a fresh token for one test and says how it seals.
 var testTokens = []struct {
-	name    string
-	make    func(t *testing.T) hsm.Config
-	sealing ticket.Scheme
-	slow    bool
+	name     string
+	make     func(t *testing.T) hsm.Config
+	sealing  ticket.Scheme
+	slow     bool
+	profiles []exchange.Profile // what the token serves
 }{
 	{"softhsm", func(t *testing.T) hsm.Config {
 		st := softhsm.New(t)
 		return hsm.Config{Module: st.Module, TokenLabel: st.Label, PIN: st.PIN}
-	}, ticket.GCM, false},
+	}, ticket.GCM, false, exchange.Profiles},
 	{"nss", func(t *testing.T) hsm.Config {
 		n := softhsm.NewNSS(t)
 		return hsm.Config{Module: n.Module, InitArgs: n.InitArgs, TokenLabel: n.Label, PIN: n.PIN}
-	}, ticket.CBCHMAC, true},
+	}, ticket.CBCHMAC, true, exchange.Profiles},
+	// opencryptoki's soft token has DH but no EC and no AES-GCM.
+	{"opencryptoki", func(t *testing.T) hsm.Config {
+		o := softhsm.NewOpenCryptoki(t)
+		return hsm.Config{Module: o.Module, TokenLabel: o.Label, PIN: o.PIN}
+	}, ticket.CBCHMAC, true, []exchange.Profile{exchange.ModP2048}},
 }
 
 // forEachToken runs test on a fresh, initialised keystore of each
@@ -84,9 +93,30 @@ func forEachToken(t *testing.T, test func(t *testing.T, f *fixture)) {
 	for _, tk := range testTokens {
 		t.Run(tk.name, func(t *testing.T) {
 			f := newFixtureOn(t, tk.make(t), tk.sealing)
-			f.slow = tk.slow
+			f.slow, f.profiles = tk.slow, tk.profiles
 			test(t, f)
 		})
+	}
+}
+
+// serves reports whether the fixture's token serves p.
+func (f *fixture) serves(p exchange.Profile) bool {
+	return f.profiles == nil || slices.Contains(f.profiles, p)
+}
+
+// servedProfiles are the profiles the fixture's token serves.
+func (f *fixture) servedProfiles() []exchange.Profile {
+	if f.profiles == nil {
+		return exchange.Profiles
+	}
+	return f.profiles
+}
+
+// needs skips a test of profile p on a token that lacks its mechanisms.
+func (f *fixture) needs(t *testing.T, p exchange.Profile) {
+	t.Helper()
+	if !f.serves(p) {
+		t.Skipf("this token lacks the mechanisms of %s (its self-test refuses it; TestSelfTest checks that)", p)
 	}
 }
 
@@ -130,10 +160,20 @@ func TestInitIsIdempotent(t *testing.T) { forEachToken(t, testInitIsIdempotent) 
 func testInitIsIdempotent(t *testing.T, f *fixture) {
 	ctx := context.Background()
 	x1, _ := f.ks.Credential(ctx, exchange.ModP2048)
-	e1, _ := f.ks.Credential(ctx, exchange.P256)
 	active, err := f.ks.Init(ctx)
-	if err != nil || len(active) != 2 || active[0].ID != x1.KeyID() || active[1].ID != e1.KeyID() {
-		t.Fatalf("second Init: %+v err %v, want %s and %s", active, err, x1.KeyID(), e1.KeyID())
+	if err != nil || len(active) != len(f.servedProfiles()) || active[0].ID != x1.KeyID() {
+		t.Fatalf("second Init: %+v err %v, want %s first", active, err, x1.KeyID())
+	}
+	if !f.serves(exchange.P256) {
+		keys, _ := f.ks.Keys(ctx)
+		if len(keys) != 2 || keys[0].Profile != exchange.ModP2048 || keys[1].Kind != keystore.KindTicket {
+			t.Fatalf("inventory after two Inits on a token without EC: %+v", keys)
+		}
+		return
+	}
+	e1, _ := f.ks.Credential(ctx, exchange.P256)
+	if active[1].ID != e1.KeyID() {
+		t.Fatalf("second Init: %+v, want %s second", active, e1.KeyID())
 	}
 	// A fresh process (here: a fresh keystore on the same token) sees the same keys.
 	ks2, err := Open(ctx, f.tok)
@@ -373,7 +413,7 @@ func testRotationAndPrune(t *testing.T, f *fixture) {
 		t.Fatalf("pruned credential: %v", err)
 	}
 	keys, _ := f.ks.Keys(ctx)
-	if len(keys) != 3 {
+	if len(keys) != len(f.servedProfiles())+1 {
 		t.Fatalf("inventory after prune: %+v", keys)
 	}
 	// The active keys are never pruned, however old.
@@ -428,7 +468,11 @@ func testConcurrentKeystore(t *testing.T, f *fixture) {
 				case 0:
 					_, err = f.ks.Derive(ctx, X.KeyID(), peer)
 				case 3:
-					_, err = f.ks.Derive(ctx, E.KeyID(), E)
+					if f.serves(exchange.P256) {
+						_, err = f.ks.Derive(ctx, E.KeyID(), E)
+					} else {
+						_, err = f.ks.Derive(ctx, X.KeyID(), peer)
+					}
 				case 1:
 					_, err = ticket.Seal(ctx, f.ks, rand.Reader, []byte("t"))
 				default:
@@ -510,6 +554,9 @@ func testKeysCreatedByKeystoreStayInside(t *testing.T, f *fixture) {
 		{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKK_EC, pkcs11.CKA_VALUE},
 		{pkcs11.CKO_SECRET_KEY, pkcs11.CKK_AES, pkcs11.CKA_VALUE},
 	} {
+		if kind.keyType == pkcs11.CKK_EC && !f.serves(exchange.P256) {
+			continue
+		}
 		if err := f.ck.FindObjectsInit(sh, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_CLASS, kind.class), pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, kind.keyType)}); err != nil {
 			t.Fatal(err)
 		}
@@ -570,6 +617,7 @@ func testPruneByRetirement(t *testing.T, f *fixture) {
 func TestRotateAndPruneP256(t *testing.T) { forEachToken(t, testRotateAndPruneP256) }
 
 func testRotateAndPruneP256(t *testing.T, f *fixture) {
+	f.needs(t, exchange.P256)
 	ctx := context.Background()
 	now := time.Now()
 	f.ks.Now = func() time.Time { return now }
@@ -762,10 +810,15 @@ func TestSelfTest(t *testing.T) { forEachToken(t, testSelfTest) }
 
 func testSelfTest(t *testing.T, f *fixture) {
 	r, err := f.ks.SelfTest(context.Background())
-	if err != nil || len(r.Profiles) != 2 || r.Sealing != f.sealing || len(r.Refused) != 0 {
+	served := f.servedProfiles()
+	if err != nil || !slices.Equal(r.Profiles, served) || r.Sealing != f.sealing || len(r.Refused) != len(exchange.Profiles)-len(served) {
 		t.Fatalf("report %+v, %v", r, err)
 	}
-	if s, want := r.String(), "serves modp2048 and p256; seals tickets with "+f.sealing.String(); s != want {
+	want := "serves modp2048 and p256; seals tickets with " + f.sealing.String()
+	if !f.serves(exchange.P256) {
+		want = "serves modp2048; seals tickets with " + f.sealing.String()
+	}
+	if s := r.String(); !strings.HasPrefix(s, want) {
 		t.Fatalf("report line %q, want %q", s, want)
 	}
 }
