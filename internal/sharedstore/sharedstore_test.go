@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -332,4 +333,38 @@ func TestOpenRefusesBadURLs(t *testing.T) {
 			t.Errorf("Open(%q) = %v, want an error saying %q without the password", url, err, want)
 		}
 	}
+}
+
+// BenchmarkFirstSeen is the replay check through Redis from 32 goroutines,
+// as a loaded replica makes it; cpu-ns/op is this process's CPU per check.
+func BenchmarkFirstSeen(b *testing.B) {
+	r, err := cluster.StartRedis(b.TempDir())
+	if err != nil {
+		b.Skip(err)
+	}
+	defer r.Stop()
+	s, err := Open(context.Background(), r.URL(), Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	b.SetParallelism(16)
+	cpu0 := processCPU()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			now := time.Now()
+			if _, err := s.FirstSeen(context.Background(), newKey(), now.Add(time.Minute), now); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(processCPU()-cpu0)/float64(b.N), "cpu-ns/op")
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
