@@ -24,10 +24,11 @@ const (
 )
 
 // Server is the service side of the protocol: the exchange, rekeys, the
-// verification of requests made under a session, and discovery. It keeps
-// no state a replica must share: everything a session needs is in its
-// ticket, and what it holds in memory (opened tickets, recent jtis, account
-// status) is a cache.
+// verification of requests made under a session, and discovery.
+// Everything a session needs is in its ticket, and what the Server holds
+// in memory (opened tickets, account status) is a cache; the one thing
+// replicas must share is the requests seen within the skew window, which
+// Replays keeps.
 type Server struct {
 	Keystore Keystore
 	// Accounts is checked by every verified request and rekey.

@@ -37,8 +37,8 @@ type SignedRequest struct {
 	// field lines in the order received (an http.Header).
 	Header map[string][]string
 	Body   []byte
-	// Remote is the client's address, as the limits count it, and Opens,
-	// if set, what limits the ticket opens it may cost.
+	// Remote is the peer's address (an http.Request's RemoteAddr), and
+	// Opens, if set, what limits the ticket opens the request may cost.
 	Remote string
 	Opens  OpenBudget
 }
@@ -46,11 +46,11 @@ type SignedRequest struct {
 // OpenBudget limits what strangers spend on the token: each ticket not in
 // memory costs one open, and a forged one costs it for nothing.
 type OpenBudget interface {
-	// BeforeOpen is asked before the keystore opens a ticket for remote;
-	// an error refuses the request with it.
-	BeforeOpen(ctx context.Context, remote string) error
-	// OpenFailed is told that a ticket from remote did not open.
-	OpenFailed(ctx context.Context, remote string)
+	// BeforeOpen is asked before the keystore opens the ticket of r; an
+	// error refuses the request with it.
+	BeforeOpen(ctx context.Context, r *SignedRequest) error
+	// OpenFailed is told that the ticket of r did not open.
+	OpenFailed(ctx context.Context, r *SignedRequest)
 }
 
 // Accounts is what verification needs of the account registry.
@@ -325,14 +325,14 @@ func (s *Server) session(ctx context.Context, token string, r *SignedRequest) (*
 	}
 	cacheStats.misses.Add(1)
 	if r.Opens != nil {
-		if err := r.Opens.BeforeOpen(ctx, r.Remote); err != nil {
+		if err := r.Opens.BeforeOpen(ctx, r); err != nil {
 			return nil, nil, err
 		}
 	}
 	sess, err := s.openTicket(ctx, req.Ticket)
 	if err != nil {
 		if r.Opens != nil && AsError(err).Code == BadAuthentication {
-			r.Opens.OpenFailed(ctx, r.Remote)
+			r.Opens.OpenFailed(ctx, r)
 		}
 		return nil, nil, err
 	}

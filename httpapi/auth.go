@@ -35,7 +35,7 @@ func sessionFrom(ctx context.Context) Session {
 func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRequest {
 	return &exchange.SignedRequest{
 		Method: r.Method, Target: r.URL.RequestURI(), Authorization: r.Header.Get("Authorization"), Header: r.Header, Body: body,
-		Remote: s.clientAddress(r), Opens: (*openBudget)(s),
+		Remote: r.RemoteAddr, Opens: (*openBudget)(s),
 	}
 }
 
@@ -44,9 +44,11 @@ func (s *Service) signedRequest(r *http.Request, body []byte) *exchange.SignedRe
 // forged tickets gets 429 before costing the token much.
 type openBudget Service
 
-func (b *openBudget) BeforeOpen(ctx context.Context, remote string) error {
+// The client's address is found only here, for the tickets not in memory:
+// the requests on an open session, nearly all of them, need none.
+func (b *openBudget) BeforeOpen(ctx context.Context, r *exchange.SignedRequest) error {
 	s := (*Service)(b)
-	ok, retry, err := s.failedOpens.Peek(ctx, remote)
+	ok, retry, err := s.failedOpens.Peek(ctx, s.clientAddr(r.Remote, r.Header))
 	if err != nil {
 		return s.refusal("rate limit", exchange.SharedStoreError(err))
 	}
@@ -58,9 +60,10 @@ func (b *openBudget) BeforeOpen(ctx context.Context, remote string) error {
 	return nil
 }
 
-func (b *openBudget) OpenFailed(ctx context.Context, remote string) {
-	if _, _, err := b.failedOpens.Allow(ctx, remote); err != nil {
-		(*Service)(b).refusal("rate limit", exchange.SharedStoreError(err))
+func (b *openBudget) OpenFailed(ctx context.Context, r *exchange.SignedRequest) {
+	s := (*Service)(b)
+	if _, _, err := s.failedOpens.Allow(ctx, s.clientAddr(r.Remote, r.Header)); err != nil {
+		s.refusal("rate limit", exchange.SharedStoreError(err))
 	}
 }
 

@@ -154,13 +154,17 @@ func retryAfter(d time.Duration) string {
 // balancer or proxy in Config.TrustedProxies, the client is the last
 // address in X-Forwarded-For that is not itself a trusted proxy: the
 // entries before it are whatever the client chose to send.
-func (s *Service) clientAddress(r *http.Request) string {
-	peer, ok := parseAddr(r.RemoteAddr)
+func (s *Service) clientAddress(r *http.Request) string { return s.clientAddr(r.RemoteAddr, r.Header) }
+
+// clientAddr is clientAddress of a request from the peer remote with the
+// headers h.
+func (s *Service) clientAddr(remote string, h http.Header) string {
+	peer, ok := parseAddr(remote)
 	if !ok {
-		return r.RemoteAddr
+		return remote
 	}
 	if s.trusted(peer) {
-		fwd := r.Header.Values("X-Forwarded-For")
+		fwd := h.Values("X-Forwarded-For")
 		for i := len(fwd) - 1; i >= 0; i-- {
 			hops := strings.Split(fwd[i], ",")
 			for j := len(hops) - 1; j >= 0; j-- {

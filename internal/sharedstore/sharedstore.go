@@ -207,7 +207,7 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 		return false, nil
 	}
 	if !s.up.Load() {
-		return s.fallback(true)
+		return s.fallback()
 	}
 	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
 	err := s.seen.Do(rctx, s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
@@ -221,14 +221,14 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 		return false, ctx.Err() // the request itself ended: not Redis's fault
 	}
 	s.lost(err)
-	return s.fallback(true)
+	return s.fallback()
 }
 
-// fallback is the answer while Redis cannot be reached: what this
-// replica's memory says when failing open, else ErrUnavailable.
-func (s *Store) fallback(local bool) (bool, error) {
+// fallback is the answer, to a request this replica has not seen, while
+// Redis cannot be reached: new when failing open, else ErrUnavailable.
+func (s *Store) fallback() (bool, error) {
 	if s.opts.FailOpen {
-		return local, nil
+		return true, nil
 	}
 	return false, ErrUnavailable
 }
@@ -294,18 +294,11 @@ func (s *Store) probe(ctx context.Context) error {
 		if err := s.restore(ctx, entries); err != nil {
 			return err
 		}
-		s.opts.Logger.Info("shared store answering", "redis", s.where, "restored", restoredCount(missing, next))
+		s.opts.Logger.Info("shared store answering", "redis", s.where, "requests_restored", next, "had_lost_its_data", missing)
 	} else {
 		s.opts.Logger.Warn("shared store had lost what it held; this replica restored what it remembers", "redis", s.where, "requests", next)
 	}
 	return nil
-}
-
-func restoredCount(missing bool, n uint64) string {
-	if missing {
-		return fmt.Sprintf("%d requests seen (Redis had lost its data, or this replica is new)", n)
-	}
-	return fmt.Sprintf("%d requests seen", n)
 }
 
 // restore writes entries to Redis, each only if absent, in pipelines of a
