@@ -209,16 +209,25 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 	if !s.up.Load() {
 		return s.fallback()
 	}
-	rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-	err := s.seen.Do(rctx, s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
-	cancel()
-	switch {
-	case err == nil:
-		return true, nil
-	case rueidis.IsRedisNil(err): // not set: another replica saw it
-		return false, nil
-	case ctx.Err() != nil:
-		return false, ctx.Err() // the request itself ended: not Redis's fault
+	// A connection Redis closed (it restarted) fails the first command on
+	// it; the client dials again for the next. So once more before
+	// falling back: a replica that missed the outage must not accept a
+	// replay on its own word after it. The retry may find the key the
+	// first attempt set and refuse a fresh request — the safe side, and
+	// only when an answer was lost.
+	var err error
+	for attempt := 0; attempt < 2; attempt++ {
+		rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
+		err = s.seen.Do(rctx, s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
+		cancel()
+		switch {
+		case err == nil:
+			return true, nil
+		case rueidis.IsRedisNil(err): // not set: another replica saw it
+			return false, nil
+		case ctx.Err() != nil:
+			return false, ctx.Err() // the request itself ended: not Redis's fault
+		}
 	}
 	s.lost(err)
 	return s.fallback()

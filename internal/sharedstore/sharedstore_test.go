@@ -199,6 +199,7 @@ func TestLostDataRestored(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitUp(t, s...) // a replica whose probe met the restart refuses (fails closed) until its next
 	mustFirst(t, s[1], k, false, "replayed to the other replica after the restart")
 }
 
