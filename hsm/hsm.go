@@ -89,14 +89,9 @@ type Token struct {
 	// lastEscalation is when new sessions failing last made the pool
 	// re-initialise the module.
 	lastEscalation time.Time
-	escalating     sync.Mutex // held by the one caller re-initialising for sessions that failed
-	// ops is held shared by every use of a session handle and exclusively
-	// to re-initialise the module: a handle used across a
-	// re-initialisation may by then be the number of another caller's new
-	// session, and its call would run on that session.
-	ops           sync.RWMutex
-	stopKeepAlive chan struct{} // closed by Close
-	keepAliveDone chan struct{} // closed when keepAlive has returned
+	escalating     sync.Mutex    // held by the one caller re-initialising for sessions that failed
+	stopKeepAlive  chan struct{} // closed by Close
+	keepAliveDone  chan struct{} // closed when keepAlive has returned
 }
 
 type session struct {
@@ -219,8 +214,8 @@ func (t *Token) Reread(ctx context.Context) error {
 // reinitialise re-initialises the module unless that happened since
 // generation seen, once no session is in use.
 func (t *Token) reinitialise(seen uint64) error {
-	t.ops.Lock()
-	defer t.ops.Unlock()
+	t.mod.ops.Lock()
+	defer t.mod.ops.Unlock()
 	return t.mod.reinitialise(seen, t.ck)
 }
 
@@ -263,8 +258,8 @@ func (t *Token) newSession() (*session, error) {
 	s := &session{modGen: gen, poolGen: t.poolGen, fresh: true}
 	slot := t.slot
 	t.mu.Unlock()
-	t.ops.RLock()
-	defer t.ops.RUnlock()
+	t.mod.ops.RLock()
+	defer t.mod.ops.RUnlock()
 	h, err := t.ck.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
 	if err != nil {
 		return nil, err
@@ -348,22 +343,21 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 		if s, err = t.acquire(ctx); err != nil {
 			return err
 		}
-		t.ops.RLock()
-		err = fn(&Session{t: t, s: s})
-		t.ops.RUnlock()
-		if err == nil {
+		ran, ferr := t.onSession(s, func() error { return fn(&Session{t: t, s: s}) })
+		if !ran {
+			// The module was re-initialised since the session was lent,
+			// by a caller that met a fault or re-read the token: its
+			// handle now names nothing, or another caller's new session.
+			// Once more, on a new one.
+			t.discard(s)
+			err = errStaleSession
+			attempts = min(attempts+1, 6)
+			continue
+		}
+		if err = ferr; err == nil {
 			s.fresh = false
 			t.release(s)
 			return nil
-		}
-		if s.modGen != t.mod.generation() {
-			// The module was re-initialised while fn ran, by a caller
-			// that met the same fault: the session's handle now names
-			// nothing, or another caller's new session, so its error
-			// says nothing about the operation. Once more, on a new one.
-			t.discard(s)
-			attempts = min(attempts+1, 6)
-			continue
 		}
 		switch classify(err) {
 		case keep:
@@ -402,11 +396,13 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 			// rather than being refused, so a missing object is also a
 			// reason to check the login before finding handles again.
 			t.epoch.Add(1)
-			t.ops.RLock()
-			loggedIn, lerr := t.ensureLogin(s.h)
-			t.ops.RUnlock()
+			var loggedIn bool
+			ran, lerr := t.onSession(s, func() (err error) {
+				loggedIn, err = t.ensureLogin(s.h)
+				return err
+			})
 			switch {
-			case classify(lerr) == newSession:
+			case !ran || classify(lerr) == newSession:
 				t.retire(s) // closed while we looked
 				continue
 			case lerr != nil:
@@ -691,15 +687,29 @@ func (t *Token) release(s *session) {
 	sessionsGauge.WithLabelValues("idle").Inc()
 }
 
-// closeSession closes a pool session, unless the module has been
-// initialised again since it was opened: its handle then names nothing,
-// or, numbered afresh, another caller's new session.
-func (t *Token) closeSession(s *session) {
-	t.ops.RLock()
-	defer t.ops.RUnlock()
-	if s.modGen == t.mod.generation() {
-		t.ck.CloseSession(s.h)
+// onSession runs f, which uses s's handle, unless the module has been
+// initialised again since s was opened: its handle then names nothing, or,
+// numbered afresh, another caller's new session, and f would run on that
+// session beside its owner (SoftHSM answers CKR_OPERATION_ACTIVE, or
+// crashes). The module's ops lock, held shared, keeps a re-initialisation
+// out until f returns. It reports whether f ran.
+func (t *Token) onSession(s *session, f func() error) (ran bool, err error) {
+	t.mod.ops.RLock()
+	defer t.mod.ops.RUnlock()
+	if s.modGen != t.mod.generation() {
+		return false, nil
 	}
+	return true, f()
+}
+
+// errStaleSession stands for the answer a session of an earlier
+// initialisation would get: it is retired, never used.
+var errStaleSession error = pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID)
+
+// closeSession closes a pool session, unless the module has been
+// initialised again since it was opened.
+func (t *Token) closeSession(s *session) {
+	t.onSession(s, func() error { return t.ck.CloseSession(s.h) })
 }
 
 // discard drops a session that failed; its slot frees up for a new one.
@@ -786,13 +796,12 @@ func (t *Token) keepAlive() {
 			}
 			sessionsGauge.WithLabelValues("idle").Dec()
 			sessionsGauge.WithLabelValues("busy").Inc()
-			var err error
-			if t.stale(s) {
-				err = pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID) // its handle may name another's session now
-			} else {
-				t.ops.RLock()
-				_, err = t.ck.GetSessionInfo(s.h)
-				t.ops.RUnlock()
+			err := errStaleSession // its handle may name another's session now
+			if !t.stale(s) {
+				t.onSession(s, func() error {
+					_, err = t.ck.GetSessionInfo(s.h)
+					return err
+				})
 			}
 			if err != nil && classify(err) != keep {
 				t.retire(s)

@@ -906,6 +906,65 @@ func TestReopenedSessionsFailUntilReinit(t *testing.T) {
 	}
 }
 
+// TestRereadUnderLoad re-initialises the module fifty times, as an
+// administrative command does after making a key, while eight callers seal
+// and open on four sessions. A session lent before a re-initialisation and
+// used after it runs on whichever new session got its number, beside that
+// session's owner (SoftHSM answers one of them CKR_OPERATION_ACTIVE): no
+// call may fail.
+func TestRereadUnderLoad(t *testing.T) {
+	tok, _ := openToken(t, Config{MaxSessions: 4})
+	genAES(t, tok)
+	var calls atomic.Int64
+	stop := make(chan struct{})
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			iv := make([]byte, GCMIVSize)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				rand.Read(iv)
+				err := tok.Do(context.Background(), "seal", func(s *Session) error {
+					key, err := s.FindKey(AESKey, []byte{2})
+					if err != nil {
+						return err
+					}
+					sealed, err := s.SealGCM(key, iv, nil, []byte("ticket"))
+					if err != nil {
+						return err
+					}
+					_, err = s.OpenGCM(key, iv, nil, sealed)
+					return err
+				})
+				if err != nil {
+					errs <- err
+					return
+				}
+				calls.Add(1)
+			}
+		})
+	}
+	for range 50 {
+		if err := tok.Reread(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		at := calls.Load()
+		waitFor(t, func() bool { return calls.Load() >= at+8 || len(errs) > 0 })
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Errorf("a call failed across a re-read: %v", err)
+	}
+	t.Logf("%d calls across 50 re-reads", calls.Load())
+}
+
 // TestKeepAliveKeepsIdleSessionsAlive: with a keep-alive shorter than
 // the device's idle limit the link never drops, so an idle pool needs no
 // re-initialisation; without one, the link drops and the pool recovers by

@@ -25,6 +25,13 @@ type module struct {
 	// a module with calls inside it is library-dependent, and SoftHSM
 	// crashes.
 	calls sync.RWMutex
+	// ops is held shared by every use of a session handle, from the check
+	// that the handle belongs to this initialisation until the call
+	// returns (Token.onSession), and exclusively to re-initialise: a
+	// handle used across a re-initialisation may by then be the number of
+	// another caller's new session. It is the module's, not a Token's,
+	// because every Token on the module shares its initialisation.
+	ops sync.RWMutex
 
 	mu    sync.Mutex
 	refs  int

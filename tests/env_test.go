@@ -99,7 +99,7 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 		Accounts: reg,
 		Ready:    tok.Healthy,
 		Now:      e.clock.Now,
-		Logger:   slog.New(slog.DiscardHandler),
+		Logger:   failureLog(t),
 		Metrics:  e.metrics,
 		// Tests exchange far faster than any client; limits_test.go
 		// turns the limits on.
@@ -119,6 +119,31 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 	e.url = "http://" + ln.Addr().String()
 	return e
 }
+
+// failureLog is a logger whose lines the test shows only if it fails: a
+// 500 says nothing of its cause, the service's log does.
+func failureLog(t *testing.T) *slog.Logger {
+	var (
+		mu  sync.Mutex
+		buf bytes.Buffer
+	)
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if t.Failed() && buf.Len() > 0 {
+			t.Logf("the service's log:\n%s", buf.String())
+		}
+	})
+	return slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return buf.Write(p)
+	}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // register makes a credential for account and registers it.
 func (e *env) register(t *testing.T, account string) *exchange.ClientKey {
