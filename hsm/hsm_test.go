@@ -355,12 +355,7 @@ func TestConcurrentOperations(t *testing.T) {
 						_, err := s.DeriveDH(dh.priv, peer, 256)
 						return err
 					}
-					sealed, err := s.SealGCM(key, iv, nil, []byte("ticket"))
-					if err != nil {
-						return err
-					}
-					_, err = s.OpenGCM(key, iv, nil, sealed)
-					return err
+					return sealOpen(s, key, iv)
 				})
 				if err != nil {
 					errs <- err
@@ -377,6 +372,16 @@ func TestConcurrentOperations(t *testing.T) {
 	if n := len(tok.idle); n > 4 {
 		t.Fatalf("pool holds %d sessions, bound is 4", n)
 	}
+}
+
+// sealOpen seals a short plaintext under key and opens it again.
+func sealOpen(s *Session, key Object, iv []byte) error {
+	sealed, err := s.SealGCM(key, iv, nil, []byte("ticket"))
+	if err != nil {
+		return err
+	}
+	_, err = s.OpenGCM(key, iv, nil, sealed)
+	return err
 }
 
 func TestContextDeadlineWhilePoolBusy(t *testing.T) {
@@ -934,12 +939,7 @@ func TestRereadUnderLoad(t *testing.T) {
 					if err != nil {
 						return err
 					}
-					sealed, err := s.SealGCM(key, iv, nil, []byte("ticket"))
-					if err != nil {
-						return err
-					}
-					_, err = s.OpenGCM(key, iv, nil, sealed)
-					return err
+					return sealOpen(s, key, iv)
 				})
 				if err != nil {
 					errs <- err

@@ -91,17 +91,7 @@ func startBalanced(t *testing.T, n int) *balanced {
 // behind the balancer unless it was started by startBalanced.
 func (b *balanced) startReplica(t *testing.T, extraEnv ...string) *cluster.Replica {
 	t.Helper()
-	r, err := cluster.StartReplica(bin(t, "custosd"), freeAddr(t), append(append([]string{}, b.env...), extraEnv...))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		r.Stop()
-		if t.Failed() {
-			t.Logf("custosd %s:\n%s", r.Addr, r.Logs())
-		}
-	})
-	return r
+	return startReplicaAt(t, append(append([]string{}, b.env...), extraEnv...), freeAddr(t)).Replica
 }
 
 // next is an address no client has used yet, so that the per-address

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/custos-kx/custos/client"
+	"github.com/custos-kx/custos/tests/cluster"
 )
 
 // tool finds a program the deployment tests need; .ci/run installs them.
@@ -71,7 +72,12 @@ func TestDashboardAgainstPrometheus(t *testing.T) {
 	prom, promtool := tool(t, "prometheus"), tool(t, "promtool")
 	dir := t.TempDir()
 	env, key := initialised(t, dir, "alice@example.com")
-	r := startReplica(t, env)
+	rd, err := cluster.StartRedis(t.TempDir()) // for the shared store's panel
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(rd.Stop)
+	r := startReplica(t, append(env, "CUSTOS_SHARED_STORE="+rd.URL()))
 
 	promAddr := freeAddr(t)
 	cfg := filepath.Join(dir, "prometheus.yml")

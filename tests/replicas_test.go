@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -25,11 +24,10 @@ import (
 	"github.com/custos-kx/custos/tests/pgtest"
 )
 
-// replica is a custosd serve process.
+// replica is a custosd process a test started.
 type replica struct {
-	url  string
-	cmd  *exec.Cmd
-	logs *bytes.Buffer
+	*cluster.Replica
+	url string
 }
 
 func freeAddr(t *testing.T) string {
@@ -100,37 +98,21 @@ func startReplica(t *testing.T, env []string) *replica {
 	return startReplicaAt(t, env, freeAddr(t))
 }
 
-// startReplicaAt starts custosd serving on addr.
+// startReplicaAt starts custosd serving on addr, stopped when the test
+// ends, its log shown if the test failed.
 func startReplicaAt(t *testing.T, env []string, addr string) *replica {
 	t.Helper()
-	r := &replica{url: "http://" + addr, logs: &bytes.Buffer{}}
-	r.cmd = exec.Command(bin(t, "custosd"), "serve")
-	r.cmd.Env = append(env, "CUSTOS_LISTEN="+addr, "CUSTOS_KEY_REFRESH=200ms")
-	r.cmd.Stdout, r.cmd.Stderr = r.logs, r.logs
-	if err := r.cmd.Start(); err != nil {
+	r, err := cluster.StartReplica(bin(t, "custosd"), addr, append(append([]string{}, env...), "CUSTOS_KEY_REFRESH=200ms"))
+	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		r.cmd.Process.Signal(os.Interrupt)
-		r.cmd.Wait()
+		r.Stop()
 		if t.Failed() {
-			t.Logf("custosd %s:\n%s", addr, r.logs)
+			t.Logf("custosd %s:\n%s", addr, r.Logs())
 		}
 	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get(r.url + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return r
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("custosd on %s did not become ready:\n%s", addr, r.logs)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return &replica{Replica: r, url: r.URL}
 }
 
 // alternate sends each request to the next replica in turn, as a load

@@ -191,7 +191,7 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if n := sent.Load(); n == int64(len(body)) {
 		t.Fatalf("the slow request was sent in full (%d bytes) before SIGTERM: nothing was in flight", n)
 	}
-	if err := r.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	if err := r.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	addr := strings.TrimPrefix(r.url, "http://")
@@ -214,8 +214,8 @@ func TestShutdownUnderLoad(t *testing.T) {
 	if a.err != nil || a.status != 200 || a.body != string(body) || a.sig == "" {
 		t.Fatalf("the request in flight at SIGTERM: %+v", a)
 	}
-	if err := r.cmd.Wait(); err != nil {
-		t.Fatalf("custosd exited with %v:\n%s", err, r.logs)
+	if err := r.Wait(); err != nil {
+		t.Fatalf("custosd exited with %v:\n%s", err, r.Logs())
 	}
 	t.Logf("around SIGTERM: %d exchanges (errors %v), %d requests (errors %v); the request in flight was answered in full",
 		ex.Completed, ex.Errors, rq.Completed, rq.Errors)

@@ -40,7 +40,8 @@ type Options struct {
 	// Redis cannot be reached, instead of refusing requests.
 	FailOpen bool
 	// Timeout bounds each Redis command (default 250 ms): a request waits
-	// at most this long for Redis before the failure mode applies.
+	// at most this long for Redis before the failure mode applies (a
+	// replay check, up to twice as long: see deadlines).
 	Timeout time.Duration
 	// ProbeInterval is how often Redis is checked for having come back,
 	// or having lost its data (default 500 ms).
@@ -71,6 +72,7 @@ type Store struct {
 	rdb     *redis.Client
 	limiter *redis_rate.Limiter
 	local   *replay.Cache
+	checks  deadlines // of the replay checks
 	up      atomic.Bool
 	mark    string // a key of this replica's, whose absence says Redis lost its data
 	probing sync.Mutex
@@ -217,9 +219,7 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 	// only when an answer was lost.
 	var err error
 	for attempt := 0; attempt < 2; attempt++ {
-		rctx, cancel := context.WithTimeout(ctx, s.opts.Timeout)
-		err = s.seen.Do(rctx, s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
-		cancel()
+		err = s.seen.Do(s.checks.next(s.opts.Timeout), s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
 		switch {
 		case err == nil:
 			return true, nil
@@ -231,6 +231,37 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 	}
 	s.lost(err)
 	return s.fallback()
+}
+
+// deadlines gives the replay checks a context they share: its deadline is
+// between one and two timeouts away, and a new one is made once it is
+// less than one away. A context per check, derived from the request's,
+// cost the replica 4 µs of CPU a request (perf record under load: 2.7 % of
+// custosd's samples, a sixth of what the shared store cost it), for a
+// timer and a place among the request context's children. A check so
+// does not end when its request does; it ends by its deadline, and the
+// request's end is noticed after it (FirstSeen).
+type deadlines struct {
+	cur atomic.Pointer[deadline]
+}
+
+type deadline struct {
+	ctx    context.Context
+	at     time.Time
+	cancel context.CancelFunc // never called: the context ends at its deadline
+}
+
+func (d *deadlines) next(timeout time.Duration) context.Context {
+	now := time.Now()
+	c := d.cur.Load()
+	if c != nil && c.at.Sub(now) >= timeout {
+		return c.ctx
+	}
+	at := now.Add(2 * timeout)
+	n := &deadline{at: at}
+	n.ctx, n.cancel = context.WithDeadline(context.Background(), at)
+	d.cur.CompareAndSwap(c, n) // if another check made one meanwhile, n serves this check alone
+	return n.ctx
 }
 
 // fallback is the answer, to a request this replica has not seen, while

@@ -369,3 +369,31 @@ func processCPU() time.Duration {
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
+
+// TestChecksShareADeadline: checks a moment apart share one context, every
+// check gets between one and two timeouts to be answered, and the shared
+// context is renewed before it has less than one left.
+func TestChecksShareADeadline(t *testing.T) {
+	var d deadlines
+	const timeout = 50 * time.Millisecond
+	first := d.next(timeout)
+	if d.next(timeout) != first {
+		t.Fatal("two checks a moment apart got contexts of their own")
+	}
+	give := time.Now().Add(2 * time.Second)
+	for {
+		before := time.Now()
+		ctx := d.next(timeout)
+		at, ok := ctx.Deadline()
+		if !ok || at.Sub(before) < timeout || time.Until(at) > 2*timeout {
+			t.Fatalf("a check got until %v, %v after it asked; want between %v and %v", at, at.Sub(before), timeout, 2*timeout)
+		}
+		if ctx != first {
+			return
+		}
+		if time.Now().After(give) {
+			t.Fatal("the shared context was never renewed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

@@ -39,7 +39,7 @@ func main() {
 	bin := flag.String("bin", "bin", "directory holding the custosd binary")
 	d := flag.Duration("d", 3*time.Second, "how long each load runs")
 	c := flag.Int("c", 32, "concurrency of each load")
-	roundsFlag = flag.Int("rounds", 3, "rounds of every load, the figures being their medians")
+	roundsFlag = flag.Int("rounds", 5, "rounds of every load, the figures being their medians")
 	flag.Parse()
 	if err := run(*bin, *d, *c); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreplicas:", err)
@@ -54,6 +54,9 @@ type figure struct {
 	rate, p99  float64
 	errors     int
 	redisPerOp float64
+	// redisBatch is commands per read Redis made: how many checks travel
+	// together.
+	redisBatch float64
 	// CPU per operation of the replicas, of haproxy, of Redis and of the
 	// load generator (this process), in µs.
 	cpu           [4]float64
@@ -121,24 +124,27 @@ func run(bin string, d time.Duration, concurrency int) error {
 	}
 	defer pgc.Close(ctx)
 
-	counters := func() (redisCmds, xacts float64) {
+	counters := func() (redisCmds, redisReads, xacts float64) {
 		info, _ := rdb.Info(ctx, "stats").Result()
 		for _, line := range strings.Split(info, "\r\n") {
 			if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
 				redisCmds, _ = strconv.ParseFloat(v, 64)
 			}
+			if v, ok := strings.CutPrefix(line, "total_reads_processed:"); ok {
+				redisReads, _ = strconv.ParseFloat(v, 64)
+			}
 		}
 		pgc.QueryRow(ctx, "SELECT sum(xact_commit)::float8 FROM pg_stat_database").Scan(&xacts)
-		return redisCmds, xacts
+		return redisCmds, redisReads, xacts
 	}
 	measure := func(kind, url string, pids [3][]int) (figure, error) {
 		cpu0 := cpuOf(pids)
-		r0, x0 := counters()
+		r0, rr0, x0 := counters()
 		res, err := bench.Run(ctx, bench.Config{Kind: kind, URL: url, Concurrency: concurrency, Duration: d, Key: key, Precompute: true})
 		if err != nil {
 			return figure{}, err
 		}
-		r1, x1 := counters()
+		r1, rr1, x1 := counters()
 		cpu1 := cpuOf(pids)
 		f := figure{rate: res.Throughput, p99: res.Latency.P99}
 		for i := range cpu1 {
@@ -152,6 +158,9 @@ func run(bin string, d time.Duration, concurrency int) error {
 		if n := float64(res.Completed); n > 0 {
 			// The counters' own queries (one INFO, one SELECT) are taken off.
 			f.redisPerOp = max(0, r1-r0-1) / n
+			if rr1-rr0 > 1 {
+				f.redisBatch = max(0, r1-r0-1) / (rr1 - rr0 - 1)
+			}
 			f.registryPerOp = max(0, x1-x0-1) / n
 		}
 		return f, nil
@@ -211,10 +220,23 @@ func run(bin string, d time.Duration, concurrency int) error {
 		name, base string
 		req, exc   figure
 	}
+	// Each memory configuration runs next to its Redis twin, first in
+	// one round and second in the next, so that the cost of the shared
+	// store is a ratio of two loads a few seconds apart, the machine's
+	// drift cancelling out.
+	half := len(configs) / 2
 	rounds := map[string][]figure{}
 	for round := 0; round < *roundsFlag; round++ {
+		var order []config
+		for i := range half {
+			pair := []config{configs[i], configs[half+i]}
+			if round%2 == 1 {
+				pair[0], pair[1] = pair[1], pair[0]
+			}
+			order = append(order, pair...)
+		}
 		for _, kind := range []string{bench.Requests, bench.Exchange} {
-			for _, c := range configs {
+			for _, c := range order {
 				url := c.url
 				if kind == bench.Requests {
 					url += "/v1/whoami"
@@ -237,7 +259,7 @@ func run(bin string, d time.Duration, concurrency int) error {
 		byName[r.name] = r
 	}
 	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges and authenticated GETs on one session, concurrency %d, medians of %d rounds of %s each\n\n", runtime.NumCPU(), concurrency, *roundsFlag, d)
-	fmt.Printf("  %-34s %12s %8s %8s %12s %8s %8s %11s %12s\n", "", "requests/s", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "registry/exch")
+	fmt.Printf("  %-34s %12s %8s %8s %12s %8s %8s %11s %11s %12s\n", "", "requests/s", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "per batch", "registry/exch")
 	for _, r := range rows {
 		reqRatio, excRatio := "", ""
 		if b, ok := byName[r.base]; ok {
@@ -248,7 +270,7 @@ func run(bin string, d time.Duration, concurrency int) error {
 		if r.req.errors+r.exc.errors > 0 {
 			errs = fmt.Sprintf("  (%d errors)", r.req.errors+r.exc.errors)
 		}
-		fmt.Printf("  %-34s %12.0f %8s %8.1f %12.0f %8s %8.1f %11.2f %12.2f%s\n", r.name, r.req.rate, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.exc.registryPerOp, errs)
+		fmt.Printf("  %-34s %12.0f %8s %8.1f %12.0f %8s %8.1f %11.2f %11.2f %12.2f%s\n", r.name, r.req.rate, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.req.redisBatch, r.exc.registryPerOp, errs)
 	}
 	fmt.Println()
 	fmt.Printf("  CPU per authenticated request, µs (user + system, /proc):\n")
@@ -259,16 +281,36 @@ func run(bin string, d time.Duration, concurrency int) error {
 	}
 	fmt.Println()
 	fmt.Println("  × is the ratio to one replica served directly with the same store setting.")
-	cost := func(kind string, pick func(row) figure) {
-		mem, shared := pick(byName["1 replica, haproxy, memory"]), pick(byName["1 replica, haproxy, Redis"])
-		direct, directShared := pick(byName["1 replica, direct, memory"]), pick(byName["1 replica, direct, Redis"])
-		fmt.Printf("  the shared store's cost, %s at one replica: %.1f %% through haproxy, %.1f %% direct\n", kind, 100*(1-shared.rate/mem.rate), 100*(1-directShared.rate/direct.rate))
+	// paired is the shared store's cost of each round (1 − Redis rate ÷
+	// memory rate, the two loads run side by side), in %, sorted.
+	paired := func(where, kind string) []float64 {
+		mem, shared := rounds["1 replica, "+where+", memory\x00"+kind], rounds["1 replica, "+where+", Redis\x00"+kind]
+		var v []float64
+		for i := range min(len(mem), len(shared)) {
+			v = append(v, 100*(1-shared[i].rate/mem[i].rate))
+		}
+		slices.Sort(v)
+		return v
 	}
-	cost("authenticated requests (target ≤ 15 %)", func(r row) figure { return r.req })
-	cost("exchanges", func(r row) figure { return r.exc })
+	cost := func(name, kind string) {
+		through, direct := paired("haproxy", kind), paired("direct", kind)
+		fmt.Printf("  the shared store's cost, %s at one replica: %.1f %% through haproxy, %.1f %% direct (medians of the rounds' pairs; through haproxy %s)\n",
+			name, through[len(through)/2], direct[len(direct)/2], percents(through))
+	}
+	cost("authenticated requests (target ≤ 15 %)", bench.Requests)
+	cost("exchanges", bench.Exchange)
 	balancer := byName["1 replica, haproxy, memory"].req.rate / byName["1 replica, direct, memory"].req.rate
 	fmt.Printf("  the balancer's cost, authenticated requests at one replica: %.1f %%\n", 100*(1-balancer))
 	return nil
+}
+
+// percents lists sorted percentages for a line of the table.
+func percents(v []float64) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = fmt.Sprintf("%.1f", x)
+	}
+	return strings.Join(s, ", ") + " %"
 }
 
 // cpuOf is the CPU time so far of each group of processes, and of this one.
@@ -303,6 +345,7 @@ func median(fs []figure) figure {
 		p99:           pick(func(f figure) float64 { return f.p99 }),
 		errors:        errors,
 		redisPerOp:    pick(func(f figure) float64 { return f.redisPerOp }),
+		redisBatch:    pick(func(f figure) float64 { return f.redisBatch }),
 		registryPerOp: pick(func(f figure) float64 { return f.registryPerOp }),
 		cpu: [4]float64{
 			pick(func(f figure) float64 { return f.cpu[0] }), pick(func(f figure) float64 { return f.cpu[1] }),

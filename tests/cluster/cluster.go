@@ -65,6 +65,7 @@ type process struct {
 	mu   sync.Mutex
 	logs bytes.Buffer
 	done chan struct{}
+	err  error // how it exited, once done is closed
 }
 
 func (p *process) Write(b []byte) (int, error) {
@@ -252,7 +253,7 @@ func startPath(path string, args, env []string) (*process, error) {
 	if err := p.cmd.Start(); err != nil {
 		return nil, err
 	}
-	go func() { p.cmd.Wait(); close(p.done) }()
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
 	return p, nil
 }
 
@@ -261,6 +262,16 @@ func (r *Replica) Logs() string { return r.proc.Logs() }
 
 // Stop ends the replica as an operator would: SIGTERM, in-flight work finished.
 func (r *Replica) Stop() { r.proc.signal(syscall.SIGTERM) }
+
+// Signal sends sig to the replica and returns at once; Wait waits for
+// the end it asks for.
+func (r *Replica) Signal(sig syscall.Signal) error { return r.proc.cmd.Process.Signal(sig) }
+
+// Wait waits for the replica to exit and says how it did.
+func (r *Replica) Wait() error {
+	<-r.proc.done
+	return r.proc.err
+}
 
 // Kill ends the replica at once, as a crash would.
 func (r *Replica) Kill() { r.proc.signal(syscall.SIGKILL) }
