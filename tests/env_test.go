@@ -28,6 +28,7 @@ import (
 	"github.com/custos-kx/custos/internal/wire"
 	"github.com/custos-kx/custos/keystore/p11"
 	"github.com/custos-kx/custos/softhsm"
+	"github.com/custos-kx/custos/tests/cluster"
 )
 
 // clock is a settable clock shared by the service and the test.
@@ -123,27 +124,14 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 // failureLog is a logger whose lines the test shows only if it fails: a
 // 500 says nothing of its cause, the service's log does.
 func failureLog(t *testing.T) *slog.Logger {
-	var (
-		mu  sync.Mutex
-		buf bytes.Buffer
-	)
+	var log cluster.Log
 	t.Cleanup(func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if t.Failed() && buf.Len() > 0 {
-			t.Logf("the service's log:\n%s", buf.String())
+		if s := log.String(); t.Failed() && s != "" {
+			t.Logf("the service's log:\n%s", s)
 		}
 	})
-	return slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
-		mu.Lock()
-		defer mu.Unlock()
-		return buf.Write(p)
-	}), &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelWarn}))
 }
-
-type writerFunc func([]byte) (int, error)
-
-func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
 // register makes a credential for account and registers it.
 func (e *env) register(t *testing.T, account string) *exchange.ClientKey {

@@ -62,23 +62,32 @@ func isExecutable(p string) bool {
 // process is a child process and what it printed.
 type process struct {
 	cmd  *exec.Cmd
-	mu   sync.Mutex
-	logs bytes.Buffer
+	Log  // what it printed
 	done chan struct{}
 	err  error // how it exited, once done is closed
 }
 
-func (p *process) Write(b []byte) (int, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.Write(b)
+// Logs is what the process printed so far.
+func (p *process) Logs() string { return p.String() }
+
+// Log is a buffer that several goroutines write to: a process's output, a
+// logger's lines.
+type Log struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
-// Logs is what the process printed so far.
-func (p *process) Logs() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.logs.String()
+func (l *Log) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(b)
+}
+
+// String is what was written so far.
+func (l *Log) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.String()
 }
 
 func start(name string, args, env []string) (*process, error) {
