@@ -409,3 +409,50 @@ func TestOpenTicketRefusals(t *testing.T) {
 	ks.RotateTicketKey()
 	assertAgree(t, srv, sess, 0)
 }
+
+// countingAccounts is a registry of one enabled credential that counts
+// the queries it answers.
+type countingAccounts struct {
+	enabledAccounts
+	kid     string
+	queries int
+}
+
+func (a *countingAccounts) Owner(_ context.Context, kid string) (string, bool, error) {
+	a.queries++
+	if kid != a.kid {
+		return "", false, nil
+	}
+	return "alice@example.com", false, nil
+}
+
+// TestAccountTrustedForStatusTTL: a registered credential's account is
+// asked of the registry once per StatusTTL; an unregistered one every time,
+// so that a credential registered a moment ago exchanges at once.
+func TestAccountTrustedForStatusTTL(t *testing.T) {
+	now := time.Unix(1_750_000_000, 0)
+	reg := &countingAccounts{kid: "known"}
+	s := &Server{Accounts: reg, StatusTTL: 10 * time.Second, Now: func() time.Time { return now }}
+	ctx := context.Background()
+	for i := range 3 {
+		if acct, _, err := s.Account(ctx, "known"); err != nil || acct != "alice@example.com" {
+			t.Fatalf("query %d: %q, %v", i, acct, err)
+		}
+	}
+	if reg.queries != 1 {
+		t.Fatalf("three lookups within StatusTTL asked the registry %d times, want 1", reg.queries)
+	}
+	now = now.Add(11 * time.Second)
+	s.Account(ctx, "known")
+	if reg.queries != 2 {
+		t.Fatalf("a lookup after StatusTTL did not ask the registry (%d queries)", reg.queries)
+	}
+	for range 2 {
+		if acct, _, _ := s.Account(ctx, "unknown"); acct != "" {
+			t.Fatalf("an unregistered credential has account %q", acct)
+		}
+	}
+	if reg.queries != 4 {
+		t.Fatalf("an unregistered credential was remembered (%d queries, want 4)", reg.queries)
+	}
+}

@@ -235,7 +235,7 @@ func (s *Server) checkClaims(ctx context.Context, v *Verified, r *SignedRequest,
 	if subtle.ConstantTimeCompare([]byte(claims.HeaderHash), []byte(hdh)) != 1 {
 		return badAuth("The request's headers do not match the token's hdh: a covered header was changed on the way.")
 	}
-	return s.checkAccount(ctx, v.entry.sess, now)
+	return s.checkAccount(ctx, v.entry.sess)
 }
 
 // checkHeaderNames checks hds: lowercase names, each at most once.
@@ -364,27 +364,44 @@ func renewHint(typ string) string {
 	return "rekey or run a new exchange"
 }
 
+// Account returns the account the credential kid is registered to ("" if
+// it is registered to none) and whether that account is disabled, as every
+// exchange, rekey and request checks it: from the registry, trusted for
+// StatusTTL, so that a busy credential costs one registry query per StatusTTL
+// and a change reaches it within that time. That a credential is registered
+// to no account is not remembered: one registered a moment ago exchanges at
+// once.
+func (s *Server) Account(ctx context.Context, kid string) (account string, disabled bool, err error) {
+	s.init()
+	now := s.now()
+	if st, ok := s.status.get(kid, now); ok {
+		return st.owner, st.disabled, nil
+	}
+	if s.Accounts == nil {
+		return "", false, &Error{Code: Internal, Description: "The service has no account registry to check sessions against.", cause: errNoAccounts}
+	}
+	owner, disabled, err := s.Accounts.Owner(ctx, kid)
+	if err != nil {
+		return "", false, RegistryError(err)
+	}
+	if owner != "" {
+		s.status.put(kid, statusEntry{owner: owner, disabled: disabled, at: now})
+	}
+	return owner, disabled, nil
+}
+
 // checkAccount checks that the session's credential is still registered
 // to its account and that the account is enabled (SPEC §6): a removed
 // account, or a removed credential, stops its sessions even if the account
-// is added again with another key. The answer is trusted for StatusTTL.
-func (s *Server) checkAccount(ctx context.Context, sess *ticket.Session, now time.Time) error {
-	st, ok := s.status.get(sess.CredentialKID, now)
-	if !ok {
-		if s.Accounts == nil {
-			return &Error{Code: Internal, Description: "The service has no account registry to check sessions against.", cause: errNoAccounts}
-		}
-		owner, disabled, err := s.Accounts.Owner(ctx, sess.CredentialKID)
-		if err != nil {
-			return RegistryError(err)
-		}
-		st = statusEntry{owner: owner, disabled: disabled, at: now}
-		s.status.put(sess.CredentialKID, st)
-	}
+// is added again with another key.
+func (s *Server) checkAccount(ctx context.Context, sess *ticket.Session) error {
+	owner, disabled, err := s.Account(ctx, sess.CredentialKID)
 	switch {
-	case st.owner != sess.Account:
+	case err != nil:
+		return err
+	case owner != sess.Account:
 		return Errorf(UnknownCredential, "The credential %s is no longer registered to the account %s; ask the service's operator to register it again, then run a new exchange.", sess.CredentialKID, sess.Account)
-	case st.disabled:
+	case disabled:
 		return Errorf(AccountDisabled, "The account %s is disabled.", sess.Account)
 	}
 	return nil

@@ -3,12 +3,10 @@ package httpapi
 import (
 	"bytes"
 	"context"
-	"errors"
 	"io"
 	"net/http"
 	"time"
 
-	"github.com/custos-kx/custos/accounts"
 	"github.com/custos-kx/custos/exchange"
 	"github.com/custos-kx/custos/internal/wire"
 )
@@ -129,12 +127,12 @@ func (s *Service) exchange(w http.ResponseWriter, r *http.Request, body []byte) 
 		return party{}, s.refusal("exchange", err)
 	}
 	who := party{kid: req.CredentialKID(), profile: req.Profile()}
-	account, disabled, err := s.cfg.Accounts.Lookup(r.Context(), who.kid)
+	account, disabled, err := s.cfg.Engine.Account(r.Context(), who.kid)
 	switch {
-	case errors.Is(err, accounts.ErrNotFound):
-		return who, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", who.kid)
 	case err != nil:
-		return who, s.refusal("exchange", exchange.RegistryError(err))
+		return who, s.refusal("exchange", err)
+	case account == "":
+		return who, exchange.Errorf(exchange.UnknownCredential, "The credential %s is not registered with this service; ask its operator to add it to your account.", who.kid)
 	}
 	who.account = account
 	if disabled {

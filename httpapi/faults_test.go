@@ -58,10 +58,9 @@ func TestUnexpectedErrors(t *testing.T) {
 		}
 		var logs bytes.Buffer
 		svc := New(Config{
-			Engine:   &exchange.Server{Keystore: &failingKeystore{soft, tc.err}, Accounts: reg},
-			Accounts: reg,
-			Logger:   slog.New(slog.NewTextHandler(&logs, nil)),
-			Limits:   Limits{PerAddress: -1, PerAccount: -1},
+			Engine: &exchange.Server{Keystore: &failingKeystore{soft, tc.err}, Accounts: reg},
+			Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+			Limits: Limits{PerAddress: -1, PerAccount: -1},
 		})
 		_, msg, _ := key.NewExchange(rand.Reader, nil)
 		body, _ := json.Marshal(msg)

@@ -26,17 +26,9 @@ import (
 	"github.com/custos-kx/custos/exchange"
 )
 
-// Accounts is what the exchange endpoint needs of the account registry
-// (*accounts.Registry): the account a credential belongs to. Lookup returns
-// accounts.ErrNotFound for an unbound kid.
-type Accounts interface {
-	Lookup(ctx context.Context, kid string) (account string, disabled bool, err error)
-}
-
 // Config configures a Service.
 type Config struct {
-	Engine   *exchange.Server
-	Accounts Accounts
+	Engine *exchange.Server
 	// Ready reports whether the service can serve, for /readyz; ReadyNote,
 	// if set, adds what an operator should know of a service that can.
 	Ready     func(ctx context.Context) error

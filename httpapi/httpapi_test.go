@@ -32,9 +32,12 @@ import (
 
 const (
 	testLifetime = time.Hour
-	testWindow   = 24 * time.Hour
-	alice        = "alice@example.com"
-	bob          = "bob@example.com"
+	// statusTTL is a little more than the time the engine trusts an
+	// account's status by default.
+	statusTTL  = 11 * time.Second
+	testWindow = 24 * time.Hour
+	alice      = "alice@example.com"
+	bob        = "bob@example.com"
 )
 
 // fixture is a service with alice registered and a fresh session of hers.
@@ -63,11 +66,10 @@ func newFixture(t *testing.T, tune ...func(*Config)) *fixture {
 	f := &fixture{clock: testclock.New(), ks: ks, reg: reg}
 	f.engine = &exchange.Server{Keystore: ks, Accounts: reg, Now: f.clock.Now, SessionLifetime: testLifetime, RekeyWindow: testWindow}
 	cfg := Config{
-		Engine:   f.engine,
-		Accounts: reg,
-		Logger:   slog.New(slog.DiscardHandler),
-		Limits:   Limits{PerAddress: -1, PerAccount: -1},
-		Now:      f.clock.Now,
+		Engine: f.engine,
+		Logger: slog.New(slog.DiscardHandler),
+		Limits: Limits{PerAddress: -1, PerAccount: -1},
+		Now:    f.clock.Now,
 	}
 	for _, fn := range tune {
 		fn(&cfg)
@@ -382,6 +384,7 @@ func refusalCases() []refusalCase {
 			if err := f.reg.SetDisabled(context.Background(), bob, true); err != nil {
 				t.Fatal(err)
 			}
+			f.clock.Advance(statusTTL) // the exchange's answer from the registry is trusted this long
 			return sign(t, s, http.MethodGet, "/v1/whoami", nil, f.clock.Now())
 		})},
 		{"session of a removed account", http.StatusForbidden, exchange.UnknownCredential, "no longer registered", get(func(t *testing.T, f *fixture) string {
@@ -389,6 +392,7 @@ func refusalCases() []refusalCase {
 			if err := f.reg.Remove(context.Background(), bob); err != nil {
 				t.Fatal(err)
 			}
+			f.clock.Advance(statusTTL) // the exchange's answer from the registry is trusted this long
 			return sign(t, s, http.MethodGet, "/v1/whoami", nil, f.clock.Now())
 		})},
 		{"oversized body under a session", http.StatusRequestEntityTooLarge, exchange.TooLarge, "larger than 65536", func(t *testing.T, f *fixture) *http.Request {

@@ -409,8 +409,8 @@ func TestAttackRenewTwice(t *testing.T) {
 	sess := rawExchange(t, e.url, key)
 	// A second replica: the same token and registry, its own caches.
 	replica := httptest.NewServer(httpapi.New(httpapi.Config{
-		Engine:   &exchange.Server{Keystore: e.ks, Accounts: e.reg, Now: e.clock.Now},
-		Accounts: e.reg, Now: e.clock.Now, Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
+		Engine: &exchange.Server{Keystore: e.ks, Accounts: e.reg, Now: e.clock.Now},
+		Now:    e.clock.Now, Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
 	}))
 	defer replica.Close()
 	if status, m := e.rekey(t, e.url, sess); status != 200 {

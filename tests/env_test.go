@@ -31,6 +31,11 @@ import (
 	"github.com/custos-kx/custos/tests/cluster"
 )
 
+// statusTTL is a little more than the time the engine trusts an account's
+// status (exchange.Server.StatusTTL's default): a test that changes an
+// account and wants the change seen moves its clock this far.
+const statusTTL = 11 * time.Second
+
 // clock is a settable clock shared by the service and the test.
 type clock struct {
 	mu     sync.Mutex
@@ -96,12 +101,11 @@ func newEnvToken(t *testing.T, dsn string, tuneToken func(*hsm.Config), tune ...
 	e := &env{tok: tok, ks: ks, reg: reg, clock: &clock{}, metrics: prometheus.NewRegistry()}
 	e.metrics.MustRegister(httpapi.Collectors()...)
 	cfg := httpapi.Config{
-		Engine:   &exchange.Server{Keystore: ks, Accounts: reg, Now: e.clock.Now},
-		Accounts: reg,
-		Ready:    tok.Healthy,
-		Now:      e.clock.Now,
-		Logger:   failureLog(t),
-		Metrics:  e.metrics,
+		Engine:  &exchange.Server{Keystore: ks, Accounts: reg, Now: e.clock.Now},
+		Ready:   tok.Healthy,
+		Now:     e.clock.Now,
+		Logger:  failureLog(t),
+		Metrics: e.metrics,
 		// Tests exchange far faster than any client; limits_test.go
 		// turns the limits on.
 		Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},

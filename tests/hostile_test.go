@@ -448,9 +448,11 @@ func hostileCases() []hostileCase {
 		return f.authed(http.MethodPost, "/v1/echo", bytes.Repeat([]byte("a"), 70<<10), nil)
 	})
 	add("session of a disabled account", http.StatusForbidden, exchange.AccountDisabled, func(t *testing.T, f *fixture) *http.Request {
+		f.e.clock.Advance(statusTTL)           // the loop enabled it: let the engine see that
 		s := rawExchange(t, f.e.url, f.banned) // still enabled while exchanging…
 		ctx := context.Background()
 		f.e.reg.SetDisabled(ctx, "banned@example.com", true)
+		f.e.clock.Advance(statusTTL)
 		old := f.sess
 		f.sess = s
 		r := f.authed(http.MethodGet, "/v1/whoami", nil, nil)

@@ -67,10 +67,9 @@ func TestSrvExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv := httptest.NewServer(httpapi.New(httpapi.Config{
-		Engine:   &exchange.Server{Keystore: ks, Accounts: reg},
-		Accounts: reg,
-		Logger:   slog.New(slog.DiscardHandler),
-		Limits:   httpapi.Limits{PerAddress: -1, PerAccount: -1},
+		Engine: &exchange.Server{Keystore: ks, Accounts: reg},
+		Logger: slog.New(slog.DiscardHandler),
+		Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)

@@ -157,7 +157,6 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		Limits:         limits,
 		TrustedProxies: proxies,
 		Engine:         &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
-		Accounts:       reg,
 		Ready:          tok.Healthy,
 		Upstream:       upstream,
 		Metrics:        apiMetrics,

@@ -92,9 +92,8 @@ func NewRig(dir string) (*Rig, error) {
 func (r *Rig) NewService() *httpapi.Service {
 	r.Engine = &exchange.Server{Keystore: r.Keystore, Accounts: r.Registry}
 	return httpapi.New(httpapi.Config{
-		Engine:   r.Engine,
-		Accounts: r.Registry,
-		Ready:    r.Token.Healthy,
+		Engine: r.Engine,
+		Ready:  r.Token.Healthy,
 		// custosd logs a line per exchange; so does the rig, into nothing.
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		// What the protocol costs, not the log (docs/performance.md).
@@ -123,7 +122,6 @@ func (r *Rig) RemoteService(delay time.Duration) (svc *httpapi.Service, sessions
 	}
 	svc = httpapi.New(httpapi.Config{
 		Engine:        &exchange.Server{Keystore: ks, Accounts: r.Registry},
-		Accounts:      r.Registry,
 		Ready:         tok.Healthy,
 		Logger:        slog.New(slog.NewTextHandler(io.Discard, nil)),
 		RequestLogOff: true,
