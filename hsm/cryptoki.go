@@ -8,6 +8,7 @@ type Cryptoki interface {
 	Initialize(opts ...pkcs11.InitializeOption) error
 	Finalize() error
 	GetSlotList(tokenPresent bool) ([]uint, error)
+	GetSlotInfo(slotID uint) (pkcs11.SlotInfo, error)
 	GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error)
 	GetMechanismList(slotID uint) ([]*pkcs11.Mechanism, error)
 	OpenSession(slotID uint, flags uint) (pkcs11.SessionHandle, error)

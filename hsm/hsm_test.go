@@ -1007,3 +1007,16 @@ func waitFor(t *testing.T, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// TestPoolSizedBySlot: SoftHSM's slot is a software one (no CKF_HW_SLOT),
+// so the default pool is SoftwareSessions, not the hardware default.
+func TestPoolSizedBySlot(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	if got, want := tok.MaxSessions(), SoftwareSessions(); got != want {
+		t.Fatalf("the default pool for SoftHSM has %d sessions, want %d (two per CPU)", got, want)
+	}
+	sized, _ := openToken(t, Config{MaxSessions: 7})
+	if got := sized.MaxSessions(); got != 7 {
+		t.Fatalf("a pool configured for 7 sessions has %d", got)
+	}
+}

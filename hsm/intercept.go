@@ -32,6 +32,11 @@ func (w intercepted) GetSlotList(tokenPresent bool) ([]uint, error) {
 	return w.ck.GetSlotList(tokenPresent)
 }
 
+func (w intercepted) GetSlotInfo(slotID uint) (pkcs11.SlotInfo, error) {
+	defer w.around("GetSlotInfo")()
+	return w.ck.GetSlotInfo(slotID)
+}
+
 func (w intercepted) GetTokenInfo(slotID uint) (pkcs11.TokenInfo, error) {
 	defer w.around("GetTokenInfo")()
 	return w.ck.GetTokenInfo(slotID)

@@ -78,7 +78,7 @@ type Latency struct {
 
 // precomputeRate is the exchange rate the precomputed pool is sized for;
 // if the service outruns it, the rest are made during the run.
-const precomputeRate = 3000
+const precomputeRate = 6000
 
 // verifySample is how many precomputed exchanges are finished (witness
 // checked) after the run.

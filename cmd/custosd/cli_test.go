@@ -86,7 +86,7 @@ func TestParseDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := settings{
-		TokenLabel: "custos", MaxSessions: 16, DB: defaultDB, Listen: "127.0.0.1:8443",
+		TokenLabel: "custos", MaxSessions: 0, DB: defaultDB, Listen: "127.0.0.1:8443",
 		Session: time.Hour, RekeyWindow: 168 * time.Hour, KeyRefresh: 30 * time.Second, KeepAlive: 15 * time.Second,
 		RatePerAddr: "20/50", RatePerAcct: "5/20", LogFormat: "text", RequestLog: "info", RequestLogSample: 1,
 		SharedFailure: "closed",
@@ -112,7 +112,7 @@ func TestParseTypedValues(t *testing.T) {
 		{name: "int", args: []string{"serve", "--max-sessions", "64", "--max-exchanges", "3"},
 			check: func(c *config) bool { return c.MaxSessions == 64 && c.MaxExch == 3 }},
 		{name: "int not a number", args: []string{"serve", "--max-sessions", "many"}, want: `--max-sessions: expected a valid 64 bit int but got "many"`},
-		{name: "int out of range", args: []string{"serve", "--max-sessions", "0"}, want: "--max-sessions 0 is less than 1"},
+		{name: "int out of range", args: []string{"serve", "--max-sessions=-1"}, want: "--max-sessions -1 is less than 0"},
 		{name: "bare bool", args: []string{"serve", "--insecure-http"}, check: func(c *config) bool { return c.Insecure }},
 		{name: "bool true", args: []string{"serve", "--insecure-http=true"}, check: func(c *config) bool { return c.Insecure }},
 		{name: "bool false", args: []string{"serve", "--insecure-http=false"}, check: func(c *config) bool { return !c.Insecure }},
@@ -256,7 +256,7 @@ func TestConfigFile(t *testing.T) {
 		{content: `{"max-sessions": 1.5}`, want: `--max-sessions: the config file ` /* …path… */},
 		{content: `{"max-sessions": 1.5}`, want: `gives 1.5, not a whole number`},
 		{content: `{"max-sessions": true}`, want: `gives true, not a whole number`},
-		{content: `{"max-sessions": 0}`, want: `--max-sessions 0 is less than 1`},
+		{content: `{"max-sessions": -2}`, want: `--max-sessions -2 is less than 0`},
 		{content: `{"session-lifetime": "2h"}`, check: func(c *config) bool { return c.Session == 2*time.Hour }},
 		{content: `{"session-lifetime": 3600}`, want: `gives 3600, not a duration: write it as a string with its unit, like "1h"`},
 		{content: `{"session-lifetime": "3600"}`, want: `missing unit in duration "3600"`},

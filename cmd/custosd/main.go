@@ -64,7 +64,7 @@ type settings struct {
 	URI              string        `name:"pkcs11-uri" env:"CUSTOS_PKCS11_URI" placeholder:"URI" help:"RFC 7512 URI naming module, token and PIN source (instead of the three flags)"`
 	TokenLabel       string        `name:"token-label" env:"CUSTOS_TOKEN_LABEL" default:"custos" help:"label of the token holding the keys"`
 	PINFile          string        `name:"pin-file" env:"CUSTOS_PIN_FILE" placeholder:"FILE" help:"file holding the token's user PIN (or set CUSTOS_PIN)"`
-	MaxSessions      int           `name:"max-sessions" env:"CUSTOS_MAX_SESSIONS" default:"16" help:"PKCS#11 sessions in the pool (operations on the token at once)"`
+	MaxSessions      int           `name:"max-sessions" env:"CUSTOS_MAX_SESSIONS" default:"0" help:"PKCS#11 sessions in the pool (operations on the token at once; 0: two per CPU for a software token such as SoftHSM, 16 for a hardware slot)"`
 	DB               string        `name:"db" env:"CUSTOS_DB" default:"${defaultDB}" help:"account registry: a SQLite file (the default is relative to the working directory; only its directory var is created) or a postgres:// DSN"`
 	Listen           string        `name:"listen" env:"CUSTOS_LISTEN" default:"127.0.0.1:8443" help:"address to serve on"`
 	MetricsListen    string        `name:"metrics-listen" env:"CUSTOS_METRICS_LISTEN" placeholder:"ADDR" help:"serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)"`
@@ -491,7 +491,7 @@ func (c *config) check() error {
 	for _, n := range []struct {
 		name     string
 		n, least int
-	}{{"max-sessions", c.MaxSessions, 1}, {"max-exchanges", c.MaxExch, 0}, {"request-log-sample", c.RequestLogSample, 1}} {
+	}{{"max-sessions", c.MaxSessions, 0}, {"max-exchanges", c.MaxExch, 0}, {"request-log-sample", c.RequestLogSample, 1}} {
 		if n.n < n.least {
 			return usageError(fmt.Sprintf("--%s %d is less than %d", n.name, n.n, n.least))
 		}

@@ -153,7 +153,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	cfg := httpapi.Config{
 		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
 		MaxExchanges:   c.MaxExch,
-		TokenSessions:  c.MaxSessions,
+		TokenSessions:  tok.MaxSessions(),
 		Limits:         limits,
 		TrustedProxies: proxies,
 		Engine:         &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
