@@ -43,7 +43,10 @@ func (s *Service) handleExchange(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	result := "ok"
-	if e != nil {
+	switch {
+	case e != nil && r.Context().Err() != nil:
+		result = abandoned // no one reads the answer
+	case e != nil:
 		result = string(e.Code)
 		writeError(w, e, 0)
 	}

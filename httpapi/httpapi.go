@@ -320,7 +320,9 @@ func (s *Service) handleReady(w http.ResponseWriter, r *http.Request) {
 // sentence.
 func (s *Service) refusal(what string, err error) *exchange.Error {
 	e := exchange.AsError(err)
-	if e.Unexpected() && !errors.Is(err, exchange.ErrSharedStoreUnavailable) {
+	// A request whose client went away fails wherever it was waiting,
+	// with the context's error: not a fault of that part.
+	if e.Unexpected() && !errors.Is(err, exchange.ErrSharedStoreUnavailable) && !errors.Is(err, context.Canceled) {
 		s.log.Error(what+" failed", "code", string(e.Code), "error", errors.Unwrap(e))
 	}
 	return e

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"io"
 	"log/slog"
 	"net/http"
@@ -843,4 +844,30 @@ func TestUpstreamAccountHeader(t *testing.T) {
 	if len(seen) != 1 || seen[0] != alice+" /api/x?y=1" {
 		t.Errorf("the upstream saw %q, want one request from %s", seen, alice)
 	}
+}
+
+// TestAbandonedExchange: an exchange whose client has gone away fails
+// where it waited with the context's error; it is counted as abandoned,
+// not as the outage of the registry or token it was waiting for.
+func TestAbandonedExchange(t *testing.T) {
+	f := newFixture(t, func(c *Config) { c.MaxExchanges = 1 })
+	k := f.register(t, bob)
+	profile := "unknown" // refused before its keys were read
+	count := func(result string) float64 {
+		return testutil.ToFloat64(exchangesTotal.WithLabelValues(profile, "exchange", result))
+	}
+	before, outages := count(abandoned), count(string(exchange.RegistryUnavailable))+count(string(exchange.KeystoreUnavailable))
+	_, body := exchangeBody(t, k)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	f.svc.exchanges <- struct{}{} // the one turn is taken: the request waits for it
+	f.serve(newRequest(http.MethodPost, WellKnown, body, "", "application/json").WithContext(ctx))
+	<-f.svc.exchanges
+	if got := count(abandoned) - before; got != 1 {
+		t.Errorf("an exchange whose client went away counted %v times as abandoned, want 1", got)
+	}
+	if got := count(string(exchange.RegistryUnavailable)) + count(string(exchange.KeystoreUnavailable)) - outages; got != 0 {
+		t.Errorf("an exchange whose client went away counted %v times as an outage", got)
+	}
+	f.exchange(t, k) // and the service still serves
 }

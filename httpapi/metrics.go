@@ -10,7 +10,7 @@ import (
 var (
 	exchangesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "custos_exchanges_total",
-		Help: "Exchanges and rekeys answered, by profile (modp2048, p256, or unknown when refused before the keys were read), kind and result (ok or the SPEC error code).",
+		Help: "Exchanges and rekeys answered, by profile (modp2048, p256, or unknown when refused before the keys were read), kind and result (ok, the SPEC error code, or abandoned when the client went away before the answer).",
 	}, []string{"profile", "kind", "result"})
 	exchangeDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "custos_exchange_duration_seconds",
@@ -43,6 +43,12 @@ var (
 	}, func() float64 { _, _, n := exchange.TicketCacheStats(); return float64(n) })
 )
 
+// abandoned is the result of an exchange or rekey whose client went away
+// before it was answered: whatever failed then (a registry query, a wait
+// for the token) failed because the request's context ended, and counting
+// it as that part's outage would raise the outage's alert.
+const abandoned = "abandoned"
+
 // refusalCodes are the SPEC codes a request or an exchange can be refused
 // with; their series exist at zero from the start.
 var refusalCodes = []exchange.Code{
@@ -56,6 +62,7 @@ func init() {
 	for _, kind := range []string{"exchange", "rekey"} {
 		for _, p := range exchange.Profiles {
 			exchangesTotal.WithLabelValues(p.String(), kind, "ok")
+			exchangesTotal.WithLabelValues(p.String(), kind, abandoned)
 			for _, c := range refusalCodes {
 				exchangesTotal.WithLabelValues(p.String(), kind, string(c))
 			}
