@@ -92,11 +92,10 @@ func (s *service) restart(t *testing.T, newCredential bool) {
 	}
 	ks.AddCredential(s.cred)
 	h := httpapi.New(httpapi.Config{
-		Engine:   &exchange.Server{Keystore: ks, Accounts: s.reg, Now: s.clock.Now, SessionLifetime: lifetime, RekeyWindow: window},
-		Accounts: s.reg,
-		Logger:   slog.New(slog.DiscardHandler),
-		Limits:   httpapi.Limits{PerAddress: -1, PerAccount: -1},
-		Now:      s.clock.Now,
+		Engine: &exchange.Server{Keystore: ks, Accounts: s.reg, Now: s.clock.Now, SessionLifetime: lifetime, RekeyWindow: window},
+		Logger: slog.New(slog.DiscardHandler),
+		Limits: httpapi.Limits{PerAddress: -1, PerAccount: -1},
+		Now:    s.clock.Now,
 	})
 	s.mu.Lock()
 	s.h = h
