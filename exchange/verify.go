@@ -235,7 +235,7 @@ func (s *Server) checkClaims(ctx context.Context, v *Verified, r *SignedRequest,
 	if subtle.ConstantTimeCompare([]byte(claims.HeaderHash), []byte(hdh)) != 1 {
 		return badAuth("The request's headers do not match the token's hdh: a covered header was changed on the way.")
 	}
-	return s.checkAccount(ctx, v.entry.sess)
+	return s.checkAccount(ctx, v.entry.sess, now)
 }
 
 // checkHeaderNames checks hds: lowercase names, each at most once.
@@ -373,7 +373,12 @@ func renewHint(typ string) string {
 // once.
 func (s *Server) Account(ctx context.Context, kid string) (account string, disabled bool, err error) {
 	s.init()
-	now := s.now()
+	return s.account(ctx, kid, s.now())
+}
+
+// account is Account at the clock reading now, which a request's
+// verification has made already.
+func (s *Server) account(ctx context.Context, kid string, now time.Time) (string, bool, error) {
 	if st, ok := s.status.get(kid, now); ok {
 		return st.owner, st.disabled, nil
 	}
@@ -394,8 +399,8 @@ func (s *Server) Account(ctx context.Context, kid string) (account string, disab
 // to its account and that the account is enabled (SPEC §6): a removed
 // account, or a removed credential, stops its sessions even if the account
 // is added again with another key.
-func (s *Server) checkAccount(ctx context.Context, sess *ticket.Session) error {
-	owner, disabled, err := s.Account(ctx, sess.CredentialKID)
+func (s *Server) checkAccount(ctx context.Context, sess *ticket.Session, now time.Time) error {
+	owner, disabled, err := s.account(ctx, sess.CredentialKID, now)
 	switch {
 	case err != nil:
 		return err

@@ -77,20 +77,12 @@ func SoftwareSessions() int { return 2 * runtime.GOMAXPROCS(0) }
 // label; a token it cannot find yet (Open reports that) gets
 // DefaultMaxSessions.
 func defaultSessions(ck Cryptoki, label string) int {
-	slots, err := ck.GetSlotList(true)
+	s, _, err := slotOf(ck, label)
 	if err != nil {
 		return DefaultMaxSessions
 	}
-	for _, s := range slots {
-		info, err := ck.GetTokenInfo(s)
-		if err != nil || strings.TrimRight(info.Label, " \x00") != label {
-			continue
-		}
-		slot, err := ck.GetSlotInfo(s)
-		if err == nil && slot.Flags&pkcs11.CKF_HW_SLOT == 0 {
-			return SoftwareSessions()
-		}
-		break
+	if slot, err := ck.GetSlotInfo(s); err == nil && slot.Flags&pkcs11.CKF_HW_SLOT == 0 {
+		return SoftwareSessions()
 	}
 	return DefaultMaxSessions
 }
@@ -261,26 +253,35 @@ func (t *Token) reinitialise(seen uint64) error {
 var errNoToken = errors.New("no such token")
 
 func (t *Token) findSlot() (uint, error) {
-	slots, err := t.ck.GetSlotList(true)
-	if err != nil {
-		return 0, err
+	s, labels, err := slotOf(t.ck, t.cfg.TokenLabel)
+	if errors.Is(err, errNoToken) {
+		return 0, fmt.Errorf("hsm: %w: no token labelled %q in %s (tokens present: %s)",
+			errNoToken, t.cfg.TokenLabel, t.cfg.Module, strings.Join(append(labels, "none")[:max(len(labels), 1)], ", "))
 	}
-	var labels []string
+	return s, err
+}
+
+// slotOf returns the slot of the token labelled label or, if no present
+// token has that label, errNoToken and the labels there are, quoted.
+func slotOf(ck Cryptoki, label string) (slot uint, labels []string, err error) {
+	slots, err := ck.GetSlotList(true)
+	if err != nil {
+		return 0, nil, err
+	}
 	for _, s := range slots {
-		info, err := t.ck.GetTokenInfo(s)
+		info, err := ck.GetTokenInfo(s)
 		if err != nil {
 			continue
 		}
-		label := strings.TrimRight(info.Label, " \x00")
-		if label == t.cfg.TokenLabel {
-			return s, nil
+		l := strings.TrimRight(info.Label, " \x00")
+		if l == label {
+			return s, nil, nil
 		}
-		if label != "" {
-			labels = append(labels, fmt.Sprintf("%q", label))
+		if l != "" {
+			labels = append(labels, fmt.Sprintf("%q", l))
 		}
 	}
-	return 0, fmt.Errorf("hsm: %w: no token labelled %q in %s (tokens present: %s)",
-		errNoToken, t.cfg.TokenLabel, t.cfg.Module, strings.Join(append(labels, "none")[:max(len(labels), 1)], ", "))
+	return 0, labels, errNoToken
 }
 
 // newSession opens a session on the current slot and makes sure the

@@ -84,7 +84,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("token %q: %w", tok.Label(), err)
 	}
-	log.Info("token", "label", tok.Label(), "can", report.String())
+	log.Info("token", "label", tok.Label(), "sessions", tok.MaxSessions(), "can", report.String())
 	tok.SetSelfTest(func(ctx context.Context) error { _, err := ks.SelfTest(ctx); return err })
 	go refreshOnHangup(ctx, ks, certs, log)
 	var served []slog.Attr
