@@ -12,6 +12,18 @@ SHELL := /bin/bash
 
 .PHONY: run demo test unit fuzz bench bench-replicas bench-micro ct vet build
 
+# hsm's one-call derive is compiled against p11-kit's PKCS#11 header
+# (Debian's libp11-kit-dev), installed here when missing, as softhsm/
+# installs SoftHSM2.
+P11_HEADER := /usr/include/p11-kit-1/p11-kit/pkcs11.h
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+$(P11_HEADER):
+	@echo "installing libp11-kit-dev, the PKCS#11 header the hsm package is compiled against" >&2
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq libp11-kit-dev
+
+build vet unit fuzz ct bench-micro: $(P11_HEADER)
+
 build:
 	$(GO) build -o bin/ ./cmd/...
 

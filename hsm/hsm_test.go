@@ -182,10 +182,34 @@ func TestPrivateKeysStayInside(t *testing.T) {
 	}
 }
 
+// inSteps hides a module's one-call derive, so that derive goes through
+// C_DeriveKey, C_GetAttributeValue and C_DestroyObject one by one.
+type inSteps struct{ Cryptoki }
+
+// bothDerives runs test once on the module's one-call derive and once on
+// the three calls it replaces, each on a token of its own.
+func bothDerives(t *testing.T, test func(t *testing.T, tok *Token)) {
+	t.Run("one call", func(t *testing.T) {
+		tok, _ := openToken(t, Config{})
+		if _, ok := tok.ck.(valueDeriver); !ok {
+			t.Fatalf("the module at %s has no one-call derive", tok.cfg.Module)
+		}
+		test(t, tok)
+	})
+	t.Run("three calls", func(t *testing.T) {
+		tok, _ := openToken(t, Config{Wrap: func(ck Cryptoki) Cryptoki { return inSteps{ck} }})
+		if _, ok := tok.ck.(valueDeriver); ok {
+			t.Fatal("the wrapped module kept its one-call derive")
+		}
+		test(t, tok)
+	})
+}
+
 // TestDeriveECDHMatchesCryptoECDH checks the token's P-256 derive
 // against crypto/ecdh: x·(k·G) = k·X.
-func TestDeriveECDHMatchesCryptoECDH(t *testing.T) {
-	tok, _ := openToken(t, Config{})
+func TestDeriveECDHMatchesCryptoECDH(t *testing.T) { bothDerives(t, deriveECDHMatchesCryptoECDH) }
+
+func deriveECDHMatchesCryptoECDH(t *testing.T, tok *Token) {
 	ec := genEC(t, tok)
 	X, err := ecdh.P256().NewPublicKey(ec.public)
 	if err != nil {
@@ -237,8 +261,9 @@ func TestUnwrapPoint(t *testing.T) {
 // TestDeriveMatchesMathBig checks derive against an independent
 // computation. x never leaves the token, so the peers are g^k for random k:
 // then peer^x = X^k, which math/big computes from the public X.
-func TestDeriveMatchesMathBig(t *testing.T) {
-	tok, _ := openToken(t, Config{})
+func TestDeriveMatchesMathBig(t *testing.T) { bothDerives(t, deriveMatchesMathBig) }
+
+func deriveMatchesMathBig(t *testing.T, tok *Token) {
 	dh := genDH(t, tok)
 	X := new(big.Int).SetBytes(dh.public)
 	if _, err := group.NewElementInt(X); err != nil {
@@ -755,6 +780,9 @@ func TestNSSSoftokn(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer tok.Close()
+	if _, ok := tok.ck.(valueDeriver); !ok {
+		t.Fatal("NSS's module has no one-call derive")
+	}
 	for _, c := range []Capability{DH, ECDH} {
 		var can bool
 		tok.Do(context.Background(), "mechanisms", func(s *Session) (err error) { can, err = s.Can(c); return err })

@@ -9,7 +9,20 @@ import "github.com/miekg/pkcs11"
 // latency in front of SoftHSM. (Go cannot wrap an interface's methods
 // generically: one forwarding method each.)
 func Intercept(ck Cryptoki, around func(call string) (after func())) Cryptoki {
-	return intercepted{ck, around}
+	w := intercepted{ck, around}
+	if _, ok := ck.(valueDeriver); ok {
+		return interceptedDeriver{w}
+	}
+	return w
+}
+
+// interceptedDeriver is an intercepted module that keeps its one-call
+// derive.
+type interceptedDeriver struct{ intercepted }
+
+func (w interceptedDeriver) DeriveValue(sh pkcs11.SessionHandle, mech uint, base pkcs11.ObjectHandle, peer []byte, size int) ([]byte, error) {
+	defer w.around("DeriveValue")()
+	return w.ck.(valueDeriver).DeriveValue(sh, mech, base, peer, size)
 }
 
 type intercepted struct {

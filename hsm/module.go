@@ -59,7 +59,7 @@ func loadModule(path, args string) (*module, error) {
 		if ctx == nil {
 			return nil, fmt.Errorf("hsm: cannot load the PKCS#11 module %s: %s", path, loadFailure(path))
 		}
-		m = &module{path: path, ck: ctx}
+		m = &module{path: path, ck: bind(ctx, path)}
 		if args != "" {
 			m.args = initArgs(args)
 		}

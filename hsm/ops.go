@@ -213,7 +213,7 @@ func (s *Session) GenerateDHKeyPair(p DHParams, label string, id []byte) (public
 // derived secret exists in the token only as a session object, destroyed
 // before this returns. The caller zeroes the result.
 func (s *Session) DeriveDH(priv Object, peer []byte, size int) ([]byte, error) {
-	return s.derive(priv, pkcs11.NewMechanism(pkcs11.CKM_DH_PKCS_DERIVE, peer), size)
+	return s.derive(priv, pkcs11.CKM_DH_PKCS_DERIVE, peer, size)
 }
 
 // DeriveECDH returns the 32-byte x-coordinate of x·peer for the P-256
@@ -222,13 +222,44 @@ func (s *Session) DeriveDH(priv Object, peer []byte, size int) ([]byte, error) {
 // derived object is destroyed before this returns; the caller zeroes the
 // result.
 func (s *Session) DeriveECDH(priv Object, peer []byte) ([]byte, error) {
-	params := pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer)
-	return s.derive(priv, pkcs11.NewMechanism(pkcs11.CKM_ECDH1_DERIVE, params), 32)
+	return s.derive(priv, pkcs11.CKM_ECDH1_DERIVE, peer, 32)
 }
 
-// derive runs a key-agreement mechanism into a session object of size
-// bytes, reads its value and destroys it.
-func (s *Session) derive(priv Object, mech *pkcs11.Mechanism, size int) ([]byte, error) {
+// derive runs a key-agreement mechanism (CKM_DH_PKCS_DERIVE or
+// CKM_ECDH1_DERIVE) with peer into a session object of size bytes, reads
+// its value and destroys it: in one call where the module can
+// (binding.DeriveValue, whose C template is this one), else in three.
+func (s *Session) derive(priv Object, mech uint, peer []byte, size int) ([]byte, error) {
+	var v []byte
+	var err error
+	if d, ok := s.t.ck.(valueDeriver); ok {
+		v, err = d.DeriveValue(s.s.h, mech, pkcs11.ObjectHandle(priv), peer, size)
+	} else {
+		v, err = s.deriveInSteps(priv, mech, peer, size)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(v) > size {
+		clear(v)
+		return nil, fmt.Errorf("hsm: derive returned %d bytes, more than %d", len(v), size)
+	}
+	if len(v) == size {
+		return v, nil
+	}
+	out := make([]byte, size) // a DH secret's leading zeros, dropped by some tokens
+	copy(out[size-len(v):], v)
+	clear(v)
+	return out, nil
+}
+
+// deriveInSteps is derive as C_DeriveKey, C_GetAttributeValue and
+// C_DestroyObject through Cryptoki.
+func (s *Session) deriveInSteps(priv Object, mech uint, peer []byte, size int) ([]byte, error) {
+	m := pkcs11.NewMechanism(mech, peer)
+	if mech == pkcs11.CKM_ECDH1_DERIVE {
+		m = pkcs11.NewMechanism(mech, pkcs11.NewECDH1DeriveParams(pkcs11.CKD_NULL, nil, peer))
+	}
 	tmpl := []*pkcs11.Attribute{
 		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
 		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_GENERIC_SECRET),
@@ -247,7 +278,7 @@ func (s *Session) derive(priv Object, mech *pkcs11.Mechanism, size int) ([]byte,
 		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
 	}
 	ck := s.t.ck
-	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{mech}, pkcs11.ObjectHandle(priv), tmpl)
+	h, err := ck.DeriveKey(s.s.h, []*pkcs11.Mechanism{m}, pkcs11.ObjectHandle(priv), tmpl)
 	if err != nil {
 		return nil, err
 	}
@@ -259,14 +290,7 @@ func (s *Session) derive(priv Object, mech *pkcs11.Mechanism, size int) ([]byte,
 		clear(v)
 		return nil, err
 	}
-	if len(v) > size {
-		clear(v)
-		return nil, fmt.Errorf("hsm: derive returned %d bytes, more than %d", len(v), size)
-	}
-	out := make([]byte, size)
-	copy(out[size-len(v):], v)
-	clear(v)
-	return out, nil
+	return v, nil
 }
 
 // GenerateAESKey creates a 256-bit AES key in the token that can only

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -71,6 +72,7 @@ func concurrent(b *testing.B, g int, fn func() error) {
 	var mu sync.Mutex
 	lat := make([]time.Duration, 0, b.N)
 	var wg sync.WaitGroup
+	cpu0 := processCPU()
 	b.ResetTimer()
 	for range g {
 		wg.Add(1)
@@ -92,6 +94,7 @@ func concurrent(b *testing.B, g int, fn func() error) {
 	}
 	wg.Wait()
 	b.StopTimer()
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/float64(b.N), "cpu-µs/op")
 	if len(lat) == 0 {
 		return
 	}
@@ -102,4 +105,11 @@ func concurrent(b *testing.B, g int, fn func() error) {
 	b.ReportMetric(pct(0.50), "p50-µs")
 	b.ReportMetric(pct(0.99), "p99-µs")
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "ops/s")
+}
+
+// processCPU is the CPU time this process has used, user and system.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
