@@ -14,7 +14,13 @@ import (
 // behind them (TestExchangeFloodDoesNotStarveRequests).
 type cpuSlots chan struct{}
 
-func newCPUSlots() cpuSlots { return make(cpuSlots, runtime.GOMAXPROCS(0)) }
+// newCPUSlots makes n slots, or GOMAXPROCS if n is not positive.
+func newCPUSlots(n int) cpuSlots {
+	if n <= 0 {
+		n = runtime.GOMAXPROCS(0)
+	}
+	return make(cpuSlots, n)
+}
 
 // run runs f in a slot, once one is free.
 func (c cpuSlots) run(ctx context.Context, f func() error) error {

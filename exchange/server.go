@@ -47,6 +47,9 @@ type Server struct {
 	// Replays records the requests seen (default: in this process's
 	// memory, which does not reach other replicas).
 	Replays Replays
+	// CPUs bounds the exchanges and rekeys computing in Go at once
+	// (default GOMAXPROCS): one per CPU.
+	CPUs int
 	// Now and Rand default to time.Now and crypto/rand.
 	Now  func() time.Time
 	Rand io.Reader
@@ -67,7 +70,7 @@ func (s *Server) init() {
 		if ttl <= 0 {
 			ttl = 10 * time.Second
 		}
-		s.cpu = newCPUSlots()
+		s.cpu = newCPUSlots(s.CPUs)
 		s.tickets = newTicketCache(size)
 		if s.Replays == nil {
 			s.Replays = memoryReplays{replay.New()}

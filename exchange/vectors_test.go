@@ -284,7 +284,7 @@ func checkEngine(t *testing.T, i int, v engineCase) {
 	check(t, i, "IKM (client)", ikm, ex.ikm)
 	ks := newMemKeystore(t)
 	ks.add(v.x)
-	ikmS, thS, err := serverAgree(ctx, newCPUSlots(), ks, v.c.pub, v.n.pub, v.x.pub, v.r)
+	ikmS, thS, err := serverAgree(ctx, newCPUSlots(0), ks, v.c.pub, v.n.pub, v.x.pub, v.r)
 	if err != nil {
 		t.Fatalf("vector %d: server: %v", i, err)
 	}

@@ -73,18 +73,16 @@ const DefaultMaxSessions = 16
 // a CPU whose operation is between two calls has another to run.
 func SoftwareSessions() int { return 2 * runtime.GOMAXPROCS(0) }
 
-// defaultSessions sizes the pool by the slot holding the token labelled
-// label; a token it cannot find yet (Open reports that) gets
-// DefaultMaxSessions.
-func defaultSessions(ck Cryptoki, label string) int {
+// softwareSlot reports whether the token labelled label is in a software
+// slot (no CKF_HW_SLOT); a token it cannot find yet (Open reports that)
+// counts as hardware.
+func softwareSlot(ck Cryptoki, label string) bool {
 	s, _, err := slotOf(ck, label)
 	if err != nil {
-		return DefaultMaxSessions
+		return false
 	}
-	if slot, err := ck.GetSlotInfo(s); err == nil && slot.Flags&pkcs11.CKF_HW_SLOT == 0 {
-		return SoftwareSessions()
-	}
-	return DefaultMaxSessions
+	slot, err := ck.GetSlotInfo(s)
+	return err == nil && slot.Flags&pkcs11.CKF_HW_SLOT == 0
 }
 
 // DefaultKeepAlive is the idle sessions' keep-alive interval.
@@ -92,10 +90,11 @@ const DefaultKeepAlive = 15 * time.Second
 
 // Token is a logged-in PKCS#11 token and its session pool.
 type Token struct {
-	cfg Config
-	mod *module
-	ck  Cryptoki
-	log *slog.Logger
+	cfg      Config
+	mod      *module
+	ck       Cryptoki
+	log      *slog.Logger
+	software bool // in a software slot (SoftwareSlot)
 
 	slots chan struct{} // one per session that may exist
 	idle  chan *session // sessions ready for use
@@ -147,17 +146,22 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
+	software := softwareSlot(Intercept(mod.ck, mod.guard), cfg.TokenLabel)
 	if cfg.MaxSessions <= 0 {
-		cfg.MaxSessions = defaultSessions(Intercept(mod.ck, mod.guard), cfg.TokenLabel)
+		cfg.MaxSessions = DefaultMaxSessions
+		if software {
+			cfg.MaxSessions = SoftwareSessions()
+		}
 	}
 	sessionsMax.Set(float64(cfg.MaxSessions))
 	t := &Token{
-		cfg:   cfg,
-		mod:   mod,
-		ck:    mod.ck,
-		log:   cfg.Logger,
-		slots: make(chan struct{}, cfg.MaxSessions),
-		idle:  make(chan *session, cfg.MaxSessions),
+		cfg:      cfg,
+		mod:      mod,
+		software: software,
+		ck:       mod.ck,
+		log:      cfg.Logger,
+		slots:    make(chan struct{}, cfg.MaxSessions),
+		idle:     make(chan *session, cfg.MaxSessions),
 	}
 	if cfg.Wrap != nil {
 		t.ck = cfg.Wrap(mod.ck)
@@ -181,6 +185,12 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	}
 	return t, nil
 }
+
+// SoftwareSlot reports whether the token is in a software slot (no
+// CKF_HW_SLOT): one that computes in this process's threads, as SoftHSM,
+// NSS softokn and opencryptoki's soft token do, rather than over a
+// network or bus.
+func (t *Token) SoftwareSlot() bool { return t.software }
 
 // MaxSessions returns the size of the session pool: the most operations
 // that run on the token at once.

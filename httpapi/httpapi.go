@@ -49,10 +49,11 @@ type Config struct {
 	// MaxBody bounds request bodies (SPEC: 64 KiB for the exchange).
 	MaxBody int64
 	// MaxExchanges bounds the exchanges and rekeys computed at once
-	// (default: twice GOMAXPROCS, or TokenSessions if that is more). The
-	// rest wait their turn in arrival order: a CPU-bound exchange gains
-	// nothing from more parallelism than there are cores, and without the
-	// queue the Go scheduler serves a backlog unfairly.
+	// (default: twice GOMAXPROCS, or TokenSessions if that is more;
+	// custosd gives twice the CPUs for a software token). The rest wait their
+	// turn in arrival order: a CPU-bound exchange gains nothing from more
+	// parallelism than there are cores, and without the queue the Go
+	// scheduler serves a backlog unfairly.
 	MaxExchanges int
 	// TokenSessions is the size of the token's session pool. An exchange
 	// waiting on a network HSM's round trip uses no CPU, so as many
@@ -103,7 +104,7 @@ func New(cfg Config) *Service {
 	if cfg.MaxExchanges <= 0 {
 		cfg.MaxExchanges = max(2*runtime.GOMAXPROCS(0), cfg.TokenSessions)
 	}
-	cfg.Limits = cfg.Limits.withDefaults(cfg.MaxExchanges)
+	cfg.Limits = cfg.Limits.withDefaults(max(cfg.MaxExchanges, cfg.TokenSessions))
 	s := &Service{
 		cfg:         cfg,
 		exchanges:   make(chan struct{}, cfg.MaxExchanges),

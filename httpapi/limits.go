@@ -33,7 +33,8 @@ type Limits struct {
 	FailedOpens     float64
 	FailedOpenBurst int
 	// MaxQueued bounds the exchanges waiting for their turn (see
-	// Config.MaxExchanges); beyond it they are refused at once.
+	// Config.MaxExchanges; default 64 × MaxExchanges or TokenSessions,
+	// whichever is more); beyond it they are refused at once.
 	MaxQueued int
 }
 

@@ -73,7 +73,7 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		return usageError(fmt.Sprintf("refusing plain HTTP on %s, which is not a loopback address: give --tls-cert and --tls-key, or --insecure-http=true behind a TLS-terminating proxy", c.Listen))
 	}
 
-	procs, gcPercent := runtimeSettings()
+	cpus, gcPercent := runtime.GOMAXPROCS(0), gcSetting()
 	tok, ks, err := c.openKeystore(ctx, log)
 	if err != nil {
 		return err
@@ -86,7 +86,10 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("token %q: %w", tok.Label(), err)
 	}
-	log.Info("token", "label", tok.Label(), "sessions", tok.MaxSessions(), "gomaxprocs", procs, "gogc", gcPercent, "can", report.String())
+	exchanges := exchangesAtOnce(c.MaxExch, tok, cpus)
+	procs := schedulerProcs(tok, exchanges)
+	log.Info("token", "label", tok.Label(), "sessions", tok.MaxSessions(), "software_slot", tok.SoftwareSlot(),
+		"exchanges_at_once", exchanges, "gomaxprocs", procs, "gogc", gcPercent, "can", report.String())
 	tok.SetSelfTest(func(ctx context.Context) error { _, err := ks.SelfTest(ctx); return err })
 	go refreshOnHangup(ctx, ks, certs, log)
 	var served []slog.Attr
@@ -154,11 +157,11 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 	reqLevel, reqOff := c.requestLogging()
 	cfg := httpapi.Config{
 		RequestLog: reqLevel, RequestLogOff: reqOff, RequestLogSample: c.RequestLogSample,
-		MaxExchanges:   c.MaxExch,
+		MaxExchanges:   exchanges,
 		TokenSessions:  tok.MaxSessions(),
 		Limits:         limits,
 		TrustedProxies: proxies,
-		Engine:         &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey},
+		Engine:         &exchange.Server{Keystore: ks, Accounts: reg, SessionLifetime: session, RekeyWindow: rekey, CPUs: cpus},
 		Ready:          tok.Healthy,
 		Upstream:       upstream,
 		Metrics:        apiMetrics,
@@ -363,34 +366,54 @@ func serviceCollectors(ks *p11.Keystore, reg *accounts.Registry) []prometheus.Co
 		registryUp}
 }
 
-// runtimeSettings sets the Go runtime for a service whose work is short
-// requests and token calls, unless GOMAXPROCS and GOGC say otherwise, and
-// returns the processor count and GC percentage in force.
-//
-// Processors: one more than the CPUs the process may use. A token call is
-// a cgo call: its goroutine's processor goes to other goroutines
-// meanwhile, and the goroutine must get one back when the call returns.
-// With as many processors as CPUs it often waits for one, its thread
-// parked, while the CPU the call was using sits idle: measured under
-// P-256 load, 11–13 % of the CPUs idle with 32 clients waiting, and
-// 10–25 % more exchanges a second with the one processor more.
-//
-// GC: 400 rather than 100. The live heap is small (about a megabyte, and
-// 500 bytes a cached session) and an exchange allocates about 30 KB, so
-// at Go's default the collector runs some 35 times a second at 3,000
-// exchanges a second, each time waking processors; at 400, P-256
-// exchanges took 6–10 % less CPU. The heap may grow to five times what is
-// live: 240 MB with 100,000 cached sessions (docs/performance.md).
-func runtimeSettings() (procs, gcPercent int) {
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + 1)
+// exchangesAtOnce is --max-exchanges, or its default: as many as the
+// pool's sessions for a hardware slot, where an exchange mostly waits on
+// the HSM's round trips, and twice the CPUs for a software token, whose
+// exchanges compute in this process (the engine lets one per CPU compute
+// in Go at a time, exchange.Server.CPUs).
+func exchangesAtOnce(flag int, tok *hsm.Token, cpus int) int {
+	switch {
+	case flag > 0:
+		return flag
+	case tok.SoftwareSlot():
+		return 2 * cpus
 	}
-	gcPercent = 400
+	return tok.MaxSessions()
+}
+
+// schedulerProcs gives the Go scheduler, for a software token, one
+// processor more than the exchanges computed at once, unless GOMAXPROCS
+// is set, and returns the processor count. A token call is a cgo call: its
+// goroutine's processor goes to other goroutines meanwhile, and when the
+// call returns the goroutine needs one again. With no processor free it
+// waits in the scheduler's global queue behind every runnable goroutine,
+// out of arrival order, while the CPU its call used sits idle. With a
+// processor for each exchange in flight and one for the rest, one is
+// free. Measured, P-256 at concurrency 32 on 2 CPUs with SoftHSM
+// (exchanges at once, processors: p99): 6, 3: 31–35 ms; 4, 3: 31 ms;
+// 4, 4: 25 ms; 2, 3: 15–17 ms; 3, 4: 17 ms; 4, 5: 17–18 ms; 6, 7: 19–20 ms,
+// the last three with the most exchanges a second (docs/performance.md).
+// A hardware slot's calls were not measured so, and keep Go's default.
+func schedulerProcs(tok *hsm.Token, exchanges int) int {
+	if tok.SoftwareSlot() && os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(exchanges + 1)
+	}
+	return runtime.GOMAXPROCS(0)
+}
+
+// gcSetting sets the collector's GOGC to 400 unless GOGC is set, and
+// returns the percentage in force. The live heap is small (about a
+// megabyte, and 500 bytes a cached session) and an exchange allocates
+// about 30 KB, so at Go's default the collector runs some 35 times a
+// second at 3,000 exchanges a second, each time waking processors; at 400,
+// P-256 exchanges took 6–10 % less CPU. The heap may grow to five times
+// what is live: 240 MB with 100,000 cached sessions (docs/performance.md).
+func gcSetting() int {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(gcPercent)
-	} else {
-		gcPercent = debug.SetGCPercent(100) // read it back
-		debug.SetGCPercent(gcPercent)
+		debug.SetGCPercent(400)
+		return 400
 	}
-	return runtime.GOMAXPROCS(0), gcPercent
+	p := debug.SetGCPercent(100) // reads GOGC's setting back
+	debug.SetGCPercent(p)
+	return p
 }
