@@ -16,8 +16,8 @@ import (
 // test: the third PKCS#11 implementation the tests run on. opencryptoki
 // keeps its tokens under /var/lib/opencryptoki and reaches them through
 // its pkcsslotd daemon, so the token is the machine's: the test holds a
-// lock on it, starts the daemon if it is not running, and puts the token
-// directory back as it found it when it ends.
+// lock on it, empties it, starts the daemon afresh, and puts the token
+// directory (and the daemon) back as it found them when it ends.
 type OpenCryptokiToken struct {
 	Module string
 	Label  string
@@ -60,20 +60,24 @@ func NewOpenCryptoki(t testing.TB) *OpenCryptokiToken {
 	}
 	t.Cleanup(func() { syscall.Flock(int(lock.Fd()), syscall.LOCK_UN); lock.Close() })
 
+	// The token directory may hold a token initialised by a run that was
+	// killed before it could put it back, with PINs this run cannot know:
+	// the test starts from an empty token, as the package installs it.
 	saved := filepath.Join(t.TempDir(), "swtok")
 	run(t, "", "cp", "-a", ockTokens, saved)
-	started := !daemonRunning()
-	if started {
-		run(t, "", "/usr/sbin/pkcsslotd")
-		waitUntil(t, daemonRunning)
-	}
+	wasRunning := daemonRunning()
+	stopDaemon(t)
+	emptyTokenDir(t)
+	run(t, "", "/usr/sbin/pkcsslotd")
+	waitUntil(t, daemonRunning)
 	t.Cleanup(func() {
-		if started {
-			exec.Command("pkill", "-x", "pkcsslotd").Run()
-			waitUntil(t, func() bool { return !daemonRunning() })
-		}
+		stopDaemon(t)
 		os.RemoveAll(ockTokens)
 		exec.Command("cp", "-a", saved, ockTokens).Run()
+		removeSharedMemory()
+		if wasRunning {
+			exec.Command("/usr/sbin/pkcsslotd").Run()
+		}
 	})
 
 	slot := softSlot(t)
@@ -106,6 +110,50 @@ func softSlot(t testing.TB) string {
 	}
 	t.Fatalf("pkcsconf lists no soft token:\n%s", out)
 	return ""
+}
+
+// stopDaemon stops pkcsslotd and drops the shared memory in which it and
+// the module keep the token's state, so that the next start reads the
+// token directory afresh.
+func stopDaemon(t testing.TB) {
+	t.Helper()
+	exec.Command("pkill", "-x", "pkcsslotd").Run()
+	waitUntil(t, func() bool { return !daemonRunning() })
+	removeSharedMemory()
+}
+
+func removeSharedMemory() {
+	shm, _ := filepath.Glob("/dev/shm/*opencryptoki*")
+	for _, f := range shm {
+		os.Remove(f)
+	}
+}
+
+// emptyTokenDir leaves the soft token's directory as the package installs
+// it: an empty TOK_OBJ and no token data, so that the token is
+// uninitialised and its SO PIN is the default.
+func emptyTokenDir(t testing.TB) {
+	t.Helper()
+	entries, err := os.ReadDir(ockTokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		if e.Name() != "TOK_OBJ" {
+			if err := os.RemoveAll(filepath.Join(ockTokens, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	objects, err := os.ReadDir(filepath.Join(ockTokens, "TOK_OBJ"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range objects {
+		if err := os.RemoveAll(filepath.Join(ockTokens, "TOK_OBJ", o.Name())); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func daemonRunning() bool {
