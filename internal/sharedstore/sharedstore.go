@@ -41,7 +41,8 @@ type Options struct {
 	FailOpen bool
 	// Timeout bounds each Redis command (default 250 ms): a request waits
 	// at most this long for Redis before the failure mode applies (a
-	// replay check, up to twice as long: see deadlines).
+	// replay check, up to three times as long: the batch ahead of its
+	// own, and its own sent twice; see checkBatches).
 	Timeout time.Duration
 	// ProbeInterval is how often Redis is checked for having come back,
 	// or having lost its data (default 500 ms).
@@ -62,17 +63,17 @@ var ErrUnavailable = fmt.Errorf("%w: Redis does not answer", exchange.ErrSharedS
 type Store struct {
 	opts  Options
 	where string // the server, for logs; never the password
-	// The requests seen go through rueidis, which pipelines the SETs of
-	// concurrent requests on one connection by itself: measured here
-	// (make bench-replicas), go-redis's round trip per SET on a pooled
-	// connection cost 33–43 % of the authenticated requests' throughput,
-	// rueidis 11–26 % on a machine it shares with Redis and the load. The rate limits, a few per exchange, go through
-	// redis_rate on go-redis.
+	// The requests seen go through rueidis on one connection, in
+	// batches (checkBatches): measured here (make bench-replicas),
+	// go-redis's round trip per SET on a pooled connection cost 33–43 %
+	// of the authenticated requests' throughput, rueidis's pipelining
+	// 11–26 % on a machine it shares with Redis and the load. The rate
+	// limits, a few per exchange, go through redis_rate on go-redis.
 	seen    rueidis.Client
 	rdb     *redis.Client
 	limiter *redis_rate.Limiter
 	local   *replay.Cache
-	checks  deadlines // of the replay checks
+	batches checkBatches // of the replay checks
 	up      atomic.Bool
 	mark    string // a key of this replica's, whose absence says Redis lost its data
 	probing sync.Mutex
@@ -144,12 +145,6 @@ func Open(ctx context.Context, rawURL string, opts Options) (*Store, error) {
 	// One connection, so that the probe that finds Redis answering has
 	// found the connection the requests use answering.
 	copt.PipelineMultiplex = -1
-	// Under load, wait up to 20 µs after each write for more requests'
-	// SETs to join the next one: fewer system calls on both sides, for
-	// at most 20 µs of a request's latency. Measured (BenchmarkFirstSeen,
-	// 32 goroutines): 15 µs of CPU per check without the wait, 9–10 µs
-	// with 10–50 µs, 12 µs with 100 µs, 19 µs with 300 µs.
-	copt.MaxFlushDelay = 20 * time.Microsecond
 	copt.ClientSetInfo = rueidis.DisableClientSetInfo
 	if s.seen, err = rueidis.NewClient(copt); err != nil {
 		s.rdb.Close()
@@ -203,7 +198,8 @@ func (s *Store) Ready(context.Context) error {
 
 // FirstSeen records the request k until forget and reports whether no
 // replica had seen it: one SET NX with expiry in Redis, after this
-// replica's own memory.
+// replica's own memory, sent with the other checks of its moment
+// (checkBatches).
 func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Time) (bool, error) {
 	if !s.local.Add(k, forget, now) {
 		return false, nil
@@ -211,57 +207,27 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 	if !s.up.Load() {
 		return s.fallback()
 	}
-	// A connection Redis closed (it restarted) fails the first command on
-	// it; the client dials again for the next. So once more before
-	// falling back: a replica that missed the outage must not accept a
-	// replay on its own word after it. The retry may find the key the
-	// first attempt set and refuse a fresh request — the safe side, and
-	// only when an answer was lost.
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		err = s.seen.Do(s.checks.next(s.opts.Timeout), s.seen.B().Set().Key(replayPrefix+string(k[:])).Value("1").Nx().Exat(forget).Build()).Error()
-		switch {
-		case err == nil:
-			return true, nil
-		case rueidis.IsRedisNil(err): // not set: another replica saw it
-			return false, nil
-		case ctx.Err() != nil:
-			return false, ctx.Err() // the request itself ended: not Redis's fault
+	b, i, sends := s.batches.join(check{key: k, forget: forget})
+	if sends {
+		// The other checks of the batch wait on it: it is sent even if
+		// this request has ended.
+		s.batches.take(b)
+		s.send(b)
+		s.batches.finish(b)
+	} else {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return false, ctx.Err()
 		}
 	}
-	s.lost(err)
-	return s.fallback()
-}
-
-// deadlines gives the replay checks a context they share: its deadline is
-// between one and two timeouts away, and a new one is made once it is
-// less than one away. A context per check, derived from the request's,
-// cost the replica 4 µs of CPU a request (perf record under load: 2.7 % of
-// custosd's samples, a sixth of what the shared store cost it), for a
-// timer and a place among the request context's children. A check so
-// does not end when its request does; it ends by its deadline, and the
-// request's end is noticed after it (FirstSeen).
-type deadlines struct {
-	cur atomic.Pointer[deadline]
-}
-
-type deadline struct {
-	ctx    context.Context
-	at     time.Time
-	cancel context.CancelFunc // never called: the context ends at its deadline
-}
-
-func (d *deadlines) next(timeout time.Duration) context.Context {
-	now := time.Now()
-	c := d.cur.Load()
-	if c != nil && c.at.Sub(now) >= timeout {
-		return c.ctx
+	switch c := b.checks[i]; {
+	case c.err == nil:
+		return c.first, nil
+	case ctx.Err() != nil:
+		return false, ctx.Err() // the request itself ended: not Redis's fault
 	}
-	at := now.Add(2 * timeout)
-	n := &deadline{at: at}
-	n.ctx, n.cancel = context.WithDeadline(context.Background(), at)
-	d.cur.CompareAndSwap(c, n) // if another check made one meanwhile, n serves this check alone
-	return n.ctx
+	return s.fallback()
 }
 
 // fallback is the answer, to a request this replica has not seen, while

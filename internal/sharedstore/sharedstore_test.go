@@ -15,7 +15,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -370,30 +373,64 @@ func processCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestChecksShareADeadline: checks a moment apart share one context, every
-// check gets between one and two timeouts to be answered, and the shared
-// context is renewed before it has less than one left.
-func TestChecksShareADeadline(t *testing.T) {
-	var d deadlines
-	const timeout = 50 * time.Millisecond
-	first := d.next(timeout)
-	if d.next(timeout) != first {
-		t.Fatal("two checks a moment apart got contexts of their own")
+// TestChecksAreBatched: two replicas check the same requests from 32
+// goroutines each. Every request is new to exactly one of them, and the
+// checks reach Redis in batches: fewer reads by Redis than commands.
+func TestChecksAreBatched(t *testing.T) {
+	r := startRedis(t)
+	reps := replicas(t, r, 2, false)
+	stats := func() (cmds, reads int) {
+		info, err := reps[0].rdb.Info(context.Background(), "stats").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(info, "\r\n") {
+			if v, ok := strings.CutPrefix(line, "total_commands_processed:"); ok {
+				cmds, _ = strconv.Atoi(v)
+			}
+			if v, ok := strings.CutPrefix(line, "total_reads_processed:"); ok {
+				reads, _ = strconv.Atoi(v)
+			}
+		}
+		return cmds, reads
 	}
-	give := time.Now().Add(2 * time.Second)
-	for {
-		before := time.Now()
-		ctx := d.next(timeout)
-		at, ok := ctx.Deadline()
-		if !ok || at.Sub(before) < timeout || time.Until(at) > 2*timeout {
-			t.Fatalf("a check got until %v, %v after it asked; want between %v and %v", at, at.Sub(before), timeout, 2*timeout)
+	const n, workers = 4000, 32
+	keys := make([]replay.Key, n)
+	for i := range keys {
+		keys[i] = newKey()
+	}
+	firsts := make([]atomic.Int32, n)
+	cmds0, reads0 := stats()
+	var wg sync.WaitGroup
+	for _, s := range reps {
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < n; i += workers {
+					first, err := seen(t, s, keys[i])
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					if first {
+						firsts[i].Add(1)
+					}
+				}
+			}()
 		}
-		if ctx != first {
-			return
+	}
+	wg.Wait()
+	cmds1, reads1 := stats()
+	for i := range firsts {
+		if got := firsts[i].Load(); got != 1 {
+			t.Fatalf("request %d was new to %d replicas, want 1", i, got)
 		}
-		if time.Now().After(give) {
-			t.Fatal("the shared context was never renewed")
-		}
-		time.Sleep(time.Millisecond)
+	}
+	// The INFO commands, and the replicas' probes, are among those counted.
+	sets, reads := cmds1-cmds0, reads1-reads0
+	t.Logf("%d commands in %d reads by Redis: %.1f a read", sets, reads, float64(sets)/float64(reads))
+	if sets < 2*n || float64(sets) < 2*float64(reads) {
+		t.Errorf("Redis read %d times for %d commands, want batches of two or more", reads, sets)
 	}
 }
