@@ -41,8 +41,8 @@ type Options struct {
 	FailOpen bool
 	// Timeout bounds each Redis command (default 250 ms): a request waits
 	// at most this long for Redis before the failure mode applies (a
-	// replay check, up to three times as long: the batch ahead of its
-	// own, and its own sent twice; see checkBatches).
+	// replay check, up to four times as long: the batch ahead of its
+	// own and its own, each sent twice; see checkBatches).
 	Timeout time.Duration
 	// ProbeInterval is how often Redis is checked for having come back,
 	// or having lost its data (default 500 ms).
@@ -212,8 +212,10 @@ func (s *Store) FirstSeen(ctx context.Context, k replay.Key, forget, now time.Ti
 		// The other checks of the batch wait on it: it is sent even if
 		// this request has ended.
 		s.batches.take(b)
-		s.send(b)
-		s.batches.finish(b)
+		func() {
+			defer s.batches.finish(b) // whatever happens, the next batch gets its turn
+			s.send(b)
+		}()
 	} else {
 		select {
 		case <-b.done:

@@ -434,3 +434,78 @@ func TestChecksAreBatched(t *testing.T) {
 		t.Errorf("Redis read %d times for %d commands, want batches of two or more", reads, sets)
 	}
 }
+
+// TestBatchOutlivesItsRequests: while Redis holds back writes, a check
+// whose request ends returns at once, its SET still goes out with its
+// batch, and the checks queued behind a batch are answered once Redis
+// lets it through.
+func TestBatchOutlivesItsRequests(t *testing.T) {
+	r := startRedis(t)
+	reps := replicas(t, r, 2, false)
+	s := reps[0]
+	// Shorter than the Stores' timeout (250 ms): a batch that timed out
+	// would be sent again and find its own keys (FirstSeen says why).
+	const pause = 150 * time.Millisecond
+	if err := s.rdb.Do(context.Background(), "CLIENT", "PAUSE", pause.Milliseconds(), "WRITE").Err(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	ahead, behind, gone := newKey(), newKey(), newKey()
+	answers := make(chan error, 2)
+	go func() { // sends the first batch, which Redis holds
+		first, err := seen(t, s, ahead)
+		if err == nil && !first {
+			err = errors.New("a new request was taken for a replay")
+		}
+		answers <- err
+	}()
+	// Wait until that batch is on its way, so the next checks queue.
+	for deadline := time.Now().Add(pause / 2); ; {
+		s.batches.mu.Lock()
+		busy := s.batches.busy
+		s.batches.mu.Unlock()
+		if busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first check did not start its batch")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	go func() { // the next batch's first check: it sends it
+		first, err := seen(t, s, behind)
+		if err == nil && !first {
+			err = errors.New("a new request was taken for a replay")
+		}
+		answers <- err
+	}()
+	for deadline := time.Now().Add(pause / 2); ; {
+		s.batches.mu.Lock()
+		queued := s.batches.next != nil
+		s.batches.mu.Unlock()
+		if queued {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the second check did not queue behind the first batch")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	now := time.Now()
+	if _, err := s.FirstSeen(ctx, gone, now.Add(2*time.Minute), now); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a check whose request ended answered %v, want context.Canceled", err)
+	}
+	if waited := time.Since(start); waited >= pause {
+		t.Fatalf("a check whose request ended waited %v, for Redis", waited)
+	}
+	for range 2 {
+		if err := <-answers; err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The ended request's SET went out with its batch: the other replica
+	// refuses it as a replay.
+	mustFirst(t, reps[1], gone, false, "the request whose check was left")
+}
