@@ -452,45 +452,33 @@ func TestBatchOutlivesItsRequests(t *testing.T) {
 	start := time.Now()
 	ahead, behind, gone := newKey(), newKey(), newKey()
 	answers := make(chan error, 2)
-	go func() { // sends the first batch, which Redis holds
-		first, err := seen(t, s, ahead)
+	ask := func(k replay.Key) {
+		first, err := seen(t, s, k)
 		if err == nil && !first {
 			err = errors.New("a new request was taken for a replay")
 		}
 		answers <- err
-	}()
-	// Wait until that batch is on its way, so the next checks queue.
-	for deadline := time.Now().Add(pause / 2); ; {
-		s.batches.mu.Lock()
-		busy := s.batches.busy
-		s.batches.mu.Unlock()
-		if busy {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first check did not start its batch")
-		}
-		time.Sleep(time.Millisecond)
 	}
-	go func() { // the next batch's first check: it sends it
-		first, err := seen(t, s, behind)
-		if err == nil && !first {
-			err = errors.New("a new request was taken for a replay")
+	// state waits, for less than the pause, until the batches are as
+	// wanted.
+	state := func(what string, want func(q *checkBatches) bool) {
+		for deadline := time.Now().Add(pause / 2); ; {
+			s.batches.mu.Lock()
+			ok := want(&s.batches)
+			s.batches.mu.Unlock()
+			if ok {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal(what)
+			}
+			time.Sleep(time.Millisecond)
 		}
-		answers <- err
-	}()
-	for deadline := time.Now().Add(pause / 2); ; {
-		s.batches.mu.Lock()
-		queued := s.batches.next != nil
-		s.batches.mu.Unlock()
-		if queued {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second check did not queue behind the first batch")
-		}
-		time.Sleep(time.Millisecond)
 	}
+	go ask(ahead) // sends the first batch, which Redis holds
+	state("the first check did not start its batch", func(q *checkBatches) bool { return q.busy })
+	go ask(behind) // the next batch's first check: it sends it
+	state("the second check did not queue behind the first batch", func(q *checkBatches) bool { return q.next != nil })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	now := time.Now()
