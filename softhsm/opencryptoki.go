@@ -74,7 +74,6 @@ func NewOpenCryptoki(t testing.TB) *OpenCryptokiToken {
 		stopDaemon(t)
 		os.RemoveAll(ockTokens)
 		exec.Command("cp", "-a", saved, ockTokens).Run()
-		removeSharedMemory()
 		if wasRunning {
 			exec.Command("/usr/sbin/pkcsslotd").Run()
 		}
@@ -134,24 +133,18 @@ func removeSharedMemory() {
 // uninitialised and its SO PIN is the default.
 func emptyTokenDir(t testing.TB) {
 	t.Helper()
-	entries, err := os.ReadDir(ockTokens)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, e := range entries {
-		if e.Name() != "TOK_OBJ" {
-			if err := os.RemoveAll(filepath.Join(ockTokens, e.Name())); err != nil {
+	for _, dir := range []string{ockTokens, filepath.Join(ockTokens, "TOK_OBJ")} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range entries {
+			if dir == ockTokens && e.Name() == "TOK_OBJ" {
+				continue // emptied next; it keeps its owner and mode
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 				t.Fatal(err)
 			}
-		}
-	}
-	objects, err := os.ReadDir(filepath.Join(ockTokens, "TOK_OBJ"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, o := range objects {
-		if err := os.RemoveAll(filepath.Join(ockTokens, "TOK_OBJ", o.Name())); err != nil {
-			t.Fatal(err)
 		}
 	}
 }
