@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -42,8 +41,15 @@ type Config struct {
 	PIN string
 	// MaxSessions bounds the pool: at most this many operations run on the
 	// token at once; more wait for a session (or their context). Zero
-	// sizes it by the slot (DefaultMaxSessions).
+	// sizes it by the calls' threads: one session each, or, with none,
+	// DefaultMaxSessions.
 	MaxSessions int
+	// CallThreads is how many OS threads of the Token's own make Do's
+	// calls, each one call after another (callThreads). Zero means one for
+	// a software slot and none for a hardware slot, whose calls are made
+	// by their callers' goroutines, since there they mostly wait on the
+	// device; negative means none.
+	CallThreads int
 	// RetryInterval is how often an unreachable token is probed again.
 	RetryInterval time.Duration
 	// KeepAlive is how often each idle pooled session makes a cheap call,
@@ -62,16 +68,9 @@ type Config struct {
 // network HSM's operation mostly waits on its round trip, so sessions
 // rather than CPUs bound the operations in flight, and 16 is within every
 // vendor's default partition limits. A software token (SoftHSM, NSS
-// softokn, opencryptoki's soft token) computes in this process's threads
-// instead, and gets SoftwareSessions: more threads than CPUs inside it
-// only contend for its locks, which on two cores took the P-256
-// exchange's p99 at concurrency 32 from 16–19 ms at 2–4 sessions to
-// 28–37 ms at 16 for the same throughput (docs/performance.md).
+// softokn, opencryptoki's soft token) computes in this process instead,
+// on its call thread, with the one session the thread uses.
 const DefaultMaxSessions = 16
-
-// SoftwareSessions is the pool for a software slot: two per CPU, so that
-// a CPU whose operation is between two calls has another to run.
-func SoftwareSessions() int { return 2 * runtime.GOMAXPROCS(0) }
 
 // softwareSlot reports whether the token labelled label is in a software
 // slot (no CKF_HW_SLOT); a token it cannot find yet (Open reports that)
@@ -94,7 +93,8 @@ type Token struct {
 	mod      *module
 	ck       Cryptoki
 	log      *slog.Logger
-	software bool // in a software slot (SoftwareSlot)
+	software bool         // in a software slot (SoftwareSlot)
+	threads  *callThreads // make Do's calls, if not nil
 
 	slots chan struct{} // one per session that may exist
 	idle  chan *session // sessions ready for use
@@ -147,10 +147,13 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 		return nil, err
 	}
 	software := softwareSlot(Intercept(mod.ck, mod.guard), cfg.TokenLabel)
+	if cfg.CallThreads == 0 && software {
+		cfg.CallThreads = 1
+	}
 	if cfg.MaxSessions <= 0 {
 		cfg.MaxSessions = DefaultMaxSessions
-		if software {
-			cfg.MaxSessions = SoftwareSessions()
+		if cfg.CallThreads > 0 {
+			cfg.MaxSessions = cfg.CallThreads // a thread makes one call at a time
 		}
 	}
 	sessionsMax.Set(float64(cfg.MaxSessions))
@@ -176,6 +179,9 @@ func Open(ctx context.Context, cfg Config) (*Token, error) {
 	}
 	t.up = true
 	upGauge.Set(1)
+	if cfg.CallThreads > 0 {
+		t.threads = startCallThreads(cfg.CallThreads)
+	}
 	if t.cfg.KeepAlive == 0 {
 		t.cfg.KeepAlive = DefaultKeepAlive
 	}
@@ -195,6 +201,10 @@ func (t *Token) SoftwareSlot() bool { return t.software }
 // MaxSessions returns the size of the session pool: the most operations
 // that run on the token at once.
 func (t *Token) MaxSessions() int { return t.cfg.MaxSessions }
+
+// CallThreads returns how many threads of the Token's own make its calls;
+// zero means its callers make them.
+func (t *Token) CallThreads() int { return max(t.cfg.CallThreads, 0) }
 
 // Label returns the token's label.
 func (t *Token) Label() string { return t.cfg.TokenLabel }
@@ -370,10 +380,16 @@ func (s *Session) Epoch() uint64 { return s.t.epoch.Load() }
 // reached, Do returns an error wrapping exchange.ErrKeystoreUnavailable
 // without waiting.
 //
-// fn must not call Do: it would hold two sessions, and a full pool deadlocks.
+// fn must not call Do: it would wait for the call thread it runs on, or
+// hold two sessions, and a full pool deadlocks.
 func (t *Token) Do(ctx context.Context, op string, fn func(*Session) error) error {
 	start := time.Now()
-	err := t.do(ctx, fn)
+	var err error
+	if t.threads != nil {
+		err = t.threads.do(ctx, func() error { return t.do(ctx, fn) })
+	} else {
+		err = t.do(ctx, fn)
+	}
 	opDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
 	if err != nil {
 		opErrors.WithLabelValues(op, reason(err)).Inc()
@@ -393,7 +409,7 @@ func (t *Token) do(ctx context.Context, fn func(*Session) error) error {
 		if s, err = t.acquire(ctx); err != nil {
 			return err
 		}
-		ran, ferr := t.onSession(s, func() error { return fn(&Session{t: t, s: s}) })
+		ran, ferr := t.run(s, fn)
 		if !ran {
 			// The module was re-initialised since the session was lent,
 			// by a caller that met a fault or re-read the token: its
@@ -630,7 +646,7 @@ func (t *Token) admit() error {
 	defer t.mu.Unlock()
 	switch {
 	case t.closed:
-		return unavailable(errors.New("closed"))
+		return unavailable(errClosed)
 	case t.up:
 		return nil
 	case t.probing || time.Now().Before(t.nextTry):
@@ -673,7 +689,7 @@ func (t *Token) probe() {
 	t.probing = false
 	if err == nil && t.closed {
 		t.closeSession(s)
-		err = unavailable(errors.New("closed"))
+		err = unavailable(errClosed)
 	}
 	if err != nil {
 		t.lastDown = err
@@ -752,6 +768,21 @@ func (t *Token) onSession(s *session, f func() error) (ran bool, err error) {
 	return true, f()
 }
 
+// run runs fn on s (onSession). A panic in fn goes on to its caller, but
+// not with s: an operation may be left active on it, and a pool that lent
+// it out forever would, at one session, have none left.
+func (t *Token) run(s *session, fn func(*Session) error) (ran bool, err error) {
+	returned := false
+	defer func() {
+		if !returned {
+			t.discard(s)
+		}
+	}()
+	ran, err = t.onSession(s, func() error { return fn(&Session{t: t, s: s}) })
+	returned = true
+	return ran, err
+}
+
 // errStaleSession stands for the answer a session of an earlier
 // initialisation would get: it is retired, never used.
 var errStaleSession error = pkcs11.Error(pkcs11.CKR_SESSION_HANDLE_INVALID)
@@ -804,6 +835,9 @@ func (t *Token) Close() error {
 	}
 	t.closed = true
 	t.mu.Unlock()
+	if t.threads != nil {
+		close(t.threads.stop)
+	}
 	if t.stopKeepAlive != nil {
 		close(t.stopKeepAlive)
 		<-t.keepAliveDone // it may hold an idle session

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1037,14 +1038,117 @@ func waitFor(t *testing.T, cond func() bool) {
 }
 
 // TestPoolSizedBySlot: SoftHSM's slot is a software one (no CKF_HW_SLOT),
-// so the default pool is SoftwareSessions, not the hardware default.
+// so its calls get a thread of their own and the pool the one session
+// that thread uses, not the hardware default.
 func TestPoolSizedBySlot(t *testing.T) {
 	tok, _ := openToken(t, Config{})
-	if got, want := tok.MaxSessions(), SoftwareSessions(); got != want {
-		t.Fatalf("the default pool for SoftHSM has %d sessions, want %d (two per CPU)", got, want)
+	if got := tok.MaxSessions(); got != 1 {
+		t.Fatalf("the default pool for SoftHSM has %d sessions, want 1 (its call thread's)", got)
+	}
+	threads, _ := openToken(t, Config{CallThreads: 3})
+	if got := threads.MaxSessions(); got != 3 {
+		t.Fatalf("a token with 3 call threads has a pool of %d sessions, want 3", got)
 	}
 	sized, _ := openToken(t, Config{MaxSessions: 7})
 	if got := sized.MaxSessions(); got != 7 {
 		t.Fatalf("a pool configured for 7 sessions has %d", got)
+	}
+	callers, _ := openToken(t, Config{CallThreads: -1})
+	if got := callers.MaxSessions(); got != DefaultMaxSessions {
+		t.Fatalf("a token whose callers make its calls has a pool of %d sessions, want %d", got, DefaultMaxSessions)
+	}
+}
+
+// callsSeen runs n operations on tok at once and reports on how many OS
+// threads they ran and how many ran at the same time at most.
+func callsSeen(t *testing.T, tok *Token, n int) (threads, atOnce int) {
+	t.Helper()
+	var (
+		mu      sync.Mutex
+		tids    = map[int]bool{}
+		running int
+		wg      sync.WaitGroup
+	)
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := tok.Do(context.Background(), "test", func(s *Session) error {
+				mu.Lock()
+				tids[syscall.Gettid()] = true
+				running++
+				atOnce = max(atOnce, running)
+				mu.Unlock()
+				_, err := s.SignHMAC(0, nil) // a real call, which fails: no such key
+				time.Sleep(2 * time.Millisecond)
+				mu.Lock()
+				running--
+				mu.Unlock()
+				if err == nil {
+					return errors.New("an HMAC with no key succeeded")
+				}
+				return nil
+			})
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	return len(tids), atOnce
+}
+
+// TestSoftwareCallsOnOneThread: a software token's operations, asked for
+// by many goroutines at once, run one at a time on one OS thread; with
+// CallThreads negative they run on their callers' goroutines, side by side.
+func TestSoftwareCallsOnOneThread(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	if threads, atOnce := callsSeen(t, tok, 16); threads != 1 || atOnce != 1 {
+		t.Fatalf("16 operations asked for at once ran on %d threads, %d at a time; want 1 and 1", threads, atOnce)
+	}
+	callers, _ := openToken(t, Config{CallThreads: -1})
+	if _, atOnce := callsSeen(t, callers, 16); atOnce < 2 {
+		t.Fatalf("16 operations on their callers' goroutines ran %d at a time; want them side by side", atOnce)
+	}
+}
+
+// TestCallThreadWaits: a caller whose context ends while the thread is
+// busy gets ErrKeystoreUnavailable at once; a panic in an operation is its
+// caller's, and the thread goes on serving; after Close, calls are refused.
+func TestCallThreadWaits(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	release := make(chan struct{})
+	busy := make(chan struct{})
+	go tok.Do(context.Background(), "test", func(*Session) error {
+		close(busy)
+		<-release
+		return nil
+	})
+	<-busy
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	ran := false
+	err := tok.Do(ctx, "test", func(*Session) error { ran = true; return nil })
+	if !errors.Is(err, exchange.ErrKeystoreUnavailable) || !errors.Is(err, context.DeadlineExceeded) || ran {
+		t.Fatalf("an operation whose context ended behind a busy thread: ran %v, error %v; want it not run, ErrKeystoreUnavailable", ran, err)
+	}
+	close(release)
+
+	func() {
+		defer func() {
+			if r := recover(); r != "in the operation" {
+				t.Fatalf("the caller of an operation that panicked recovered %v", r)
+			}
+		}()
+		tok.Do(context.Background(), "test", func(*Session) error { panic("in the operation") })
+	}()
+	if err := tok.Do(context.Background(), "test", func(*Session) error { return nil }); err != nil {
+		t.Fatalf("the operation after a panic: %v", err)
+	}
+
+	tok.Close()
+	err = tok.Do(context.Background(), "test", func(*Session) error { t.Error("ran after Close"); return nil })
+	if !errors.Is(err, exchange.ErrKeystoreUnavailable) {
+		t.Fatalf("an operation after Close: %v; want ErrKeystoreUnavailable", err)
 	}
 }

@@ -64,7 +64,8 @@ type settings struct {
 	URI              string        `name:"pkcs11-uri" env:"CUSTOS_PKCS11_URI" placeholder:"URI" help:"RFC 7512 URI naming module, token and PIN source (instead of the three flags)"`
 	TokenLabel       string        `name:"token-label" env:"CUSTOS_TOKEN_LABEL" default:"custos" help:"label of the token holding the keys"`
 	PINFile          string        `name:"pin-file" env:"CUSTOS_PIN_FILE" placeholder:"FILE" help:"file holding the token's user PIN (or set CUSTOS_PIN)"`
-	MaxSessions      int           `name:"max-sessions" env:"CUSTOS_MAX_SESSIONS" default:"0" help:"PKCS#11 sessions in the pool (operations on the token at once; 0: two per CPU for a software token such as SoftHSM, 16 for a hardware slot)"`
+	MaxSessions      int           `name:"max-sessions" env:"CUSTOS_MAX_SESSIONS" default:"0" help:"PKCS#11 sessions in the pool (operations on the token at once; 0: one per token thread, or 16 for a hardware slot without them)"`
+	TokenThreads     int           `name:"token-threads" env:"CUSTOS_TOKEN_THREADS" default:"0" help:"OS threads of their own that make the token's calls, one after another each (0: one for a software token such as SoftHSM; none for a hardware slot, whose calls the requests' own threads make)"`
 	DB               string        `name:"db" env:"CUSTOS_DB" default:"${defaultDB}" help:"account registry: a SQLite file (the default is relative to the working directory; only its directory var is created) or a postgres:// DSN"`
 	Listen           string        `name:"listen" env:"CUSTOS_LISTEN" default:"127.0.0.1:8443" help:"address to serve on"`
 	MetricsListen    string        `name:"metrics-listen" env:"CUSTOS_METRICS_LISTEN" placeholder:"ADDR" help:"serve /metrics on this address only, not beside the API (e.g. 127.0.0.1:9464)"`
@@ -82,7 +83,7 @@ type settings struct {
 	SharedStoreCA    string        `name:"shared-store-ca" env:"CUSTOS_SHARED_STORE_CA" placeholder:"FILE" help:"PEM file of the authorities a rediss:// shared store's certificate must chain to (default: the system's)"`
 	SharedFailure    string        `name:"shared-store-failure" env:"CUSTOS_SHARED_STORE_FAILURE" default:"closed" enum:"closed,open" help:"when the shared store cannot be reached: closed refuses authenticated requests, exchanges and rekeys (503); open checks them against this replica alone, loudly (docs/security.md)"`
 	TrustedProxies   string        `name:"trusted-proxies" env:"CUSTOS_TRUSTED_PROXIES" placeholder:"CIDR,..." help:"load balancers and proxies in front of the service, whose X-Forwarded-For names the client the per-address limits count"`
-	MaxExch          int           `name:"max-exchanges" env:"CUSTOS_MAX_EXCHANGES" default:"0" help:"exchanges and rekeys computed at once; the rest queue in arrival order (0: twice the CPUs for a software token, the session pool for a hardware slot)"`
+	MaxExch          int           `name:"max-exchanges" env:"CUSTOS_MAX_EXCHANGES" default:"0" help:"exchanges and rekeys computed at once; the rest queue in arrival order (0: eight per CPU for a software token, the session pool for a hardware slot)"`
 	LogFormat        string        `name:"log-format" env:"CUSTOS_LOG_FORMAT" default:"text" enum:"text,json" help:"log format: text or json"`
 	RequestLog       string        `name:"request-log" env:"CUSTOS_REQUEST_LOG" default:"info" enum:"debug,info,warn,off" help:"level of the line per answered authenticated request: debug, info, warn or off (refusals are always logged)"`
 	RequestLogSample int           `name:"request-log-sample" env:"CUSTOS_REQUEST_LOG_SAMPLE" default:"1" help:"log one answered authenticated request in this many"`
@@ -491,7 +492,7 @@ func (c *config) check() error {
 	for _, n := range []struct {
 		name     string
 		n, least int
-	}{{"max-sessions", c.MaxSessions, 0}, {"max-exchanges", c.MaxExch, 0}, {"request-log-sample", c.RequestLogSample, 1}} {
+	}{{"max-sessions", c.MaxSessions, 0}, {"token-threads", c.TokenThreads, 0}, {"max-exchanges", c.MaxExch, 0}, {"request-log-sample", c.RequestLogSample, 1}} {
 		if n.n < n.least {
 			return usageError(fmt.Sprintf("--%s %d is less than %d", n.name, n.n, n.least))
 		}
@@ -552,7 +553,7 @@ func (c *config) hsmConfig(log *slog.Logger) (hsm.Config, error) {
 	default:
 		return hc, errors.New("no token PIN: set CUSTOS_PIN or CUSTOS_PIN_FILE (or --pin-file)")
 	}
-	hc.MaxSessions = c.MaxSessions
+	hc.MaxSessions, hc.CallThreads = c.MaxSessions, c.TokenThreads
 	hc.Logger = log
 	return hc, nil
 }

@@ -87,9 +87,8 @@ func cmdServe(ctx context.Context, c *config, log *slog.Logger) error {
 		return fmt.Errorf("token %q: %w", tok.Label(), err)
 	}
 	exchanges := exchangesAtOnce(c.MaxExch, tok, cpus)
-	procs := schedulerProcs(tok, exchanges)
 	log.Info("token", "label", tok.Label(), "sessions", tok.MaxSessions(), "software_slot", tok.SoftwareSlot(),
-		"exchanges_at_once", exchanges, "gomaxprocs", procs, "gogc", gcPercent, "can", report.String())
+		"call_threads", tok.CallThreads(), "exchanges_at_once", exchanges, "gomaxprocs", cpus, "gogc", gcPercent, "can", report.String())
 	tok.SetSelfTest(func(ctx context.Context) error { _, err := ks.SelfTest(ctx); return err })
 	go refreshOnHangup(ctx, ks, certs, log)
 	var served []slog.Attr
@@ -368,37 +367,22 @@ func serviceCollectors(ks *p11.Keystore, reg *accounts.Registry) []prometheus.Co
 
 // exchangesAtOnce is --max-exchanges, or its default: as many as the
 // pool's sessions for a hardware slot, where an exchange mostly waits on
-// the HSM's round trips, and twice the CPUs for a software token, whose
-// exchanges compute in this process (the engine lets one per CPU compute
-// in Go at a time, exchange.Server.CPUs).
+// the HSM's round trips, and, when the token's calls are made by threads
+// of their own (a software token), eight per CPU: enough that a thread
+// finishing one call finds the next waiting while the other exchanges
+// compute (the engine lets one per CPU compute in Go at a time,
+// exchange.Server.CPUs). Measured, P-256 at concurrency 32 on 2 CPUs with
+// SoftHSM on one thread: 4, 8, 16 and 32 at once did 3,595–3,641,
+// 3,913–3,980, 4,357–4,360 and 4,283–4,437 exchanges a second
+// (docs/performance.md).
 func exchangesAtOnce(flag int, tok *hsm.Token, cpus int) int {
 	switch {
 	case flag > 0:
 		return flag
-	case tok.SoftwareSlot():
-		return 2 * cpus
+	case tok.CallThreads() > 0:
+		return 8 * cpus
 	}
 	return tok.MaxSessions()
-}
-
-// schedulerProcs gives the Go scheduler, for a software token, one
-// processor more than the exchanges computed at once, unless GOMAXPROCS
-// is set, and returns the processor count. A token call is a cgo call: its
-// goroutine's processor goes to other goroutines meanwhile, and when the
-// call returns the goroutine needs one again. With no processor free it
-// waits in the scheduler's global queue behind every runnable goroutine,
-// out of arrival order, while the CPU its call used sits idle. With a
-// processor for each exchange in flight and one for the rest, one is
-// free. Measured, P-256 at concurrency 32 on 2 CPUs with SoftHSM
-// (exchanges at once, processors: p99): 6, 3: 31–35 ms; 4, 3: 31 ms;
-// 4, 4: 25 ms; 2, 3: 15–17 ms; 3, 4: 17 ms; 4, 5: 17–18 ms; 6, 7: 19–20 ms,
-// the last three with the most exchanges a second (docs/performance.md).
-// A hardware slot's calls were not measured so, and keep Go's default.
-func schedulerProcs(tok *hsm.Token, exchanges int) int {
-	if tok.SoftwareSlot() && os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(exchanges + 1)
-	}
-	return runtime.GOMAXPROCS(0)
 }
 
 // gcSetting sets the collector's GOGC to 400 unless GOGC is set, and

@@ -104,13 +104,13 @@ func (r *Rig) NewService() *httpapi.Service {
 }
 
 // RemoteService is a service on the rig's token as far away as a network
-// HSM: every PKCS#11 call waits delay first. Its session pool and exchange
-// limit are custosd's defaults for a hardware slot. close releases its
-// token.
+// HSM: every PKCS#11 call waits delay first. Its calls, session pool and
+// exchange limit are custosd's defaults for a hardware slot: the requests'
+// goroutines make the calls, on 16 sessions. close releases its token.
 func (r *Rig) RemoteService(delay time.Duration) (svc *httpapi.Service, sessions int, close func(), err error) {
 	ctx := context.Background()
 	tok, err := hsm.Open(ctx, hsm.Config{Module: r.SoftHSM.Module, TokenLabel: r.SoftHSM.Label, PIN: r.SoftHSM.PIN,
-		MaxSessions: hsm.DefaultMaxSessions,
+		MaxSessions: hsm.DefaultMaxSessions, CallThreads: -1,
 		Wrap: func(ck hsm.Cryptoki) hsm.Cryptoki {
 			return hsm.Intercept(ck, func(string) func() { time.Sleep(delay); return func() {} })
 		}})
