@@ -393,7 +393,9 @@ func run(bin string, d time.Duration) error {
   g^r actually uses the fixed-base table, which is why the ratio can be low.
   P-256: 1 token ECDH derive + 1 seal + r·G + 2 DH(r, ·) + 2 validations (SPEC §9).
 ² process CPU time (all threads, SoftHSM's included) per POST through the
-  service's HTTP handler, real token and registry, requests built beforehand.
+  service's HTTP handler, real token and registry, requests built beforehand,
+  one at a time: the handler's goroutine makes the token's calls, as for the
+  primitives (custosd, on loopback below, makes them on its call thread).
 ³ nonce key and request, then the response's checks, σ and the witness.
   CPU per loopback request counts client and server: both run on this machine.`)
 	fmt.Println(bytesNote)
