@@ -410,22 +410,33 @@ func sealOpen(s *Session, key Object, iv []byte) error {
 	return err
 }
 
+// TestContextDeadlineWhilePoolBusy: an operation whose context ends while
+// it waits, for the one session or for the busy call thread, is not run and
+// fails with ErrKeystoreUnavailable at once.
 func TestContextDeadlineWhilePoolBusy(t *testing.T) {
-	tok, _ := openToken(t, Config{MaxSessions: 1})
-	hold := make(chan struct{})
-	held := make(chan struct{})
-	go tok.Do(context.Background(), "hold", func(s *Session) error {
-		close(held)
-		<-hold
-		return nil
-	})
-	<-held
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	err := tok.Do(ctx, "wait", func(s *Session) error { return nil })
-	close(hold)
-	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, exchange.ErrKeystoreUnavailable) {
-		t.Fatalf("err = %v, want deadline exceeded, the keystore unavailable", err)
+	for name, cfg := range map[string]Config{
+		"session":     {MaxSessions: 1, CallThreads: -1},
+		"call thread": {},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tok, _ := openToken(t, cfg)
+			hold := make(chan struct{})
+			held := make(chan struct{})
+			go tok.Do(context.Background(), "hold", func(s *Session) error {
+				close(held)
+				<-hold
+				return nil
+			})
+			<-held
+			ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+			defer cancel()
+			ran := false
+			err := tok.Do(ctx, "wait", func(s *Session) error { ran = true; return nil })
+			close(hold)
+			if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, exchange.ErrKeystoreUnavailable) || ran {
+				t.Fatalf("ran %v, err = %v; want it not run, deadline exceeded, the keystore unavailable", ran, err)
+			}
+		})
 	}
 }
 
@@ -1112,28 +1123,10 @@ func TestSoftwareCallsOnOneThread(t *testing.T) {
 	}
 }
 
-// TestCallThreadWaits: a caller whose context ends while the thread is
-// busy gets ErrKeystoreUnavailable at once; a panic in an operation is its
+// TestCallThreadAfterPanicAndClose: a panic in an operation is its
 // caller's, and the thread goes on serving; after Close, calls are refused.
-func TestCallThreadWaits(t *testing.T) {
+func TestCallThreadAfterPanicAndClose(t *testing.T) {
 	tok, _ := openToken(t, Config{})
-	release := make(chan struct{})
-	busy := make(chan struct{})
-	go tok.Do(context.Background(), "test", func(*Session) error {
-		close(busy)
-		<-release
-		return nil
-	})
-	<-busy
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	ran := false
-	err := tok.Do(ctx, "test", func(*Session) error { ran = true; return nil })
-	if !errors.Is(err, exchange.ErrKeystoreUnavailable) || !errors.Is(err, context.DeadlineExceeded) || ran {
-		t.Fatalf("an operation whose context ended behind a busy thread: ran %v, error %v; want it not run, ErrKeystoreUnavailable", ran, err)
-	}
-	close(release)
-
 	func() {
 		defer func() {
 			if r := recover(); r != "in the operation" {
@@ -1147,7 +1140,7 @@ func TestCallThreadWaits(t *testing.T) {
 	}
 
 	tok.Close()
-	err = tok.Do(context.Background(), "test", func(*Session) error { t.Error("ran after Close"); return nil })
+	err := tok.Do(context.Background(), "test", func(*Session) error { t.Error("ran after Close"); return nil })
 	if !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("an operation after Close: %v; want ErrKeystoreUnavailable", err)
 	}
