@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/big"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1124,13 +1125,16 @@ func TestSoftwareCallsOnOneThread(t *testing.T) {
 }
 
 // TestCallThreadAfterPanicAndClose: a panic in an operation is its
-// caller's, and the thread goes on serving; after Close, calls are refused.
+// caller's, with the stack where it happened, and an operation that ends
+// its goroutine (as t.Fatal does) ends its caller's; either way the next
+// operation is served. After Close, calls are refused.
 func TestCallThreadAfterPanicAndClose(t *testing.T) {
 	tok, _ := openToken(t, Config{})
 	func() {
 		defer func() {
-			if r := recover(); r != "in the operation" {
-				t.Fatalf("the caller of an operation that panicked recovered %v", r)
+			p, ok := recover().(*threadPanic)
+			if !ok || p.value != "in the operation" || !strings.Contains(string(p.stack), "TestCallThreadAfterPanicAndClose") {
+				t.Fatalf("the caller of an operation that panicked recovered %v; want its value and the stack where it panicked", p)
 			}
 		}()
 		tok.Do(context.Background(), "test", func(*Session) error { panic("in the operation") })
@@ -1138,10 +1142,53 @@ func TestCallThreadAfterPanicAndClose(t *testing.T) {
 	if err := tok.Do(context.Background(), "test", func(*Session) error { return nil }); err != nil {
 		t.Fatalf("the operation after a panic: %v", err)
 	}
+	returned, exited := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(exited)
+		tok.Do(context.Background(), "test", func(*Session) error { runtime.Goexit(); return nil })
+		close(returned)
+	}()
+	<-exited
+	select {
+	case <-returned:
+		t.Fatal("Do returned to the caller of an operation that ended its goroutine")
+	default:
+	}
+	if err := tok.Do(context.Background(), "test", func(*Session) error { return nil }); err != nil {
+		t.Fatalf("the operation after one that ended its goroutine: %v", err)
+	}
 
 	tok.Close()
 	err := tok.Do(context.Background(), "test", func(*Session) error { t.Error("ran after Close"); return nil })
 	if !errors.Is(err, exchange.ErrKeystoreUnavailable) {
 		t.Fatalf("an operation after Close: %v; want ErrKeystoreUnavailable", err)
+	}
+}
+
+// TestSelfTestCutShortIsNotAFailure: a readiness probe that gives up while
+// the self-test waits behind the token's work gets its context's error,
+// and custos_hsm_up and the next probe's answer are not the worse for it.
+func TestSelfTestCutShortIsNotAFailure(t *testing.T) {
+	tok, _ := openToken(t, Config{})
+	var slow atomic.Bool
+	slow.Store(true)
+	tok.SetSelfTest(func(ctx context.Context) error {
+		if slow.Load() {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if err := tok.Healthy(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a probe that gave up during the self-test: %v, want its deadline", err)
+	}
+	if got := testutil.ToFloat64(upGauge); got != 1 {
+		t.Fatalf("custos_hsm_up is %v after a probe gave up, want 1", got)
+	}
+	slow.Store(false)
+	if err := tok.Healthy(context.Background()); err != nil {
+		t.Fatalf("the next probe: %v; the one cut short was remembered", err)
 	}
 }

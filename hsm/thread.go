@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"runtime/debug"
 
 	"github.com/custos-kx/custos/exchange"
 )
@@ -29,10 +30,29 @@ type callThreads struct {
 
 // call is one call waiting for a thread, and then its outcome.
 type call struct {
-	f     func() error
-	err   error
-	panic any // what f panicked with, passed on to its caller
-	done  chan struct{}
+	f      func() error
+	err    error
+	panic  *threadPanic // what f panicked with, passed on to its caller
+	goexit bool         // f ended its goroutine (runtime.Goexit, as t.Fatal does)
+	done   chan struct{}
+}
+
+// threadPanic is a panic of an operation on a call thread, raised again in
+// its caller with the stack where it happened, which the caller's own
+// stack does not show.
+type threadPanic struct {
+	value any
+	stack []byte
+}
+
+func (p *threadPanic) Error() string {
+	return fmt.Sprintf("%v\n\n[on the token's call thread]\n%s", p.value, p.stack)
+}
+
+// Unwrap returns the panic's value if it is an error.
+func (p *threadPanic) Unwrap() error {
+	err, _ := p.value.(error)
+	return err
 }
 
 func startCallThreads(n int) *callThreads {
@@ -53,15 +73,28 @@ func (c *callThreads) serve() {
 		case <-c.stop:
 			return
 		case k := <-c.calls:
-			k.run()
+			c.run(k)
 		}
 	}
 }
 
-func (k *call) run() {
-	defer close(k.done)
-	defer func() { k.panic = recover() }()
+// run makes k's call. A call that ends its goroutine ends this thread's
+// too, so another thread takes its place.
+func (c *callThreads) run(k *call) {
+	returned := false
+	defer func() {
+		if !returned {
+			if r := recover(); r != nil {
+				k.panic = &threadPanic{value: r, stack: debug.Stack()}
+			} else {
+				k.goexit = true
+				go c.serve()
+			}
+		}
+		close(k.done)
+	}()
 	k.err = k.f()
+	returned = true
 }
 
 // errClosed answers calls made after Token.Close.
@@ -81,8 +114,11 @@ func (c *callThreads) do(ctx context.Context, f func() error) error {
 		return unavailable(errClosed)
 	}
 	<-k.done
-	if k.panic != nil {
+	switch {
+	case k.panic != nil:
 		panic(k.panic)
+	case k.goexit:
+		runtime.Goexit()
 	}
 	return k.err
 }
