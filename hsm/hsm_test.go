@@ -1092,6 +1092,8 @@ func callsSeen(t *testing.T, tok *Token, n int) (threads, atOnce int) {
 				atOnce = max(atOnce, running)
 				mu.Unlock()
 				_, err := s.SignHMAC(0, nil) // a real call, which fails: no such key
+				// Held long enough that operations made side by side
+				// overlap, which is what atOnce counts.
 				time.Sleep(2 * time.Millisecond)
 				mu.Lock()
 				running--
