@@ -7,10 +7,18 @@
 // what the figures for more machines depend on: Redis commands per request
 // and registry transactions per exchange.
 //
-//	go run ./tests/benchreplicas -bin bin [-d 3s] [-c 32]
+// A configuration's authenticated-request throughput is the best of its
+// loads at several concurrencies (-request-c): at one concurrency, a
+// configuration whose requests each wait a round trip longer (on Redis, or
+// on the balancer) has fewer of them being served at once, and the figure
+// would measure that latency as well as the capacity the table compares.
+// The figures at each concurrency are printed beside.
+//
+//	go run ./tests/benchreplicas -bin bin [-d 3s] [-c 32] [-request-c 32,128]
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"flag"
@@ -38,10 +46,20 @@ import (
 func main() {
 	bin := flag.String("bin", "bin", "directory holding the custosd binary")
 	d := flag.Duration("d", 3*time.Second, "how long each load runs")
-	c := flag.Int("c", 32, "concurrency of each load")
+	c := flag.Int("c", 32, "concurrency of the exchange loads")
+	rc := flag.String("request-c", "32,128", "concurrencies of the authenticated-request loads, comma-separated: a configuration's throughput is its best of them")
 	roundsFlag = flag.Int("rounds", 5, "rounds of every load, the figures being their medians")
 	flag.Parse()
-	if err := run(*bin, *d, *c); err != nil {
+	var requestC []int
+	for _, f := range strings.Split(*rc, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			fmt.Fprintf(os.Stderr, "benchreplicas: -request-c %q: want positive integers separated by commas\n", *rc)
+			os.Exit(2)
+		}
+		requestC = append(requestC, n)
+	}
+	if err := run(*bin, *d, *c, requestC); err != nil {
 		fmt.Fprintln(os.Stderr, "benchreplicas:", err)
 		os.Exit(1)
 	}
@@ -51,9 +69,10 @@ var roundsFlag *int
 
 // figure is one load's outcome, and what it cost the shared parts.
 type figure struct {
-	rate, p99  float64
-	errors     int
-	redisPerOp float64
+	concurrency int
+	rate, p99   float64
+	errors      int
+	redisPerOp  float64
 	// redisBatch is commands per read Redis made: how many checks travel
 	// together.
 	redisBatch float64
@@ -63,7 +82,7 @@ type figure struct {
 	registryPerOp float64
 }
 
-func run(bin string, d time.Duration, concurrency int) error {
+func run(bin string, d time.Duration, concurrency int, requestC []int) error {
 	if m := cluster.Missing(); len(m) > 0 {
 		return fmt.Errorf("%s not installed", strings.Join(m, " and "))
 	}
@@ -137,7 +156,7 @@ func run(bin string, d time.Duration, concurrency int) error {
 		pgc.QueryRow(ctx, "SELECT sum(xact_commit)::float8 FROM pg_stat_database").Scan(&xacts)
 		return redisCmds, redisReads, xacts
 	}
-	measure := func(kind, url string, pids [3][]int) (figure, error) {
+	measure := func(kind, url string, concurrency int, pids [3][]int) (figure, error) {
 		cpu0 := cpuOf(pids)
 		r0, rr0, x0 := counters()
 		res, err := bench.Run(ctx, bench.Config{Kind: kind, URL: url, Concurrency: concurrency, Duration: d, Key: key, Precompute: true})
@@ -146,7 +165,7 @@ func run(bin string, d time.Duration, concurrency int) error {
 		}
 		r1, rr1, x1 := counters()
 		cpu1 := cpuOf(pids)
-		f := figure{rate: res.Throughput, p99: res.Latency.P99}
+		f := figure{concurrency: concurrency, rate: res.Throughput, p99: res.Latency.P99}
 		for i := range cpu1 {
 			if res.Completed > 0 {
 				f.cpu[i] = float64((cpu1[i] - cpu0[i]).Microseconds()) / float64(res.Completed)
@@ -226,26 +245,43 @@ func run(bin string, d time.Duration, concurrency int) error {
 	// drift cancelling out.
 	half := len(configs) / 2
 	rounds := map[string][]figure{}
+	// byC holds the request loads at each concurrency, keyed by name and
+	// concurrency.
+	byC := map[string][]figure{}
 	for round := 0; round < *roundsFlag; round++ {
-		var order []config
+		var pairs [][2]config
 		for i := range half {
-			pair := []config{configs[i], configs[half+i]}
+			pair := [2]config{configs[i], configs[half+i]}
 			if round%2 == 1 {
 				pair[0], pair[1] = pair[1], pair[0]
 			}
-			order = append(order, pair...)
+			pairs = append(pairs, pair)
 		}
-		for _, kind := range []string{bench.Requests, bench.Exchange} {
-			for _, c := range order {
-				url := c.url
-				if kind == bench.Requests {
-					url += "/v1/whoami"
+		for _, pair := range pairs {
+			best := map[string]figure{}
+			for _, n := range requestC {
+				for _, c := range pair {
+					f, err := measure(bench.Requests, c.url+"/v1/whoami", n, c.pids)
+					if err != nil {
+						return fmt.Errorf("%s, %s at concurrency %d: %w", c.name, bench.Requests, n, err)
+					}
+					byC[fmt.Sprint(c.name, "\x00", n)] = append(byC[fmt.Sprint(c.name, "\x00", n)], f)
+					if f.rate > best[c.name].rate {
+						best[c.name] = f
+					}
 				}
-				f, err := measure(kind, url, c.pids)
+			}
+			for name, f := range best {
+				rounds[name+"\x00"+bench.Requests] = append(rounds[name+"\x00"+bench.Requests], f)
+			}
+		}
+		for _, pair := range pairs {
+			for _, c := range pair {
+				f, err := measure(bench.Exchange, c.url, concurrency, c.pids)
 				if err != nil {
-					return fmt.Errorf("%s, %s: %w", c.name, kind, err)
+					return fmt.Errorf("%s, %s: %w", c.name, bench.Exchange, err)
 				}
-				rounds[c.name+"\x00"+kind] = append(rounds[c.name+"\x00"+kind], f)
+				rounds[c.name+"\x00"+bench.Exchange] = append(rounds[c.name+"\x00"+bench.Exchange], f)
 			}
 		}
 	}
@@ -258,8 +294,9 @@ func run(bin string, d time.Duration, concurrency int) error {
 	for _, r := range rows {
 		byName[r.name] = r
 	}
-	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges and authenticated GETs on one session, concurrency %d, medians of %d rounds of %s each\n\n", runtime.NumCPU(), concurrency, *roundsFlag, d)
-	fmt.Printf("  %-34s %12s %8s %8s %12s %8s %8s %11s %11s %12s\n", "", "requests/s", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "per batch", "registry/exch")
+	fmt.Printf("scale-out on this machine (%d CPUs shared by every process): P-256 exchanges at concurrency %d and authenticated GETs on one session, the best at concurrency %s; medians of %d rounds of %s each\n\n",
+		runtime.NumCPU(), concurrency, joinInts(requestC, " or "), *roundsFlag, d)
+	fmt.Printf("  %-34s %12s %5s %8s %8s %12s %8s %8s %11s %11s %12s\n", "", "requests/s", "at c", "×", "p99 ms", "exchanges/s", "×", "p99 ms", "Redis/req", "per batch", "registry/exch")
 	for _, r := range rows {
 		reqRatio, excRatio := "", ""
 		if b, ok := byName[r.base]; ok {
@@ -270,7 +307,7 @@ func run(bin string, d time.Duration, concurrency int) error {
 		if r.req.errors+r.exc.errors > 0 {
 			errs = fmt.Sprintf("  (%d errors)", r.req.errors+r.exc.errors)
 		}
-		fmt.Printf("  %-34s %12.0f %8s %8.1f %12.0f %8s %8.1f %11.2f %11.2f %12.2f%s\n", r.name, r.req.rate, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.req.redisBatch, r.exc.registryPerOp, errs)
+		fmt.Printf("  %-34s %12.0f %5d %8s %8.1f %12.0f %8s %8.1f %11.2f %11.2f %12.2f%s\n", r.name, r.req.rate, r.req.concurrency, reqRatio, r.req.p99, r.exc.rate, excRatio, r.exc.p99, r.req.redisPerOp, r.req.redisBatch, r.exc.registryPerOp, errs)
 	}
 	fmt.Println()
 	fmt.Printf("  CPU per authenticated request, µs (user + system, /proc):\n")
@@ -280,7 +317,21 @@ func run(bin string, d time.Duration, concurrency int) error {
 		fmt.Printf("  %-34s %10.1f %10.1f %10.1f %10.1f %10.1f\n", r.name, c[0], c[1], c[2], c[3], c[0]+c[1]+c[2]+c[3])
 	}
 	fmt.Println()
-	fmt.Println("  × is the ratio to one replica served directly with the same store setting.")
+	fmt.Printf("  authenticated requests/s at each concurrency:\n")
+	fmt.Printf("  %-34s", "")
+	for _, n := range requestC {
+		fmt.Printf(" %10s", fmt.Sprint("c=", n))
+	}
+	fmt.Println()
+	for _, r := range rows {
+		fmt.Printf("  %-34s", r.name)
+		for _, n := range requestC {
+			fmt.Printf(" %10.0f", median(byC[fmt.Sprint(r.name, "\x00", n)]).rate)
+		}
+		fmt.Println()
+	}
+	fmt.Println()
+	fmt.Println("  × is the ratio to one replica served directly with the same store setting; \"at c\" the concurrency of the median round's best load.")
 	// paired is the shared store's cost of each round (1 − Redis rate ÷
 	// memory rate, the two loads run side by side), in %, sorted.
 	paired := func(where, kind string) []float64 {
@@ -304,6 +355,14 @@ func run(bin string, d time.Duration, concurrency int) error {
 	return nil
 }
 
+func joinInts(v []int, sep string) string {
+	s := make([]string, len(v))
+	for i, n := range v {
+		s[i] = strconv.Itoa(n)
+	}
+	return strings.Join(s, sep)
+}
+
 // percents lists sorted percentages for a line of the table.
 func percents(v []float64) string {
 	s := make([]string, len(v))
@@ -325,8 +384,8 @@ func cpuOf(pids [3][]int) (t [4]time.Duration) {
 	return t
 }
 
-// median is the figure of median rate among fs, its other fields each
-// the median of theirs.
+// median is the figure of median rate among fs (and that load's
+// concurrency), its other fields each the median of theirs.
 func median(fs []figure) figure {
 	pick := func(get func(figure) float64) float64 {
 		v := make([]float64, len(fs))
@@ -340,7 +399,9 @@ func median(fs []figure) figure {
 	for _, f := range fs {
 		errors += f.errors
 	}
+	byRate := slices.SortedFunc(slices.Values(fs), func(a, b figure) int { return cmp.Compare(a.rate, b.rate) })
 	return figure{
+		concurrency:   byRate[len(byRate)/2].concurrency,
 		rate:          pick(func(f figure) float64 { return f.rate }),
 		p99:           pick(func(f figure) float64 { return f.p99 }),
 		errors:        errors,
